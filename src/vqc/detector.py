@@ -1,0 +1,62 @@
+"""The Detector: one torch module from a uint8 image batch to anomaly maps and image scores.
+
+Every engine (predict, evaluate, serve, export) runs this same module, so an exported model
+cannot drift from the PyTorch one.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .backbones import FeatureTrunk
+
+
+class GaussianBlur(nn.Module):
+    """Separable Gaussian smoothing (truncated at 4 sigma, reflect padding), as in PatchCore."""
+
+    def __init__(self, sigma: float):
+        super().__init__()
+        radius = max(1, int(math.ceil(4 * sigma))) if sigma > 0 else 0
+        x = torch.arange(-radius, radius + 1, dtype=torch.float32)
+        kernel = torch.exp(-0.5 * (x / sigma) ** 2) if sigma > 0 else torch.ones(1)
+        self.register_buffer("kernel", kernel / kernel.sum(), persistent=False)
+        self.radius = radius
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [B, 1, H, W]
+        if self.radius == 0:
+            return x
+        r = min(self.radius, x.shape[-1] - 1, x.shape[-2] - 1)  # reflect needs pad < size
+        k = self.kernel[self.radius - r: self.radius + r + 1]
+        k = k / k.sum()  # a map smaller than the kernel: truncate further, keep the weights summing to 1
+        x = F.conv2d(F.pad(x, (r, r, 0, 0), mode="reflect"), k.view(1, 1, 1, -1))
+        return F.conv2d(F.pad(x, (0, 0, r, r), mode="reflect"), k.view(1, 1, -1, 1))
+
+
+class Detector(nn.Module):
+    """uint8 images [B, 3, H, W] -> (anomaly maps [B, 1, H, W], image scores [B]).
+
+    normalise -> frozen trunk -> feature levels -> head -> upsample -> smooth -> score.
+    """
+
+    def __init__(self, trunk: FeatureTrunk, head: nn.Module, mean, std, sigma: float = 4.0, top_k: int = 0):
+        super().__init__()
+        self.trunk = trunk
+        self.head = head
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) * 255, persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1) * 255, persistent=False)
+        self.blur = GaussianBlur(sigma)
+        self.top_k = top_k  # 0: image score = max of the map; k: mean of the k highest positions
+
+    def features(self, images: torch.Tensor) -> list[torch.Tensor]:
+        return self.trunk((images.float() - self.mean) / self.std)
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        patch_map = self.head(self.features(images))
+        maps = F.interpolate(patch_map, size=images.shape[-2:], mode="bilinear", align_corners=False)
+        maps = self.blur(maps)
+        flat = maps.flatten(1)
+        scores = flat.topk(self.top_k, dim=1).values.mean(1) if self.top_k else flat.amax(1)
+        return maps, scores

@@ -1,0 +1,83 @@
+"""knn: distance of each patch to its nearest neighbour in a memory bank of good patches.
+
+PatchCore-style. A coreset (greedy k-center or random) bounds the bank's memory and the search
+time; the search runs over the bank in fixed-size blocks so memory does not grow with the bank.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ..errors import VqcError
+from .patches import flatten_positions, patch_features
+
+
+class KnnHead(nn.Module):
+    def __init__(self, channels: list[int], coreset: float = 0.1, coreset_method: str = "greedy",
+                 max_bank: int = 4096, pool: int = 3, seed: int = 0, block: int = 4096):
+        super().__init__()
+        if coreset_method not in ("greedy", "random", "none"):
+            raise VqcError(f"knn: coreset_method must be greedy, random or none, not {coreset_method!r}")
+        if not 0 < coreset <= 1:
+            raise VqcError(f"knn: coreset must be a fraction in (0, 1], not {coreset}")
+        self.coreset, self.coreset_method, self.max_bank = coreset, coreset_method, max_bank
+        self.pool, self.seed, self.block = pool, seed, block
+        self.register_buffer("bank", torch.zeros(0, sum(channels)))
+
+    def options(self) -> dict:
+        return {"coreset": self.coreset, "coreset_method": self.coreset_method, "max_bank": self.max_bank,
+                "pool": self.pool, "seed": self.seed, "block": self.block}
+
+    @torch.no_grad()
+    def fit(self, batches, progress=None) -> dict:
+        patches = torch.cat([flatten_positions(patch_features(levels, self.pool)).cpu() for levels in batches])
+        n = len(patches)
+        keep = n if self.coreset_method == "none" else min(n, max(1, math.ceil(n * self.coreset)), self.max_bank)
+        if keep < n:
+            pick = greedy_coreset if self.coreset_method == "greedy" else random_subset
+            patches = patches[pick(patches, keep, self.seed, progress)]
+        self.bank = patches.contiguous().to(self.bank.device)
+        return {"patches": n, "bank": keep}
+
+    def forward(self, levels: list[torch.Tensor]) -> torch.Tensor:
+        features = patch_features(levels, self.pool)
+        b, _, h, w = features.shape
+        queries = flatten_positions(features)
+        q2 = (queries * queries).sum(1, keepdim=True)
+        nearest = None
+        for start in range(0, self.bank.shape[0], self.block):  # bounded memory: one block at a time
+            bank = self.bank[start:start + self.block]
+            d2 = q2 - 2 * queries @ bank.T + (bank * bank).sum(1)
+            block_min = d2.amin(1)
+            nearest = block_min if nearest is None else torch.minimum(nearest, block_min)
+        return nearest.clamp_min(0).sqrt().view(b, 1, h, w)
+
+
+def random_subset(points: torch.Tensor, n: int, seed: int, progress=None) -> torch.Tensor:
+    return torch.randperm(len(points), generator=torch.Generator().manual_seed(seed))[:n]
+
+
+def greedy_coreset(points: torch.Tensor, n: int, seed: int, progress=None, dim: int = 128) -> torch.Tensor:
+    """Greedy k-center selection: each step takes the point farthest from those chosen so far.
+
+    Distances are taken after a seeded random projection to `dim` dimensions
+    (Johnson-Lindenstrauss), as PatchCore does, which keeps each step cheap.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    if points.shape[1] > dim:
+        projection = torch.randn(points.shape[1], dim, generator=generator) / math.sqrt(dim)
+        points = points @ projection
+    norms = (points * points).sum(1)
+    chosen = torch.empty(n, dtype=torch.long)
+    chosen[0] = torch.randint(len(points), (1,), generator=generator)
+    nearest = torch.full((len(points),), float("inf"))
+    for i in range(n):
+        if i:
+            chosen[i] = nearest.argmax()
+        c = chosen[i]
+        torch.minimum(nearest, norms - 2 * (points @ points[c]) + norms[c], out=nearest)
+        if progress is not None and i % 256 == 0:
+            progress(i, n)
+    return chosen

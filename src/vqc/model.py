@@ -1,0 +1,253 @@
+"""AnomalyModel: config + Detector + what was learned at fit time; fit, predict, save, load."""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from tqdm.auto import tqdm
+
+from . import __version__
+from .backbones import build_trunk, get_spec, normalisation
+from .data import decode_image, list_images, read_split
+from .detector import Detector
+from .errors import VqcError
+from .files import atomic_path
+from .heads import create_head
+
+log = logging.getLogger(__name__)
+
+FORMAT = "vqc-model"
+FORMAT_VERSION = 1
+
+ImageInput = str | Path | np.ndarray
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    backbone: str = "efficientnet_lite0"
+    head: str = "knn"
+    layers: tuple[int, ...] = ()  # empty: the backbone's default layers
+    image_size: int = 224
+    head_options: dict = field(default_factory=dict)
+    smoothing_sigma: float = 4.0  # Gaussian smoothing of the map, in input pixels
+    top_k: int = 0  # image score: 0 = max of the map, k = mean of the k highest positions
+    validation_fraction: float = 0.1  # good training images held out to learn the normal score range
+    seed: int = 0
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ModelConfig":
+        return cls(**{**data, "layers": tuple(data.get("layers", ()))})
+
+
+@dataclass
+class Prediction:
+    score: float
+    anomaly_map: np.ndarray  # float32, the input image's height x width
+    normalised_score: float  # 0 = typical good part, 1 = worst held-out good part
+    path: Path | None = None
+
+
+class AnomalyModel:
+    """A detector for one product: fit on good images, then score new ones.
+
+    >>> model = AnomalyModel(backbone="efficientnet_lite0", head="knn").fit("data/bottle")
+    >>> model.predict(["part.png"])[0].score
+    """
+
+    def __init__(self, backbone: str = "efficientnet_lite0", head: str = "knn", layers: Sequence[int] | None = None,
+                 image_size: int = 224, weights: str | None = None, head_options: dict | None = None,
+                 batch_size: int = 16, device: str | None = None, **config):
+        spec = get_spec(backbone)
+        self.config = ModelConfig(backbone=backbone, head=head, layers=tuple(layers or spec.default_layers),
+                                  image_size=image_size, head_options=dict(head_options or {}), **config)
+        self.weights = weights
+        self.batch_size = batch_size
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.detector: Detector | None = None
+        self.info: dict = {}  # weights source, fit statistics, the normal score range
+
+    # ------------------------------------------------------------ building
+
+    def _build(self, weights: str | None) -> str:
+        cfg = self.config
+        trunk, source = build_trunk(cfg.backbone, cfg.layers, weights)
+        head = create_head(cfg.head, trunk.channels, cfg.head_options)
+        mean, std = normalisation(get_spec(cfg.backbone))
+        self.detector = Detector(trunk, head, mean, std, cfg.smoothing_sigma, cfg.top_k).to(self.device).eval()
+        return source
+
+    # ------------------------------------------------------------ fitting
+
+    def fit(self, data: str | Path | Sequence[ImageInput], progress: bool = True) -> "AnomalyModel":
+        """Fit on defect-free images: a data set root (its train split), a folder, or a list."""
+        images = _training_images(data)
+        if len(images) < 2:
+            raise VqcError(f"need at least 2 good training images, found {len(images)} in {data}")
+        order = np.random.default_rng(self.config.seed).permutation(len(images))
+        n_val = int(round(len(images) * self.config.validation_fraction)) if len(images) >= 5 else 0
+        val = [images[i] for i in sorted(order[:n_val])]
+        train = [images[i] for i in sorted(order[n_val:])]
+
+        start = time.perf_counter()
+        source = self._build(self.weights)
+        torch.manual_seed(self.config.seed)
+        bar = tqdm(total=len(train), desc="features", unit="img", disable=not progress)
+
+        def feature_batches():
+            for batch in self._uint8_batches(train):
+                with torch.inference_mode():
+                    levels = self.detector.features(batch.to(self.device))
+                bar.update(len(batch))
+                yield [level.clone() for level in levels]  # clone: leave inference mode for training heads
+
+        fit_stats = self.detector.head.fit(feature_batches(), progress=None)
+        bar.close()
+        self.detector.eval()
+        val_scores, floor = self._normal_range(val or train, progress)
+        self.info = {
+            "vqc_version": __version__, "weights_source": source, "n_train": len(train), "n_validation": len(val),
+            "fit_seconds": round(time.perf_counter() - start, 3), "head_fit": fit_stats,
+            "normal_scores": [round(float(s), 6) for s in val_scores], "map_floor": floor,
+            "fitted_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        return self
+
+    def _normal_range(self, images: list, progress: bool) -> tuple[np.ndarray, float]:
+        """Scores of held-out good images, and the median map value: the operator's scale."""
+        scores, medians = [], []
+        for maps, batch_scores in self._run(images, progress, "validation"):
+            scores.append(batch_scores.cpu().numpy())
+            medians.append(maps.flatten(1).median(1).values.cpu().numpy())
+        return np.concatenate(scores), float(np.median(np.concatenate(medians)))
+
+    # ------------------------------------------------------------ predicting
+
+    def _require_fitted(self):
+        if self.detector is None:
+            raise VqcError("model is not fitted: call fit() or vqc.load() first")
+
+    def _uint8_batches(self, images: Sequence[ImageInput], keep_originals: bool = False) -> Iterator:
+        """Decode and resize in a thread pool (Pillow releases the GIL) while the model runs."""
+        size = self.config.image_size
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            for start in range(0, len(images), self.batch_size):
+                chunk = images[start:start + self.batch_size]
+                decoded = list(pool.map(_as_array, chunk))
+                resized = np.stack(list(pool.map(lambda a: resize_square(a, size), decoded)))
+                batch = torch.from_numpy(resized).permute(0, 3, 1, 2)
+                yield (batch, decoded) if keep_originals else batch
+
+    def _run(self, images: Sequence[ImageInput], progress: bool, desc: str) -> Iterator:
+        self._require_fitted()
+        with tqdm(total=len(images), desc=desc, unit="img", disable=not progress) as bar:
+            for batch in self._uint8_batches(images):
+                with torch.inference_mode():
+                    maps, scores = self.detector(batch.to(self.device))
+                bar.update(len(batch))
+                yield maps, scores
+
+    def predict_iter(self, images: Sequence[ImageInput], progress: bool = False) -> Iterator[Prediction]:
+        """Score images one batch at a time; maps come back at each image's own resolution."""
+        self._require_fitted()
+        images = list(images)
+        with tqdm(total=len(images), desc="predict", unit="img", disable=not progress) as bar:
+            index = 0
+            for batch, originals in self._uint8_batches(images, keep_originals=True):
+                with torch.inference_mode():
+                    maps, scores = self.detector(batch.to(self.device))
+                for map_, score, original in zip(maps, scores.tolist(), originals):
+                    full = F.interpolate(map_[None], size=original.shape[:2], mode="bilinear", align_corners=False)
+                    path = images[index] if isinstance(images[index], (str, Path)) else None
+                    yield Prediction(score, full[0, 0].cpu().numpy(), self.normalise(score),
+                                     Path(path) if path is not None else None)
+                    index += 1
+                bar.update(len(batch))
+
+    def predict(self, images: Sequence[ImageInput] | ImageInput, progress: bool = False) -> list[Prediction]:
+        if isinstance(images, (str, Path)) and Path(images).is_dir():
+            images = list_images([images])
+        elif isinstance(images, (str, Path, np.ndarray)):
+            images = [images]
+        return list(self.predict_iter(images, progress))
+
+    def normalise(self, score: float | np.ndarray):
+        """Map a score so that 0 is a typical good position and 1 the worst held-out good image."""
+        floor, top = self.info["map_floor"], max(self.info["normal_scores"])
+        return (score - floor) / max(top - floor, 1e-12)
+
+    # ------------------------------------------------------------ saving
+
+    def save(self, path: str | Path) -> Path:
+        """One safetensors file: every tensor of the Detector, with config and info as JSON metadata."""
+        self._require_fitted()
+        from safetensors.torch import save_file
+        path = Path(path)
+        tensors = {k: v.detach().cpu().contiguous() for k, v in self.detector.state_dict().items()}
+        metadata = {"format": FORMAT, "format_version": str(FORMAT_VERSION),
+                    "config": json.dumps(asdict(self.config)), "info": json.dumps(self.info)}
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp), metadata=metadata)
+        return path
+
+
+def load(path: str | Path, device: str | None = None) -> AnomalyModel:
+    """Load a model saved by AnomalyModel.save; no network and no weight package needed."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file, safe_open
+    path = Path(path)
+    if not path.is_file():
+        raise VqcError(f"model file {path} does not exist")
+    try:
+        with safe_open(str(path), "pt") as f:
+            metadata = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise VqcError(f"model file {path} is not a vqc model ({exc})") from None
+    if metadata.get("format") != FORMAT:
+        raise VqcError(f"model file {path} is not a vqc model (no '{FORMAT}' header)")
+    if metadata.get("format_version") != str(FORMAT_VERSION):
+        raise VqcError(f"model file {path} has format version {metadata.get('format_version')}; "
+                       f"this vqc {__version__} reads version {FORMAT_VERSION}")
+    config = ModelConfig.from_dict(json.loads(metadata["config"]))
+    model = AnomalyModel(**{**asdict(config), "layers": config.layers}, weights="random", device=device)
+    with torch.random.fork_rng():  # the random init is overwritten below; keep the caller's RNG
+        model._build("random")
+    tensors = load_file(str(path))
+    for name, buffer in list(model.detector.named_buffers()):  # learned banks have data-sized shapes
+        if name in tensors and tensors[name].shape != buffer.shape:
+            owner, _, attr = name.rpartition(".")
+            setattr(model.detector.get_submodule(owner), attr, torch.empty_like(tensors[name]))
+    model.detector.load_state_dict(tensors)
+    model.detector.to(model.device).eval()
+    model.info = json.loads(metadata["info"])
+    model.weights = None
+    return model
+
+
+def resize_square(image: np.ndarray, size: int) -> np.ndarray:
+    """Squash to size x size (the paper's geometry); Pillow's bilinear filter antialiases."""
+    if image.shape[:2] == (size, size):
+        return image
+    return np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR))
+
+
+def _as_array(item: ImageInput) -> np.ndarray:
+    if isinstance(item, np.ndarray):
+        if item.dtype != np.uint8:
+            raise VqcError(f"image arrays must be uint8, got {item.dtype}")
+        return np.repeat(item[:, :, None], 3, axis=2) if item.ndim == 2 else item[:, :, :3]
+    return decode_image(item)
+
+
+def _training_images(data) -> list:
+    if isinstance(data, (str, Path)):
+        return [s.path for s in read_split(data, "train")] if Path(data).is_dir() else list_images([data])
+    return list(data)

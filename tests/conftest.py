@@ -1,0 +1,33 @@
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from vqc.demo import demo_data
+
+SHARED = Path(os.environ.get("VQC_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+
+def shared_set(name: str) -> Path:
+    path = SHARED / name
+    if not path.is_dir():
+        pytest.skip(f"needs the shared data set {path} (set VQC_SHARED_DATA to its folder)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def demo_root() -> Path:
+    return demo_data()
+
+
+@pytest.fixture(scope="session")
+def demo_model(demo_root):
+    """efficientnet_lite0 + knn with real ImageNet weights, fitted once on the demo set."""
+    import vqc
+    return vqc.AnomalyModel(backbone="efficientnet_lite0", head="knn").fit(demo_root, progress=False)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)

