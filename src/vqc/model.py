@@ -63,9 +63,10 @@ class AnomalyModel:
     >>> model.predict(["part.png"])[0].score
     """
 
-    def __init__(self, backbone: str = "efficientnet_lite0", head: str = "knn", layers: Sequence[int] | None = None,
+    def __init__(self, backbone: str | None = None, head: str = "knn", layers: Sequence[int] | None = None,
                  image_size: int = 224, weights: str | None = None, head_options: dict | None = None,
                  batch_size: int = 16, device: str | None = None, **config):
+        backbone = backbone or default_backbone(head)
         spec = get_spec(backbone)
         self.config = ModelConfig(backbone=backbone, head=head, layers=tuple(layers or spec.default_layers),
                                   image_size=image_size, head_options=dict(head_options or {}), **config)
@@ -100,26 +101,30 @@ class AnomalyModel:
         start = time.perf_counter()
         source = self._build(self.weights)
         torch.manual_seed(self.config.seed)
-        bar = tqdm(total=len(train), desc="features", unit="img", disable=not progress)
-
-        def feature_batches():
-            for batch in self._uint8_batches(train):
-                with torch.inference_mode():
-                    levels = self.detector.features(batch.to(self.device))
-                bar.update(len(batch))
-                yield [level.clone() for level in levels]  # clone: leave inference mode for training heads
-
-        fit_stats = self.detector.head.fit(feature_batches(), progress=None)
-        bar.close()
+        val_levels = list(self._feature_batches(val, progress=False))
+        fit_stats = self.detector.head.fit(self._feature_batches(train, progress), val_levels, progress=progress)
         self.detector.eval()
+        fit_seconds = time.perf_counter() - start
+        start = time.perf_counter()
         val_scores, floor = self._normal_range(val or train, progress)
+        per_image = (time.perf_counter() - start) / len(val or train)
         self.info = {
             "vqc_version": __version__, "weights_source": source, "n_train": len(train), "n_validation": len(val),
-            "fit_seconds": round(time.perf_counter() - start, 3), "head_fit": fit_stats,
+            "fit_seconds": round(fit_seconds, 3), "inference_ms_per_image": round(per_image * 1000, 2),
+            "device": str(self.device), "head_fit": fit_stats,
             "normal_scores": [round(float(s), 6) for s in val_scores], "map_floor": floor,
             "fitted_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         return self
+
+    def _feature_batches(self, images: list, progress: bool) -> Iterator[list[torch.Tensor]]:
+        """Feature levels of the images, batch by batch (a head decides whether to keep them)."""
+        with tqdm(total=len(images), desc="features", unit="img", disable=not progress) as bar:
+            for batch in self._uint8_batches(images):
+                with torch.inference_mode():
+                    levels = self.detector.features(batch.to(self.device))
+                bar.update(len(batch))
+                yield [level.clone() for level in levels]  # clone outside inference mode: heads may train on them
 
     def _normal_range(self, images: list, progress: bool) -> tuple[np.ndarray, float]:
         """Scores of held-out good images, and the median map value: the operator's scale."""
@@ -230,6 +235,11 @@ def load(path: str | Path, device: str | None = None) -> AnomalyModel:
     model.info = json.loads(metadata["info"])
     model.weights = None
     return model
+
+
+def default_backbone(head: str) -> str:
+    """The from-scratch auto-encoder sees raw pixels; every other head the offline ImageNet backbone."""
+    return "none" if head == "ae" else "efficientnet_lite0"
 
 
 def resize_square(image: np.ndarray, size: int) -> np.ndarray:

@@ -2,16 +2,21 @@
 
 A head is a torch module with
 - ``__init__(channels: list[int], **options)``: options are plain JSON values (saved with the model);
-- ``fit(batches, progress)``: learn from an iterable of feature-level lists of good images;
+- ``fit(batches, val_batches, progress) -> dict``: learn from feature-level lists of good images
+  (held-out good images in ``val_batches``, for early stopping); returns fit statistics;
 - ``forward(levels) -> [B, 1, h, w]`` anomaly map (higher = more anomalous);
 - ``options() -> dict``: the options to rebuild it; learned tensors live in ``state_dict()``.
 """
 from __future__ import annotations
 
 from ..errors import VqcError
+from .ae import AutoencoderHead
+from .gmm import GmmHead
 from .knn import KnnHead
+from .mdn import MdnHead
+from .nf import FlowHead
 
-HEADS = {"knn": KnnHead}
+HEADS = {"knn": KnnHead, "nf": FlowHead, "gmm": GmmHead, "mdn": MdnHead, "ae": AutoencoderHead}
 
 
 def create_head(name: str, channels: list[int], options: dict):

@@ -31,13 +31,13 @@ class KnnHead(nn.Module):
                 "pool": self.pool, "seed": self.seed, "block": self.block}
 
     @torch.no_grad()
-    def fit(self, batches, progress=None) -> dict:
+    def fit(self, batches, val_batches=(), progress: bool = True) -> dict:
         patches = torch.cat([flatten_positions(patch_features(levels, self.pool)).cpu() for levels in batches])
         n = len(patches)
         keep = n if self.coreset_method == "none" else min(n, max(1, math.ceil(n * self.coreset)), self.max_bank)
         if keep < n:
             pick = greedy_coreset if self.coreset_method == "greedy" else random_subset
-            patches = patches[pick(patches, keep, self.seed, progress)]
+            patches = patches[pick(patches, keep, self.seed)]
         self.bank = patches.contiguous().to(self.bank.device)
         return {"patches": n, "bank": keep}
 
@@ -55,11 +55,11 @@ class KnnHead(nn.Module):
         return nearest.clamp_min(0).sqrt().view(b, 1, h, w)
 
 
-def random_subset(points: torch.Tensor, n: int, seed: int, progress=None) -> torch.Tensor:
+def random_subset(points: torch.Tensor, n: int, seed: int) -> torch.Tensor:
     return torch.randperm(len(points), generator=torch.Generator().manual_seed(seed))[:n]
 
 
-def greedy_coreset(points: torch.Tensor, n: int, seed: int, progress=None, dim: int = 128) -> torch.Tensor:
+def greedy_coreset(points: torch.Tensor, n: int, seed: int, dim: int = 128) -> torch.Tensor:
     """Greedy k-center selection: each step takes the point farthest from those chosen so far.
 
     Distances are taken after a seeded random projection to `dim` dimensions
@@ -78,6 +78,4 @@ def greedy_coreset(points: torch.Tensor, n: int, seed: int, progress=None, dim: 
             chosen[i] = nearest.argmax()
         c = chosen[i]
         torch.minimum(nearest, norms - 2 * (points @ points[c]) + norms[c], out=nearest)
-        if progress is not None and i % 256 == 0:
-            progress(i, n)
     return chosen

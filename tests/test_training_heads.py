@@ -1,0 +1,102 @@
+import numpy as np
+import pytest
+import torch
+from sklearn.mixture import GaussianMixture
+
+import vqc
+from vqc.data import read_split
+from vqc.heads.gmm import GmmHead, em, mean_log_likelihood
+from vqc.heads.training import train_early_stopping
+
+
+class _Scalar(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(()))
+
+
+def test_early_stopping_stops_and_restores_the_best_epoch():
+    """Training pulls w towards 1; validation prefers w = 0.3, so it improves, then worsens."""
+    module = _Scalar()
+    seen = []
+
+    def loss(target):
+        if module.training:
+            seen.append(module.w.item())
+        return (module.w - target) ** 2
+
+    stats = train_early_stopping(module, loss, train=[1.0], val=[0.3], lr=0.05, weight_decay=0.0,
+                                 max_epochs=500, patience=5, progress=False)
+    assert stats["stopped_early"] and stats["epochs"] == stats["best_epoch"] + 1 + 5
+    # w after each epoch's step: the best is the one closest to 0.3
+    after = seen[1:] + [None]
+    best = min(range(stats["epochs"] - 1), key=lambda e: abs(after[e] - 0.3))
+    assert stats["best_epoch"] == best
+    assert module.w.item() == pytest.approx(after[best])  # restored, not the last epoch's weights
+    assert stats["best_val_loss"] == pytest.approx((after[best] - 0.3) ** 2, rel=1e-4)  # float32 vs float64
+
+
+def _blobs(rng, n=600, d=4):
+    centres = np.array([[0.0] * d, [4.0] * d, [-4.0, 4.0] + [0.0] * (d - 2)])
+    return np.concatenate([rng.normal(c, s, size=(n, d)) for c, s in zip(centres, (0.5, 1.0, 0.7))])
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")  # tol=0 runs all max_iter on purpose
+@pytest.mark.parametrize("covariance", ["full", "diag"])
+def test_em_matches_scikit_learn_from_the_same_start(rng, covariance):
+    x = _blobs(rng)
+    k, d = 3, x.shape[1]
+    means = x[rng.choice(len(x), k, replace=False)]
+    weights = np.full(k, 1 / k)
+    if covariance == "full":
+        precisions = np.stack([np.eye(d) * (1 + i) for i in range(k)])
+        chol = np.linalg.cholesky(precisions)
+    else:
+        precisions = np.ones((k, d)) * np.arange(1, k + 1)[:, None]
+        chol = np.sqrt(precisions)
+    sk = GaussianMixture(k, covariance_type=covariance, reg_covar=1e-6, max_iter=15, tol=0.0,
+                         weights_init=weights, means_init=means, precisions_init=precisions).fit(x)
+    t = lambda a: torch.from_numpy(np.asarray(a, np.float64))
+    (w, m, p), ll, iterations = em(t(x), t(weights), t(means), t(chol), covariance, 1e-6, 15, 0.0)
+    assert iterations == 15
+    np.testing.assert_allclose(m.numpy(), sk.means_, rtol=1e-8, atol=1e-8)
+    np.testing.assert_allclose(w.numpy(), sk.weights_, rtol=1e-8, atol=1e-10)
+    assert ll == pytest.approx(sk.score(x), rel=1e-9, abs=1e-9)
+    assert mean_log_likelihood(t(x), w, m, p, covariance) == pytest.approx(sk.score(x), rel=1e-9, abs=1e-9)
+
+
+def test_gmm_head_chooses_k_by_bic_and_scores_outliers(rng):
+    x = torch.from_numpy(_blobs(rng, d=3).astype(np.float32))
+    level = x.T.reshape(1, 3, 45, 40)  # 1800 patches on a grid; pool=1 keeps them as they are
+    head = GmmHead([3], grid=(1, 2, 3, 5, 8), pool=1, reg=1e-6)
+    stats = head.fit([[level]])
+    assert stats["components"] == 3, stats
+    outlier = torch.tensor([[20.0, -20.0, 20.0]]).T.reshape(1, 3, 1, 1)
+    inlier = torch.tensor([[0.0, 0.0, 0.0]]).T.reshape(1, 3, 1, 1)
+    assert head([outlier]).item() > head([inlier]).item() + 50
+
+
+@pytest.fixture(scope="module")
+def few_images(demo_root):
+    train = [s.path for s in read_split(demo_root, "train")][:10]
+    test = [s.path for s in read_split(demo_root, "test")][::6]
+    return train, test
+
+
+@pytest.mark.parametrize("head,options", [
+    ("nf", {"max_epochs": 2, "steps": 4}),
+    ("gmm", {"grid": [1, 2], "max_iter": 10}),
+    ("mdn", {"max_epochs": 2, "components": 8}),
+    ("ae", {"max_epochs": 2}),
+])
+def test_every_head_is_seeded_and_survives_save_load(head, options, few_images, tmp_path):
+    train, test = few_images
+    a = vqc.AnomalyModel(head=head, head_options=options).fit(train, progress=False)
+    b = vqc.AnomalyModel(head=head, head_options=options).fit(train, progress=False)
+    scores = [p.score for p in a.predict(test)]
+    assert scores == [p.score for p in b.predict(test)]  # same seed, same CPU: same model
+    assert len(set(scores)) > 1 and all(np.isfinite(scores))
+    loaded = vqc.load(a.save(tmp_path / f"{head}.safetensors"))
+    assert [p.score for p in loaded.predict(test)] == scores
+    assert loaded.info["fit_seconds"] > 0 and loaded.info["inference_ms_per_image"] > 0
+    assert loaded.config.backbone == ("none" if head == "ae" else "efficientnet_lite0")
