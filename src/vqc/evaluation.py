@@ -6,26 +6,26 @@ from pathlib import Path
 import numpy as np
 
 from .data import load_mask, read_split
-from .metrics import auroc, average_precision
+from .metrics import aupro, auroc, average_precision, f1_max, pixel_auroc
 from .model import AnomalyModel
 
 
 def evaluate(model: AnomalyModel, data: str | Path, progress: bool = True, keep_predictions: bool = False) -> dict:
-    """Image AUROC / average precision and pixel AUROC on the data set's test split.
+    """Image AUROC / average precision / F1-max and pixel AUROC / AUPRO on the test split.
 
     Pixel metrics use every good test image and every defective image that has a mask,
     at the masks' own resolution.
     """
     samples = read_split(data, "test")
-    labels, scores, pixel_scores, pixel_labels, predictions = [], [], [], [], []
+    labels, scores, maps, masks, predictions = [], [], [], [], []
     for sample, pred in zip(samples, model.predict_iter([s.path for s in samples], progress=progress)):
         labels.append(sample.label)
         scores.append(pred.score)
         if sample.label == 0 or sample.mask is not None:
             mask = (load_mask(sample.mask, pred.anomaly_map.shape) if sample.mask is not None
                     else np.zeros(pred.anomaly_map.shape, bool))
-            pixel_scores.append(pred.anomaly_map.ravel())
-            pixel_labels.append(mask.ravel())
+            maps.append(pred.anomaly_map)
+            masks.append(mask)
         if keep_predictions:
             predictions.append((sample, pred))
     labels, scores = np.array(labels), np.array(scores)
@@ -34,10 +34,13 @@ def evaluate(model: AnomalyModel, data: str | Path, progress: bool = True, keep_
     for defect in defects:
         keep = np.array([s.defect in (defect, "good") for s in samples])
         per_defect[defect] = {"image_auroc": auroc(labels[keep], scores[keep]), "n_images": int((labels[keep]).sum())}
+    f1, f1_thr = f1_max(labels, scores)
     result = {
         "image_auroc": auroc(labels, scores),
         "image_ap": average_precision(labels, scores),
-        "pixel_auroc": auroc(np.concatenate(pixel_labels), np.concatenate(pixel_scores)) if pixel_labels else float("nan"),
+        "image_f1_max": f1, "f1_threshold": f1_thr,
+        "pixel_auroc": pixel_auroc(masks, maps) if masks else float("nan"),
+        "aupro": aupro(masks, maps) if masks else float("nan"),
         "n_images": len(samples),
         "n_defective": int(labels.sum()),
         "per_defect": per_defect,
