@@ -62,6 +62,30 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="vqc-demo", help="output folder")
 
     sub.add_parser("backbones", help="list backbones, their feature layers and offline weights")
+
+    bench = sub.add_parser("benchmark", help="compare backbone x head x layers over data sets; resumable")
+    bench.add_argument("--config", help="YAML matrix: backbones, heads, data, [layers, head_options, weights, image_size]")
+    bench.add_argument("--preset", choices=["paper"], help="the paper's matrix (DeiT blocks 7/11, EfficientFormer, "
+                       "Swin, ResNet-50 x nf/gmm/mdn on MVTec AD and BTAD)")
+    bench.add_argument("--backbones", default="efficientnet_lite0", help="comma-separated")
+    bench.add_argument("--heads", default="knn,nf,gmm", help="comma-separated")
+    bench.add_argument("--layers", type=_layers, help="feature layers for every backbone (default: each one's own)")
+    bench.add_argument("--data", nargs="*", default=[], help="category folders, or roots that hold categories")
+    bench.add_argument("--out", default="benchmark", help="output folder (rerun with the same folder to resume)")
+    bench.add_argument("--fp-cost", type=float, default=1.0, help="cost of rejecting a good part")
+    bench.add_argument("--fn-cost", type=float, default=10.0, help="cost of letting a defective part through")
+    bench.add_argument("--defect-rate", type=float, help="expected share of defective parts (default: the test set's)")
+    bench.add_argument("--false-reject-rate", type=float, default=0.01, help="target for the false-reject policy")
+
+    threshold = sub.add_parser("threshold", help="choose and store the model's decision threshold")
+    threshold.add_argument("model")
+    threshold.add_argument("--policy", required=True, metavar="f1|cost|false-reject-rate=R",
+                           help="f1 and cost need --data with labelled images; false-reject-rate uses the "
+                                "held-out good images, or --data's good images when given")
+    threshold.add_argument("--data", help="labelled validation data (a data set folder; its test split is used)")
+    threshold.add_argument("--fp-cost", type=float, default=1.0)
+    threshold.add_argument("--fn-cost", type=float, default=10.0)
+    threshold.add_argument("--defect-rate", type=float)
     return parser
 
 
@@ -69,8 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     try:
-        return {"fit": cmd_fit, "predict": cmd_predict, "evaluate": cmd_evaluate,
-                "demo": cmd_demo, "backbones": cmd_backbones}[args.command](args) or 0
+        return {"fit": cmd_fit, "predict": cmd_predict, "evaluate": cmd_evaluate, "demo": cmd_demo,
+                "backbones": cmd_backbones, "benchmark": cmd_benchmark, "threshold": cmd_threshold}[args.command](args) or 0
     except VqcError as exc:
         print(f"vqc: error: {exc}", file=sys.stderr)
         return 2
@@ -109,9 +133,9 @@ def cmd_predict(args) -> None:
     out = Path(args.out)
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(["path", "score", "normalised_score"])
+    writer.writerow(["path", "score", "normalised_score", "verdict"])
     for pred in model.predict_iter(images, progress=True):
-        writer.writerow([pred.path, f"{pred.score:.6g}", f"{pred.normalised_score:.4f}"])
+        writer.writerow([pred.path, f"{pred.score:.6g}", f"{pred.normalised_score:.4f}", pred.verdict or ""])
         if not args.no_overlays:
             picture = overlay(decode_image(pred.path), pred.anomaly_map, model.info["map_floor"],
                               max(model.info["normal_scores"]))
@@ -177,6 +201,46 @@ def cmd_backbones(args) -> None:
         table.add_row(d["name"], f"{d['params_m']:.1f}", levels, ",".join(map(str, d["default_layers"])),
                       d["offline"] or "no (hub download or --weights FILE)", d["note"])
     _console().print(table)
+
+
+def cmd_benchmark(args) -> int:
+    from .benchmark import Matrix, load_matrix, paper_matrix, run_matrix, write_outputs
+    missing = []
+    if args.config:
+        matrix = load_matrix(args.config)
+    elif args.preset == "paper":
+        matrix, missing = paper_matrix(args.data)
+        for line in missing:
+            print(f"paper preset, missing {line}")
+        if not args.data:
+            return 2
+    else:
+        if not args.data:
+            raise VqcError("benchmark needs --data (category folders or roots), --config FILE or --preset paper")
+        backbones = args.backbones.split(",")
+        matrix = Matrix(backbones=backbones, heads=args.heads.split(","), data=args.data,
+                        layers={b: [args.layers] for b in backbones} if args.layers else {})
+    costs = {"fp_cost": args.fp_cost, "fn_cost": args.fn_cost, "defect_rate": args.defect_rate,
+             "false_reject_rate": args.false_reject_rate}
+    out = Path(args.out)
+    cells = matrix.cells()
+    print(f"{len(cells)} cells -> {out}")
+    records = run_matrix(cells, out, costs)
+    write_outputs(records, out)
+    print((out / "results.md").read_text())
+    print(f"wrote {out / 'results.csv'}, results.json, results.md, report.html")
+    return 0 if all(r["status"] == "ok" for r in records) and not missing else 1
+
+
+def cmd_threshold(args) -> None:
+    from .model import load
+    from .thresholds import choose_threshold
+    model = load(args.model)
+    chosen = choose_threshold(model, args.policy, args.data, args.fp_cost, args.fn_cost, args.defect_rate)
+    model.threshold = chosen
+    model.save(args.model)
+    extra = ", ".join(f"{k} {v}" for k, v in chosen.items() if k not in ("policy", "value"))
+    print(f"threshold {chosen['value']:.6g} ({chosen['policy']}; {extra}) stored in {args.model}")
 
 
 if __name__ == "__main__":

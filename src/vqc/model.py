@@ -54,6 +54,7 @@ class Prediction:
     anomaly_map: np.ndarray  # float32, the input image's height x width
     normalised_score: float  # 0 = typical good part, 1 = worst held-out good part
     path: Path | None = None
+    verdict: str | None = None  # "defective" when score >= the model's threshold, else "ok"; None without one
 
 
 class AnomalyModel:
@@ -75,6 +76,7 @@ class AnomalyModel:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.detector: Detector | None = None
         self.info: dict = {}  # weights source, fit statistics, the normal score range
+        self.threshold: dict | None = None  # {"policy", "value", ...}: see vqc.thresholds
 
     # ------------------------------------------------------------ building
 
@@ -115,6 +117,8 @@ class AnomalyModel:
             "normal_scores": [round(float(s), 6) for s in val_scores], "map_floor": floor,
             "fitted_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
+        from .thresholds import choose_threshold
+        self.threshold = choose_threshold(self, "false-reject-rate=0.01")  # until a labelled choice is made
         return self
 
     def _feature_batches(self, images: list, progress: bool) -> Iterator[list[torch.Tensor]]:
@@ -173,7 +177,7 @@ class AnomalyModel:
                     full = F.interpolate(map_[None], size=original.shape[:2], mode="bilinear", align_corners=False)
                     path = images[index] if isinstance(images[index], (str, Path)) else None
                     yield Prediction(score, full[0, 0].cpu().numpy(), self.normalise(score),
-                                     Path(path) if path is not None else None)
+                                     Path(path) if path is not None else None, self.verdict(score))
                     index += 1
                 bar.update(len(batch))
 
@@ -183,6 +187,11 @@ class AnomalyModel:
         elif isinstance(images, (str, Path, np.ndarray)):
             images = [images]
         return list(self.predict_iter(images, progress))
+
+    def verdict(self, score: float) -> str | None:
+        if self.threshold is None:
+            return None
+        return "defective" if score >= self.threshold["value"] else "ok"
 
     def normalise(self, score: float | np.ndarray):
         """Map a score so that 0 is a typical good position and 1 the worst held-out good image."""
@@ -198,7 +207,8 @@ class AnomalyModel:
         path = Path(path)
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.detector.state_dict().items()}
         metadata = {"format": FORMAT, "format_version": str(FORMAT_VERSION),
-                    "config": json.dumps(asdict(self.config)), "info": json.dumps(self.info)}
+                    "config": json.dumps(asdict(self.config)), "info": json.dumps(self.info),
+                    "threshold": json.dumps(self.threshold)}
         with atomic_path(path) as tmp:
             save_file(tensors, str(tmp), metadata=metadata)
         return path
@@ -233,6 +243,7 @@ def load(path: str | Path, device: str | None = None) -> AnomalyModel:
     model.detector.load_state_dict(tensors)
     model.detector.to(model.device).eval()
     model.info = json.loads(metadata["info"])
+    model.threshold = json.loads(metadata.get("threshold", "null"))
     model.weights = None
     return model
 

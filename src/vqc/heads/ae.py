@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .training import train_early_stopping
+from .training import rebatch, train_early_stopping
 
 
 def _down(c_in: int, c_out: int) -> nn.Module:
@@ -24,8 +24,10 @@ def _up(c_in: int, c_out: int) -> nn.Module:
 
 class AutoencoderHead(nn.Module):
     def __init__(self, channels: list[int], widths: tuple = (32, 64, 128, 128), lr: float = 1e-3,
-                 weight_decay: float = 1e-5, max_epochs: int = 100, patience: int = 30, seed: int = 0):
+                 weight_decay: float = 1e-5, max_epochs: int = 100, patience: int = 30, batch_size: int = 32,
+                 seed: int = 0):
         super().__init__()
+        self.batch_size = batch_size
         self.widths, self.lr, self.weight_decay = tuple(widths), lr, weight_decay
         self.max_epochs, self.patience, self.seed = max_epochs, patience, seed
         state = torch.random.get_rng_state()
@@ -40,7 +42,7 @@ class AutoencoderHead(nn.Module):
 
     def options(self) -> dict:
         return {"widths": list(self.widths), "lr": self.lr, "weight_decay": self.weight_decay,
-                "max_epochs": self.max_epochs, "patience": self.patience, "seed": self.seed}
+                "max_epochs": self.max_epochs, "patience": self.patience, "batch_size": self.batch_size, "seed": self.seed}
 
     def _error(self, levels) -> torch.Tensor:
         x = levels[0]
@@ -50,10 +52,10 @@ class AutoencoderHead(nn.Module):
         return (y - x).pow(2).mean(1, keepdim=True)
 
     def fit(self, batches, val_batches=(), progress: bool = True) -> dict:
-        train = [list(levels[:1]) for levels in batches]
+        train = rebatch(([levels[0]] for levels in batches), self.batch_size)
         self.to(train[0][0].device)
         return train_early_stopping(self, lambda levels: self._error(levels).mean(), train,
-                                    [list(v[:1]) for v in val_batches], lr=self.lr, weight_decay=self.weight_decay,
+                                    rebatch(([v[0]] for v in val_batches), self.batch_size), lr=self.lr, weight_decay=self.weight_decay,
                                     max_epochs=self.max_epochs, patience=self.patience, seed=self.seed,
                                     progress=progress, desc="ae")
 

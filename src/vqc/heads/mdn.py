@@ -20,14 +20,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from .patches import patch_features
-from .training import train_early_stopping
+from .training import rebatch, train_early_stopping
 
 
 class MdnHead(nn.Module):
     def __init__(self, channels: list[int], components: int = 100, hidden: int = 128, temperature: float = 1.0,
-                 pool: int = 3, lr: float = 1e-3, weight_decay: float = 1e-5, max_epochs: int = 200,
-                 patience: int = 30, seed: int = 0):
+                 pool: int = 3, lr: float = 1e-3, weight_decay: float = 1e-5, max_epochs: int = 100,
+                 patience: int = 30, batch_size: int = 32, seed: int = 0):
         super().__init__()
+        self.batch_size = batch_size
         self.components, self.hidden, self.temperature, self.pool = components, hidden, temperature, pool
         self.lr, self.weight_decay, self.max_epochs, self.patience, self.seed = lr, weight_decay, max_epochs, patience, seed
         d = sum(channels)
@@ -43,7 +44,7 @@ class MdnHead(nn.Module):
     def options(self) -> dict:
         return {"components": self.components, "hidden": self.hidden, "temperature": self.temperature,
                 "pool": self.pool, "lr": self.lr, "weight_decay": self.weight_decay, "max_epochs": self.max_epochs,
-                "patience": self.patience, "seed": self.seed}
+                "patience": self.patience, "batch_size": self.batch_size, "seed": self.seed}
 
     def _nll(self, levels) -> torch.Tensor:
         """Negative log-likelihood per feature dimension at every position: [B, 1, h, w]."""
@@ -64,7 +65,7 @@ class MdnHead(nn.Module):
         return (-log_p / d).view(b, 1, h, w)
 
     def fit(self, batches, val_batches=(), progress: bool = True) -> dict:
-        train = [list(levels) for levels in batches]
+        train = rebatch(batches, self.batch_size)
         with torch.no_grad():
             feats = torch.cat([patch_features(levels, self.pool).transpose(0, 1).flatten(1) for levels in train], 1)
             self.centre.copy_(feats.mean(1).view_as(self.centre))
@@ -72,7 +73,8 @@ class MdnHead(nn.Module):
             pick = torch.randperm(feats.shape[1], generator=torch.Generator().manual_seed(self.seed))[:self.components]
             self.means.copy_(((feats[:, pick].T - self.centre.view(1, -1)) / self.scale.view(1, -1)))
         self.to(train[0][0].device)
-        return train_early_stopping(self, lambda levels: self._nll(levels).mean(), train, list(val_batches),
+        return train_early_stopping(self, lambda levels: self._nll(levels).mean(), train,
+                                    rebatch(val_batches, self.batch_size),
                                     lr=self.lr, weight_decay=self.weight_decay, max_epochs=self.max_epochs,
                                     patience=self.patience, seed=self.seed, progress=progress, desc="mdn")
 

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .training import train_early_stopping
+from .training import rebatch, train_early_stopping
 
 
 def _subnet(kernel: int, ratio: float):
@@ -49,10 +49,10 @@ class Standardise(nn.Module):
 
 class FlowHead(nn.Module):
     def __init__(self, channels: list[int], steps: int = 20, hidden_ratio: float = 0.16, clamp: float = 2.0,
-                 lr: float = 1e-3, weight_decay: float = 1e-5, max_epochs: int = 200, patience: int = 30,
-                 seed: int = 0):
+                 lr: float = 1e-3, weight_decay: float = 1e-5, max_epochs: int = 100, patience: int = 30,
+                 batch_size: int = 32, seed: int = 0):
         super().__init__()
-        self.steps, self.hidden_ratio, self.clamp = steps, hidden_ratio, clamp
+        self.steps, self.hidden_ratio, self.clamp, self.batch_size = steps, hidden_ratio, clamp, batch_size
         self.lr, self.weight_decay, self.max_epochs, self.patience, self.seed = lr, weight_decay, max_epochs, patience, seed
         state = np.random.get_state()  # AllInOneBlock draws its channel permutation from numpy
         np.random.seed(seed)
@@ -68,7 +68,7 @@ class FlowHead(nn.Module):
     def options(self) -> dict:
         return {"steps": self.steps, "hidden_ratio": self.hidden_ratio, "clamp": self.clamp, "lr": self.lr,
                 "weight_decay": self.weight_decay, "max_epochs": self.max_epochs, "patience": self.patience,
-                "seed": self.seed}
+                "batch_size": self.batch_size, "seed": self.seed}
 
     def _latents(self, levels):
         return [flow(norm(level))[0] for flow, norm, level in zip(self.flows, self.norms, levels)]
@@ -82,13 +82,13 @@ class FlowHead(nn.Module):
         return total
 
     def fit(self, batches, val_batches=(), progress: bool = True) -> dict:
-        train = [list(levels) for levels in batches]
+        train = rebatch(batches, self.batch_size)
         for i, norm in enumerate(self.norms):  # per-channel statistics over all training positions
             stacked = torch.cat([levels[i].transpose(0, 1).flatten(1) for levels in train], dim=1)
             norm.mean.copy_(stacked.mean(1).view_as(norm.mean))
             norm.std.copy_(stacked.std(1).clamp_min(1e-6).view_as(norm.std))
         self.to(train[0][0].device)
-        return train_early_stopping(self, self.nll, train, list(val_batches), lr=self.lr,
+        return train_early_stopping(self, self.nll, train, rebatch(val_batches, self.batch_size), lr=self.lr,
                                     weight_decay=self.weight_decay, max_epochs=self.max_epochs,
                                     patience=self.patience, seed=self.seed, progress=progress, desc="nf")
 

@@ -50,6 +50,15 @@ def train_early_stopping(module: nn.Module, loss_fn: Callable, train: Sequence, 
             "stopped_early": len(history) < max_epochs, "train_seconds": round(time.perf_counter() - start, 3)}
 
 
+def rebatch(batches, size: int) -> list[list[torch.Tensor]]:
+    """Regroup cached feature-level batches into batches of `size` images (fewer, larger steps)."""
+    batches = list(batches)
+    if not batches:
+        return []
+    levels = [torch.cat([batch[i] for batch in batches]) for i in range(len(batches[0]))]
+    return [[level[start:start + size] for level in levels] for start in range(0, len(levels[0]), size)]
+
+
 @torch.no_grad()
 def evaluate_loss(module: nn.Module, loss_fn: Callable, batches: Sequence) -> float:
     module.eval()
