@@ -1,0 +1,48 @@
+import numpy as np
+import pytest
+
+import vqc
+from vqc import VqcError
+from vqc.cli import main
+from vqc.data import read_split
+from vqc.metrics import cost_threshold, f1_max
+from vqc.thresholds import choose_threshold, parse_policy
+
+
+def test_fit_stores_a_false_reject_threshold_from_held_out_good_images(demo_model):
+    t = demo_model.threshold
+    assert t["policy"] == "false-reject-rate=0.01" and t["n_images"] == 6
+    # at most 1 % of 6 held-out good images may be rejected: none, so above the largest
+    assert t["value"] > max(demo_model.info["normal_scores"])
+
+
+def test_cost_and_f1_policies_on_labelled_data(demo_model, demo_root):
+    samples = read_split(demo_root, "test")
+    labels = np.array([s.label for s in samples])
+    scores = np.array([p.score for p in demo_model.predict([s.path for s in samples])])
+    cost = choose_threshold(demo_model, "cost", demo_root, fp_cost=1, fn_cost=20)
+    assert cost["value"] == cost_threshold(labels, scores, 1, 20)["threshold"]
+    assert cost["expected_cost_per_1000"] >= 0 and cost["n_images"] == 42
+    f1 = choose_threshold(demo_model, "f1", demo_root)
+    assert f1["value"] == f1_max(labels, scores)[1]
+    with pytest.raises(VqcError, match="needs labelled validation data"):
+        choose_threshold(demo_model, "cost")
+    with pytest.raises(VqcError, match="unknown threshold policy"):
+        parse_policy("youden")
+    with pytest.raises(VqcError, match="rate in"):
+        parse_policy("false-reject-rate=2")
+
+
+def test_threshold_command_stores_policy_and_predict_uses_it(demo_root, tmp_path, capsys):
+    images = [s.path for s in read_split(demo_root, "train")][:15]
+    model = vqc.AnomalyModel(head_options={"coreset": 0.05}).fit(images, progress=False)
+    path = model.save(tmp_path / "m.safetensors")
+    assert main(["threshold", str(path), "--policy", "cost", "--data", str(demo_root), "--fn-cost", "5"]) == 0
+    stored = vqc.load(path).threshold
+    assert stored["policy"] == "cost" and stored["fn_cost"] == 5
+    test = read_split(demo_root, "test")[:4]
+    assert main(["predict", str(path), *[str(s.path) for s in test], "--out", str(tmp_path / "p"), "--no-overlays"]) == 0
+    rows = (tmp_path / "p" / "scores.csv").read_text().splitlines()[1:]
+    for row in rows:
+        score, verdict = float(row.split(",")[1]), row.split(",")[3]
+        assert verdict == ("defective" if score >= stored["value"] else "ok")
