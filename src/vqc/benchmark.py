@@ -62,14 +62,15 @@ class Matrix:
     head_options: dict[str, dict] = field(default_factory=dict)  # per head
     weights: dict[str, str] = field(default_factory=dict)  # per backbone: a weight file
     image_size: int = 224
+    pairs: list[tuple[str, str]] = field(default_factory=list)  # (backbone, head); replaces the product
 
     def cells(self) -> list[Cell]:
-        for name in self.backbones:
-            get_spec(name)
+        pairs = self.pairs or [(b, h) for b in self.backbones for h in self.heads]
+        for backbone, _ in pairs:
+            get_spec(backbone)
         return [Cell(b, h, str(d), tuple(layers), json.dumps(self.head_options.get(h, {}), sort_keys=True),
                      self.weights.get(b), self.image_size)
-                for d in categories(self.data) for b in self.backbones
-                for layers in self.layers.get(b, [()]) for h in self.heads]
+                for d in categories(self.data) for b, h in pairs for layers in self.layers.get(b, [()])]
 
 
 def categories(paths: list[str]) -> list[Path]:
@@ -89,18 +90,21 @@ def categories(paths: list[str]) -> list[Path]:
 
 
 def load_matrix(path: str | Path) -> Matrix:
-    """A YAML matrix: backbones, heads, data (lists); layers, head_options, weights (maps); image_size."""
+    """A YAML matrix: data and either backbones x heads or pairs of [backbone, head] (lists);
+    layers, head_options, weights (maps); image_size."""
     import yaml
     try:
         spec = yaml.safe_load(Path(path).read_text()) or {}
-        return Matrix(backbones=list(spec["backbones"]), heads=list(spec["heads"]), data=list(spec["data"]),
+        pairs = [tuple(p) for p in spec.get("pairs") or []]
+        return Matrix(backbones=list(spec.get("backbones") or [b for b, _ in pairs]),
+                      heads=list(spec.get("heads") or [h for _, h in pairs]), data=list(spec["data"]), pairs=pairs,
                       layers={b: [tuple(x) for x in v] for b, v in (spec.get("layers") or {}).items()},
                       head_options=dict(spec.get("head_options") or {}), weights=dict(spec.get("weights") or {}),
                       image_size=int(spec.get("image_size", 224)))
     except FileNotFoundError:
         raise VqcError(f"matrix file {path} does not exist") from None
     except (yaml.YAMLError, KeyError, TypeError, ValueError) as exc:
-        raise VqcError(f"matrix file {path}: {type(exc).__name__} {exc} (needs backbones, heads and data lists)") from None
+        raise VqcError(f"matrix file {path}: {type(exc).__name__} {exc} (needs data, and backbones and heads or pairs)") from None
 
 
 def paper_matrix(data: list[str]) -> tuple[Matrix, list[str]]:

@@ -77,6 +77,13 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--defect-rate", type=float, help="expected share of defective parts (default: the test set's)")
     bench.add_argument("--false-reject-rate", type=float, default=0.01, help="target for the false-reject policy")
 
+    serve = sub.add_parser("serve", help="HTTP inspection service with an operator page at /")
+    serve.add_argument("model")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--engine", choices=["torch", "onnx"], default="torch")
+    serve.add_argument("--max-upload-mb", type=float, default=20.0)
+
     threshold = sub.add_parser("threshold", help="choose and store the model's decision threshold")
     threshold.add_argument("model")
     threshold.add_argument("--policy", required=True, metavar="f1|cost|false-reject-rate=R",
@@ -94,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     try:
         return {"fit": cmd_fit, "predict": cmd_predict, "evaluate": cmd_evaluate, "demo": cmd_demo,
-                "backbones": cmd_backbones, "benchmark": cmd_benchmark, "threshold": cmd_threshold}[args.command](args) or 0
+                "backbones": cmd_backbones, "benchmark": cmd_benchmark, "threshold": cmd_threshold,
+                "serve": cmd_serve}[args.command](args) or 0
     except VqcError as exc:
         print(f"vqc: error: {exc}", file=sys.stderr)
         return 2
@@ -230,6 +238,11 @@ def cmd_benchmark(args) -> int:
     print((out / "results.md").read_text())
     print(f"wrote {out / 'results.csv'}, results.json, results.md, report.html")
     return 0 if all(r["status"] == "ok" for r in records) and not missing else 1
+
+
+def cmd_serve(args) -> None:
+    from .serve import serve
+    serve(args.model, args.host, args.port, args.engine, args.max_upload_mb)
 
 
 def cmd_threshold(args) -> None:

@@ -1,0 +1,66 @@
+import base64
+import io
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from vqc.data import read_split
+from vqc.serve import create_app
+
+
+@pytest.fixture(scope="module")
+def client(demo_model, tmp_path_factory):
+    path = demo_model.save(tmp_path_factory.mktemp("serve") / "tiles.safetensors")
+    return TestClient(create_app(path, max_upload_mb=1))
+
+
+def _png(path) -> bytes:
+    return path.read_bytes()
+
+
+def test_inspect_multipart_and_raw_give_the_model_score(client, demo_model, demo_root):
+    sample = next(s for s in read_split(demo_root, "test") if s.label)
+    want = demo_model.predict([sample.path])[0]
+    r = client.post("/v1/inspect", files={"file": (sample.path.name, _png(sample.path), "image/png")})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["score"] == pytest.approx(want.score, rel=1e-6)
+    assert body["verdict"] == want.verdict and body["threshold"] == demo_model.threshold["value"]
+    assert body["filename"] == sample.path.name and body["model"] == "tiles" and body["latency_ms"] > 0
+    raw = client.post("/v1/inspect?heatmap=1", content=_png(sample.path), headers={"content-type": "image/png"})
+    assert raw.json()["score"] == pytest.approx(want.score, rel=1e-6)
+    heat = Image.open(io.BytesIO(base64.b64decode(raw.json()["heatmap_png"])))
+    assert heat.size == Image.open(sample.path).size
+
+
+def test_batch(client, demo_root):
+    samples = read_split(demo_root, "test")[:3]
+    files = [("files", (s.path.name, _png(s.path), "image/png")) for s in samples]
+    r = client.post("/v1/inspect/batch", files=files)
+    assert r.status_code == 200, r.text
+    assert [x["filename"] for x in r.json()["results"]] == [s.path.name for s in samples]
+
+
+def test_bad_uploads_get_4xx_and_the_service_keeps_running(client, demo_root):
+    r = client.post("/v1/inspect", files={"file": ("notes.txt", b"hello, not an image", "text/plain")})
+    assert r.status_code == 422 and "notes.txt" in r.json()["detail"]
+    good = _png(read_split(demo_root, "test")[0].path)
+    r = client.post("/v1/inspect", files={"file": ("cut.png", good[: len(good) // 2], "image/png")})
+    assert r.status_code == 422 and "cut.png" in r.json()["detail"]
+    r = client.post("/v1/inspect", content=b"\0" * (2 * 2**20), headers={"content-type": "image/png"})
+    assert r.status_code == 413
+    r = client.post("/v1/inspect", content=b"", headers={"content-type": "image/png"})
+    assert r.status_code == 400
+    assert client.get("/health").json()["status"] == "ok"
+    assert client.post("/v1/inspect", content=good, headers={"content-type": "image/png"}).status_code == 200
+
+
+def test_model_info_docs_and_page(client, demo_model):
+    info = client.get("/v1/model").json()
+    assert info["backbone"] == "efficientnet_lite0" and info["head"] == "knn"
+    assert info["threshold"]["policy"] == demo_model.threshold["policy"]
+    assert client.get("/openapi.json").json()["paths"].keys() >= {"/v1/inspect", "/v1/inspect/batch", "/health"}
+    page = client.get("/")
+    assert page.status_code == 200 and "vqc inspection" in page.text
