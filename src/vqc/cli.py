@@ -52,11 +52,19 @@ def _parser() -> argparse.ArgumentParser:
     predict.add_argument("images", nargs="+", help="image files, folders or globs")
     predict.add_argument("--out", default="predictions", help="output folder")
     predict.add_argument("--no-overlays", action="store_true")
+    predict.add_argument("--engine", choices=["torch", "onnx"], default="torch")
 
     evaluate = sub.add_parser("evaluate", help="metrics on a labelled test split")
     evaluate.add_argument("model")
     evaluate.add_argument("data")
     evaluate.add_argument("--json", help="also write the metrics to this JSON file")
+    evaluate.add_argument("--engine", choices=["torch", "onnx"], default="torch")
+
+    export = sub.add_parser("export", help="export the whole inference path to ONNX (parity-checked)")
+    export.add_argument("model")
+    export.add_argument("--format", choices=["onnx"], default="onnx")
+    export.add_argument("--out", required=True, help="ONNX file to write (a FILE.json side file comes with it)")
+    export.add_argument("--check-images", nargs="*", default=[], help="images both engines must agree on")
 
     demo = sub.add_parser("demo", help="fit, evaluate and draw heat maps on the shipped demo data")
     demo.add_argument("--out", default="vqc-demo", help="output folder")
@@ -102,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return {"fit": cmd_fit, "predict": cmd_predict, "evaluate": cmd_evaluate, "demo": cmd_demo,
                 "backbones": cmd_backbones, "benchmark": cmd_benchmark, "threshold": cmd_threshold,
-                "serve": cmd_serve}[args.command](args) or 0
+                "serve": cmd_serve, "export": cmd_export}[args.command](args) or 0
     except VqcError as exc:
         print(f"vqc: error: {exc}", file=sys.stderr)
         return 2
@@ -136,7 +144,7 @@ def cmd_predict(args) -> None:
     from .files import write_text_atomic
     from .model import load
     from .viz import overlay, save_png
-    model = load(args.model)
+    model = load(args.model).use_engine(args.engine)
     images = list_images(args.images)
     out = Path(args.out)
     buffer = io.StringIO()
@@ -181,7 +189,7 @@ def cmd_evaluate(args) -> None:
     from .evaluation import evaluate
     from .files import write_text_atomic
     from .model import load
-    model = load(args.model)
+    model = load(args.model).use_engine(args.engine)
     result = evaluate(model, args.data)
     print_metrics(result, f"{model.config.backbone} + {model.config.head} on {args.data}")
     if args.json:
@@ -238,6 +246,18 @@ def cmd_benchmark(args) -> int:
     print((out / "results.md").read_text())
     print(f"wrote {out / 'results.csv'}, results.json, results.md, report.html")
     return 0 if all(r["status"] == "ok" for r in records) and not missing else 1
+
+
+def cmd_export(args) -> None:
+    from .data import list_images
+    from .export import export_onnx
+    from .model import load
+    model = load(args.model)
+    batches = [batch.numpy() for batch in model._uint8_batches(list_images(args.check_images))] if args.check_images else []
+    sidecar = export_onnx(model, args.out, batches)
+    p = sidecar["parity"]
+    print(f"exported {args.out} (+ .json); parity on {p['images']} images: scores within "
+          f"{p['score_max_rel_diff']:.1e} relative, maps within {p['map_max_diff_rel_to_scale']:.1e} of their scale")
 
 
 def cmd_serve(args) -> None:

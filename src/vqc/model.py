@@ -77,6 +77,8 @@ class AnomalyModel:
         self.detector: Detector | None = None
         self.info: dict = {}  # weights source, fit statistics, the normal score range
         self.threshold: dict | None = None  # {"policy", "value", ...}: see vqc.thresholds
+        self.engine = None  # None: the PyTorch Detector; else a callable such as export.OnnxEngine
+        self._engine_dir = None
 
     # ------------------------------------------------------------ building
 
@@ -159,10 +161,33 @@ class AnomalyModel:
         self._require_fitted()
         with tqdm(total=len(images), desc=desc, unit="img", disable=not progress) as bar:
             for batch in self._uint8_batches(images):
-                with torch.inference_mode():
-                    maps, scores = self.detector(batch.to(self.device))
+                maps, scores = self._forward(batch)
                 bar.update(len(batch))
                 yield maps, scores
+
+    def _forward(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.engine is not None:
+            return self.engine(batch)
+        with torch.inference_mode():
+            return self.detector(batch.to(self.device))
+
+    def use_engine(self, name: str, onnx_path: str | Path | None = None) -> "AnomalyModel":
+        """Score with "torch" (the Detector) or "onnx" (ONNX Runtime; exported now, parity-checked,
+        unless an exported file is given)."""
+        self._require_fitted()
+        if name == "torch":
+            self.engine = None
+        elif name == "onnx":
+            from .export import OnnxEngine, export_onnx
+            if onnx_path is None:
+                import tempfile
+                self._engine_dir = tempfile.TemporaryDirectory(prefix="vqc-onnx-")
+                onnx_path = Path(self._engine_dir.name) / "model.onnx"
+                export_onnx(self, onnx_path)
+            self.engine = OnnxEngine(onnx_path)
+        else:
+            raise VqcError(f"unknown engine {name!r}; use torch or onnx")
+        return self
 
     def predict_iter(self, images: Sequence[ImageInput], progress: bool = False) -> Iterator[Prediction]:
         """Score images one batch at a time; maps come back at each image's own resolution."""
@@ -171,8 +196,7 @@ class AnomalyModel:
         with tqdm(total=len(images), desc="predict", unit="img", disable=not progress) as bar:
             index = 0
             for batch, originals in self._uint8_batches(images, keep_originals=True):
-                with torch.inference_mode():
-                    maps, scores = self.detector(batch.to(self.device))
+                maps, scores = self._forward(batch)
                 for map_, score, original in zip(maps, scores.tolist(), originals):
                     full = F.interpolate(map_[None], size=original.shape[:2], mode="bilinear", align_corners=False)
                     path = images[index] if isinstance(images[index], (str, Path)) else None

@@ -1,0 +1,68 @@
+import json
+
+import numpy as np
+import pytest
+
+import vqc
+from vqc import VqcError
+from vqc.cli import main
+from vqc.data import read_split
+from vqc.evaluation import evaluate
+from vqc.export import OnnxEngine, export_onnx, parity
+
+
+@pytest.fixture(scope="module")
+def small_train(demo_root):
+    return [s.path for s in read_split(demo_root, "train")][:12]
+
+
+def _check_batch(model, demo_root):
+    paths = [s.path for s in read_split(demo_root, "test")][::5]
+    return [batch.numpy() for batch in model._uint8_batches(paths)]
+
+
+@pytest.mark.parametrize("head,options", [
+    ("knn", {"coreset": 0.05}),
+    ("nf", {"max_epochs": 2, "steps": 4}),
+    ("gmm", {"grid": [1, 2], "max_iter": 10}),
+])
+def test_exported_model_matches_pytorch(head, options, small_train, demo_root, tmp_path):
+    model = vqc.AnomalyModel(head=head, head_options=options).fit(small_train, progress=False)
+    batches = _check_batch(model, demo_root)
+    sidecar = export_onnx(model, tmp_path / f"{head}.onnx", batches)
+    assert sidecar["parity"]["score_max_rel_diff"] <= 1e-4
+    assert sidecar["parity"]["map_max_diff_rel_to_scale"] <= 1e-3
+    side = json.loads((tmp_path / f"{head}.onnx.json").read_text())
+    assert side["format_version"] == 1 and side["input"]["dtype"] == "uint8" and side["threshold"] == model.threshold
+    engine = OnnxEngine(tmp_path / f"{head}.onnx")
+    for size in (1, 5):  # the batch dimension is dynamic
+        maps, scores = engine.run(batches[0][:size])
+        assert maps.shape == (size, 1, 224, 224) and scores.shape == (size,)
+
+
+def test_onnx_engine_gives_the_same_auroc_on_the_demo_set(demo_model, demo_root):
+    torch_result = evaluate(demo_model, demo_root, progress=False)
+    try:
+        demo_model.use_engine("onnx")
+        onnx_result = evaluate(demo_model, demo_root, progress=False)
+    finally:
+        demo_model.use_engine("torch")
+    assert onnx_result["image_auroc"] == pytest.approx(torch_result["image_auroc"], abs=1e-9)
+    assert onnx_result["pixel_auroc"] == pytest.approx(torch_result["pixel_auroc"], abs=1e-4)
+
+
+def test_parity_check_refuses_a_drifting_model():
+    ref = (np.ones((1, 1, 4, 4), np.float32), np.array([2.0], np.float32))
+    assert parity(ref, ref)["ok"]
+    assert not parity(ref, (ref[0], np.array([2.001], np.float32)))["ok"]
+    assert not parity(ref, (ref[0] * 1.01, ref[1]))["ok"]
+
+
+def test_export_command_and_bad_onnx_file(demo_model, tmp_path, demo_root, capsys):
+    path = demo_model.save(tmp_path / "m.safetensors")
+    image = next((demo_root / "test" / "crack").glob("*.png"))
+    assert main(["export", str(path), "--out", str(tmp_path / "m.onnx"), "--check-images", str(image)]) == 0
+    assert "parity on 4 images" in capsys.readouterr().out
+    (tmp_path / "junk.onnx").write_bytes(b"nope")
+    with pytest.raises(VqcError, match="junk.onnx"):
+        OnnxEngine(tmp_path / "junk.onnx")
