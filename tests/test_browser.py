@@ -1,0 +1,67 @@
+"""The operator page, end to end in headless Chromium (Debian's package), driven by Playwright."""
+import shutil
+import socket
+import threading
+import time
+
+import pytest
+
+from vqc.data import read_split
+from vqc.serve import create_app
+from vqc.thresholds import choose_threshold
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+
+
+@pytest.fixture(scope="module")
+def server(demo_model, demo_root, tmp_path_factory):
+    if not shutil.which("chromium"):
+        pytest.skip("Chromium is not installed (Debian: apt-get install chromium); .ci/run installs it")
+    pytest.importorskip("playwright.sync_api", reason="pip install playwright (in the test extras)")
+    import uvicorn
+    model = demo_model
+    saved = model.threshold
+    model.threshold = choose_threshold(model, "f1", demo_root)  # a threshold that separates the demo set
+    path = model.save(tmp_path_factory.mktemp("page") / "tiles.safetensors")
+    model.threshold = saved
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(path), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 60
+    while not server.started and time.time() < deadline:
+        time.sleep(0.1)
+    yield f"http://127.0.0.1:{port}", path
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+def test_operator_page_shows_verdicts_for_good_and_defective_images(server, demo_root):
+    from playwright.sync_api import sync_playwright
+
+    import vqc
+    url, path = server
+    model = vqc.load(path)
+    samples = read_split(demo_root, "test")
+    scored = list(zip(samples, model.predict([s.path for s in samples])))
+    good = next(s for s, p in scored if s.label == 0 and p.verdict == "ok")
+    bad = next(s for s, p in scored if s.label == 1 and p.verdict == "defective")
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--no-first-run"])
+        page = browser.new_page()
+        page.goto(url)
+        page.wait_for_function("document.getElementById('model').textContent.includes('knn')")
+        for sample, verdict in ((good, "OK"), (bad, "DEFECTIVE")):
+            page.set_input_files("#file", str(sample.path))
+            page.wait_for_function(f"document.getElementById('verdict').textContent === '{verdict}'", timeout=60000)
+            assert page.get_attribute("#heatmap", "src").startswith("data:image/png;base64,")
+        rows = page.locator("#history tr")
+        assert rows.count() == 2
+        assert "defective" in rows.nth(0).inner_text() and "ok" in rows.nth(1).inner_text()
+        page.set_input_files("#file", str(demo_root / "SOURCE.md"))  # not an image
+        page.wait_for_function("document.getElementById('error').textContent.includes('SOURCE.md')")
+        browser.close()
