@@ -1,4 +1,5 @@
 import csv
+from pathlib import Path
 import json
 import shutil
 
@@ -59,3 +60,22 @@ def test_backbones_lists_all(capsys):
     for name in ("deit_base_distilled", "efficientformer_l1", "swin_tiny", "wide_resnet50_2", "efficientnet_lite2"):
         assert name in out
     assert "pypi:efficientnet-lite0" in out
+
+
+def test_watch_scores_each_new_image_once_and_skips_bad_files(fitted, demo_root, tmp_path, capsys):
+    import shutil
+    import vqc
+    from vqc.cli import _ScoreWriter, _watch
+    drop = tmp_path / "camera"
+    drop.mkdir()
+    images = sorted((demo_root / "test" / "good").glob("*.png"))[:2]
+    for image in images:
+        shutil.copy(image, drop / image.name)
+    (drop / "broken.png").write_bytes(b"\x89PNG half a file")
+    model = vqc.load(fitted)
+    writer = _ScoreWriter(tmp_path / "out" / "scores.csv", model, overlays=False)
+    _watch(model, drop, writer, interval=0.01, rounds=5)  # five looks at the folder
+    writer.close()
+    rows = list(csv.DictReader(open(tmp_path / "out" / "scores.csv")))
+    assert sorted(Path(r["path"]).name for r in rows) == [i.name for i in images]  # once each, not the bad one
+    assert "broken.png" in capsys.readouterr().err

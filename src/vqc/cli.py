@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import io
 import json
 import logging
 import math
@@ -53,6 +52,8 @@ def _parser() -> argparse.ArgumentParser:
     predict.add_argument("--out", default="predictions", help="output folder")
     predict.add_argument("--no-overlays", action="store_true")
     predict.add_argument("--engine", choices=["torch", "onnx"], default="torch")
+    predict.add_argument("--watch", action="store_true", help="keep watching the folder for new images")
+    predict.add_argument("--interval", type=float, default=1.0, help="seconds between looks at a watched folder")
 
     evaluate = sub.add_parser("evaluate", help="metrics on a labelled test split")
     evaluate.add_argument("model")
@@ -140,24 +141,83 @@ def cmd_fit(args) -> None:
 
 
 def cmd_predict(args) -> None:
-    from .data import decode_image, list_images
-    from .files import write_text_atomic
+    from .data import list_images
     from .model import load
-    from .viz import overlay, save_png
     model = load(args.model).use_engine(args.engine)
-    images = list_images(args.images)
     out = Path(args.out)
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(["path", "score", "normalised_score", "verdict"])
-    for pred in model.predict_iter(images, progress=True):
-        writer.writerow([pred.path, f"{pred.score:.6g}", f"{pred.normalised_score:.4f}", pred.verdict or ""])
-        if not args.no_overlays:
-            picture = overlay(decode_image(pred.path), pred.anomaly_map, model.info["map_floor"],
-                              max(model.info["normal_scores"]))
-            save_png(out / "overlays" / f"{pred.path.stem}.png", picture)
-    write_text_atomic(out / "scores.csv", buffer.getvalue())
-    print(f"scored {len(images)} images -> {out / 'scores.csv'}")
+    writer = _ScoreWriter(out / "scores.csv", model, overlays=not args.no_overlays)
+    try:
+        if args.watch:
+            folder = Path(args.images[0])
+            if len(args.images) != 1 or not folder.is_dir():
+                raise VqcError("--watch takes one folder to watch")
+            print(f"watching {folder} for new images (Ctrl-C to stop); rows go to {writer.path}")
+            _watch(model, folder, writer, args.interval)
+        else:
+            images = list_images(args.images)
+            writer.write(model.predict_iter(images, progress=True))
+            print(f"scored {len(images)} images -> {writer.path}")
+    finally:
+        writer.close()
+
+
+class _ScoreWriter:
+    """Appends one CSV row per scored image as soon as it is scored (whole lines, flushed), and its
+    overlay; the file is only created once the first image has been scored."""
+
+    def __init__(self, path: Path, model, overlays: bool):
+        self.path, self.model, self.overlays, self.file = path, model, overlays, None
+
+    def write(self, predictions) -> int:
+        from .data import decode_image
+        from .viz import overlay, save_png
+        count = 0
+        for pred in predictions:
+            if self.file is None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                fresh = not self.path.exists()
+                self.file = open(self.path, "a", newline="")
+                self.csv = csv.writer(self.file)
+                if fresh:
+                    self.csv.writerow(["path", "score", "normalised_score", "verdict"])
+            if self.overlays:
+                info = self.model.info
+                picture = overlay(decode_image(pred.path), pred.anomaly_map, info["map_floor"], max(info["normal_scores"]))
+                save_png(self.path.parent / "overlays" / f"{pred.path.stem}.png", picture)
+            self.csv.writerow([pred.path, f"{pred.score:.6g}", f"{pred.normalised_score:.4f}", pred.verdict or ""])
+            self.file.flush()
+            count += 1
+        return count
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+
+
+def _watch(model, folder: Path, writer: _ScoreWriter, interval: float, rounds: int | None = None) -> None:
+    """Score images that appear in `folder`, once each; a file counts as complete once its size
+    has stayed the same for one polling interval (a camera may still be writing it)."""
+    import time
+    from .data import IMAGE_SUFFIXES
+    seen: set[Path] = set()
+    sizes: dict[Path, int] = {}
+    while rounds is None or rounds > 0:
+        ready = []
+        for path in sorted(folder.iterdir()):
+            if path in seen or path.suffix.lower() not in IMAGE_SUFFIXES or not path.is_file():
+                continue
+            size = path.stat().st_size
+            if sizes.get(path) == size and size > 0:
+                ready.append(path)
+            sizes[path] = size
+        for path in ready:
+            seen.add(path)
+            try:
+                writer.write(model.predict_iter([path]))
+            except VqcError as exc:  # one bad file must not stop the line
+                print(f"vqc: skipped: {exc}", file=sys.stderr)
+        rounds = None if rounds is None else rounds - 1
+        time.sleep(interval)
 
 
 def _fmt(value: float) -> str:
