@@ -85,6 +85,7 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--fn-cost", type=float, default=10.0, help="cost of letting a defective part through")
     bench.add_argument("--defect-rate", type=float, help="expected share of defective parts (default: the test set's)")
     bench.add_argument("--false-reject-rate", type=float, default=0.01, help="target for the false-reject policy")
+    bench.add_argument("--report-only", action="store_true", help="write the outputs from stored cells; run none")
 
     serve = sub.add_parser("serve", help="HTTP inspection service with an operator page at /")
     serve.add_argument("model")
@@ -301,7 +302,13 @@ def cmd_benchmark(args) -> int:
     out = Path(args.out)
     cells = matrix.cells()
     print(f"{len(cells)} cells -> {out}")
-    records = run_matrix(cells, out, costs)
+    if args.report_only:
+        stored = [out / "cells" / f"{cell.key}.json" for cell in cells]
+        records = [json.loads(p.read_text()) for p in stored if p.exists()]
+        if not records:
+            raise VqcError(f"no stored cells of this matrix in {out}")
+    else:
+        records = run_matrix(cells, out, costs)
     write_outputs(records, out)
     print((out / "results.md").read_text())
     print(f"wrote {out / 'results.csv'}, results.json, results.md, report.html")
