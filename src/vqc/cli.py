@@ -44,6 +44,11 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("--coreset", type=float, help="knn: fraction of training patches kept in the memory bank")
     fit.add_argument("--option", type=_option, action="append", default=[], metavar="KEY=VALUE",
                      help="a head option, e.g. --option coreset_method=random (repeatable)")
+    fit.add_argument("--threshold", default="false-reject-rate=0.01", metavar="POLICY",
+                     help="f1, cost or false-reject-rate=R (default); f1 and cost need --threshold-data")
+    fit.add_argument("--threshold-data", help="labelled validation data for the threshold policy")
+    fit.add_argument("--fp-cost", type=float, default=1.0, help="cost policy: cost of rejecting a good part")
+    fit.add_argument("--fn-cost", type=float, default=10.0, help="cost policy: cost of an escaped defect")
     fit.add_argument("--out", default="model.safetensors", help="model file to write")
 
     predict = sub.add_parser("predict", help="score images; write scores.csv and heat-map overlays")
@@ -133,12 +138,16 @@ def cmd_fit(args) -> None:
         options["coreset"] = args.coreset
     model = AnomalyModel(backbone=args.backbone, head=args.head, layers=args.layers, image_size=args.image_size,
                          weights=args.weights, head_options=options)
+    from .thresholds import choose_threshold, parse_policy
+    if parse_policy(args.threshold)[0] != "false-reject-rate" and not args.threshold_data:
+        raise VqcError(f"--threshold {args.threshold} needs --threshold-data with labelled images")
     model.fit(args.data)
+    model.threshold = choose_threshold(model, args.threshold, args.threshold_data, args.fp_cost, args.fn_cost)
     path = model.save(args.out)
     info = model.info
     print(f"fitted {model.config.backbone} + {args.head} on {info['n_train']} images "
           f"({info['n_validation']} held out) in {info['fit_seconds']:.1f} s; weights {info['weights_source']}")
-    print(f"saved {path}")
+    print(f"threshold {model.threshold['value']:.6g} ({model.threshold['policy']}); saved {path}")
 
 
 def cmd_predict(args) -> None:
