@@ -100,3 +100,5 @@ def test_every_head_is_seeded_and_survives_save_load(head, options, few_images, 
     assert [p.score for p in loaded.predict(test)] == scores
     assert loaded.info["fit_seconds"] > 0 and loaded.info["inference_ms_per_image"] > 0
     assert loaded.config.backbone == ("none" if head == "ae" else "efficientnet_lite0")
+    from vqc.efficiency import flops_per_image
+    assert flops_per_image(loaded.detector, 224) > 1e8  # the flop counter runs on every fitted head

@@ -107,7 +107,7 @@ class AnomalyModel:
         torch.manual_seed(self.config.seed)
         val_levels = list(self._feature_batches(val, progress=False))
         fit_stats = self.detector.head.fit(self._feature_batches(train, progress), val_levels, progress=progress)
-        self.detector.eval()
+        self.detector.eval().requires_grad_(False)  # fitted: inference never needs gradients
         fit_seconds = time.perf_counter() - start
         start = time.perf_counter()
         val_scores, floor = self._normal_range(val or train, progress)
@@ -265,7 +265,7 @@ def load(path: str | Path, device: str | None = None) -> AnomalyModel:
             owner, _, attr = name.rpartition(".")
             setattr(model.detector.get_submodule(owner), attr, torch.empty_like(tensors[name]))
     model.detector.load_state_dict(tensors)
-    model.detector.to(model.device).eval()
+    model.detector.to(model.device).eval().requires_grad_(False)
     model.info = json.loads(metadata["info"])
     model.threshold = json.loads(metadata.get("threshold", "null"))
     model.weights = None
