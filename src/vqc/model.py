@@ -22,6 +22,7 @@ from .detector import Detector
 from .errors import VqcError
 from .files import atomic_path
 from .heads import create_head
+from .thresholds import choose_threshold
 
 log = logging.getLogger(__name__)
 
@@ -116,10 +117,9 @@ class AnomalyModel:
             "vqc_version": __version__, "weights_source": source, "n_train": len(train), "n_validation": len(val),
             "fit_seconds": round(fit_seconds, 3), "inference_ms_per_image": round(per_image * 1000, 2),
             "device": str(self.device), "head_fit": fit_stats,
-            "normal_scores": [round(float(s), 6) for s in val_scores], "map_floor": floor,
+            "normal_scores": [float(s) for s in val_scores], "map_floor": floor,
             "fitted_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
-        from .thresholds import choose_threshold
         self.threshold = choose_threshold(self, "false-reject-rate=0.01")  # until a labelled choice is made
         return self
 
