@@ -177,6 +177,10 @@ def _error_record(cell: Cell, message: str, status: str = "error") -> dict:
             "status": status, "error": message, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 
+def pending_record(cell: Cell) -> dict:
+    return _error_record(cell, "not run yet (rerun the benchmark without --report-only)", "pending")
+
+
 def _run_subprocess(cell: Cell, out: Path, costs: dict) -> dict:
     """One cell in a fresh interpreter; it writes its own record, atomically."""
     args = [sys.executable, "-m", "vqc.benchmark", json.dumps(asdict(cell)), str(out), json.dumps(costs)]

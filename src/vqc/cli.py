@@ -313,10 +313,11 @@ def cmd_benchmark(args) -> int:
     cells = matrix.cells()
     print(f"{len(cells)} cells -> {out}")
     if args.report_only:
-        stored = [out / "cells" / f"{cell.key}.json" for cell in cells]
-        records = [json.loads(p.read_text()) for p in stored if p.exists()]
-        if not records:
+        from .benchmark import pending_record
+        stored = {cell: out / "cells" / f"{cell.key}.json" for cell in cells}
+        if not any(p.exists() for p in stored.values()):
             raise VqcError(f"no stored cells of this matrix in {out}")
+        records = [json.loads(p.read_text()) if p.exists() else pending_record(cell) for cell, p in stored.items()]
     else:
         records = run_matrix(cells, out, costs)
     write_outputs(records, out)
