@@ -27,8 +27,10 @@ def test_fit_predict_evaluate(fitted, demo_root, tmp_path, capsys):
     overlay = Image.open(tmp_path / "p" / "overlays" / images[0].name)
     assert overlay.size == Image.open(images[0]).size
 
-    assert main(["evaluate", str(fitted), str(demo_root), "--json", str(tmp_path / "m.json")]) == 0
+    assert main(["evaluate", str(fitted), str(demo_root), "--json", str(tmp_path / "m.json"), "--record"]) == 0
     metrics = json.loads((tmp_path / "m.json").read_text())
+    import vqc
+    assert vqc.load(fitted).info["evaluation"]["image_auroc"] == metrics["image_auroc"]
     assert {"image_auroc", "image_ap", "pixel_auroc", "n_images"} <= set(metrics)
     assert metrics["n_images"] == 42 and metrics["image_auroc"] > 0.7
     assert "image AUROC" in capsys.readouterr().out

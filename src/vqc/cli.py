@@ -66,6 +66,8 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("data")
     evaluate.add_argument("--json", help="also write the metrics to this JSON file")
     evaluate.add_argument("--engine", choices=["torch", "onnx"], default="torch")
+    evaluate.add_argument("--record", action="store_true",
+                          help="store the metrics in the model file (shown by the service's /v1/model)")
 
     export = sub.add_parser("export", help="export the whole inference path to ONNX (parity-checked)")
     export.add_argument("model")
@@ -265,6 +267,9 @@ def cmd_evaluate(args) -> None:
     print_metrics(result, f"{model.config.backbone} + {model.config.head} on {args.data}")
     if args.json:
         write_text_atomic(args.json, _metrics_json(result) + "\n")
+    if args.record:
+        model.info["evaluation"] = {**json.loads(_metrics_json(result)), "data": str(args.data)}
+        model.save(args.model)
 
 
 def cmd_demo(args) -> None:
