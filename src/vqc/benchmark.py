@@ -233,7 +233,7 @@ def run_cell(cell: Cell, out: Path, costs: dict) -> dict:
     thresholds["false_reject_rate"] = {"threshold": frr_thr, "cost_per_1000": cost_at(frr_thr)}
 
     overlays = []
-    floor, top = model.info["map_floor"], max(model.info["normal_scores"])
+    floor, top = model.normal_range()
     picks = [next((sp for sp in predictions if sp[0].label == 0), None)]
     picks += [next(sp for sp in predictions if sp[0].defect == d) for d in result["per_defect"]][:5]
     for sample, pred in filter(None, picks):

@@ -194,8 +194,7 @@ class _ScoreWriter:
                 if fresh:
                     self.csv.writerow(["path", "score", "normalised_score", "verdict"])
             if self.overlays:
-                info = self.model.info
-                picture = overlay(decode_image(pred.path), pred.anomaly_map, info["map_floor"], max(info["normal_scores"]))
+                picture = overlay(decode_image(pred.path), pred.anomaly_map, *self.model.normal_range())
                 save_png(self.path.parent / "overlays" / f"{pred.path.stem}.png", picture)
             self.csv.writerow([pred.path, f"{pred.score:.6g}", f"{pred.normalised_score:.4f}", pred.verdict or ""])
             self.file.flush()

@@ -23,7 +23,7 @@ def run_demo(out: Path, print_metrics) -> dict:
     model_path = model.save(out / "model.safetensors")
     result = evaluate(model, data, keep_predictions=True)
     print_metrics(result, "demo: magnetic tile subset, efficientnet_lite0 + knn")
-    floor, top = model.info["map_floor"], max(model.info["normal_scores"])
+    floor, top = model.normal_range()
     for sample, pred in result.pop("predictions"):
         image = decode_image(sample.path)
         mask = load_mask(sample.mask, image.shape[:2]) if sample.mask else None

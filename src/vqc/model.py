@@ -217,9 +217,13 @@ class AnomalyModel:
             return None
         return "defective" if score >= self.threshold["value"] else "ok"
 
+    def normal_range(self) -> tuple[float, float]:
+        """(floor, top): the median map value and the highest score of the held-out good images."""
+        return self.info["map_floor"], max(self.info["normal_scores"])
+
     def normalise(self, score: float | np.ndarray):
         """Map a score so that 0 is a typical good position and 1 the worst held-out good image."""
-        floor, top = self.info["map_floor"], max(self.info["normal_scores"])
+        floor, top = self.normal_range()
         return (score - floor) / max(top - floor, 1e-12)
 
     # ------------------------------------------------------------ saving

@@ -47,11 +47,11 @@ class Inspector:
 
     def describe(self) -> dict:
         m = self.model
+        floor, top = m.normal_range()
         return {"name": self.name, "version": self.version, "vqc_version": __version__, "engine": self.engine,
                 "backbone": m.config.backbone, "layers": list(m.config.layers), "head": m.config.head,
                 "image_size": m.config.image_size, "threshold": m.threshold,
-                "score_normalisation": {"floor": m.info["map_floor"], "top": max(m.info["normal_scores"]),
-                                        "formula": "(score - floor) / (top - floor)"},
+                "score_normalisation": {"floor": floor, "top": top, "formula": "(score - floor) / (top - floor)"},
                 "weights_source": m.info["weights_source"], "n_train": m.info["n_train"],
                 "validation": m.info.get("evaluation")}
 
@@ -71,9 +71,7 @@ class Inspector:
                       "model_version": self.version, "width": image.shape[1], "height": image.shape[0],
                       "latency_ms": round(latency, 2), "sha256": hashlib.sha256(data).hexdigest()}
             if heatmap:
-                info = self.model.info
-                result["heatmap_png"] = _png_base64(overlay(image, pred.anomaly_map, info["map_floor"],
-                                                            max(info["normal_scores"])))
+                result["heatmap_png"] = _png_base64(overlay(image, pred.anomaly_map, *self.model.normal_range()))
             results.append(result)
         return results
 
