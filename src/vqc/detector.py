@@ -53,10 +53,17 @@ class Detector(nn.Module):
     def features(self, images: torch.Tensor) -> list[torch.Tensor]:
         return self.trunk((images.float() - self.mean) / self.std)
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, images: torch.Tensor, valid: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """`valid` [B, 1, H, W] (1 = image, 0 = letterbox padding): the padding is left out of the
+        smoothing (a normalised convolution) and of the score, and reads 0 in the map."""
         patch_map = self.head(self.features(images))
         maps = F.interpolate(patch_map, size=images.shape[-2:], mode="bilinear", align_corners=False)
-        maps = self.blur(maps)
-        flat = maps.flatten(1)
+        if valid is None:
+            maps = self.blur(maps)
+            flat = maps.flatten(1)
+        else:
+            maps = self.blur(maps * valid) / self.blur(valid).clamp_min(1e-6)
+            maps = torch.where(valid > 0, maps, torch.zeros_like(maps))
+            flat = torch.where(valid > 0, maps, torch.full_like(maps, -torch.inf)).flatten(1)
         scores = flat.topk(self.top_k, dim=1).values.mean(1) if self.top_k else flat.amax(1)
         return maps, scores

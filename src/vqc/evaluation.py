@@ -1,6 +1,7 @@
 """Score a labelled test split and compute the metrics."""
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ def evaluate(model: AnomalyModel, data: str | Path, progress: bool = True, keep_
     """
     samples = read_split(data, "test")
     labels, scores, maps, masks, predictions = [], [], [], [], []
+    start = time.perf_counter()
     for sample, pred in zip(samples, model.predict_iter([s.path for s in samples], progress=progress)):
         labels.append(sample.label)
         scores.append(pred.score)
@@ -28,6 +30,7 @@ def evaluate(model: AnomalyModel, data: str | Path, progress: bool = True, keep_
             masks.append(mask)
         if keep_predictions:
             predictions.append((sample, pred))
+    seconds = time.perf_counter() - start  # decoding, scoring and reading masks: the end-to-end rate
     labels, scores = np.array(labels), np.array(scores)
     defects = sorted({s.defect for s in samples if s.label})
     per_defect = {}
@@ -44,6 +47,7 @@ def evaluate(model: AnomalyModel, data: str | Path, progress: bool = True, keep_
         "n_images": len(samples),
         "n_defective": int(labels.sum()),
         "per_defect": per_defect,
+        "images_per_second": len(samples) / seconds,
     }
     if keep_predictions:
         result["predictions"] = predictions

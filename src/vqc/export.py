@@ -1,9 +1,12 @@
 """ONNX export of the whole Detector, with parity checked before the file is kept, and its engine.
 
-The graph takes uint8 images [batch, 3, S, S] and returns (maps [batch, 1, S, S], scores [batch]):
+The graph takes uint8 images [batch, 3, H, W] and returns (maps [batch, 1, H, W], scores [batch]):
 normalisation, backbone, head, upsampling, smoothing and the image score are all inside, so the
-exported model cannot drift from the PyTorch one. Decoding and resizing stay outside (the same
-functions for every engine). A JSON side file holds what a runtime needs besides the graph.
+exported model cannot drift from the PyTorch one. H = W = image_size, except for geometry
+"native" (height and width are dynamic). Letterboxed models take a second input, `valid`
+[batch, 1, H, W] (1 = image, 0 = padding). Decoding, geometry (resize, pad, tile) and tile
+stitching stay outside: the same functions for every engine. A JSON side file holds what a
+runtime needs besides the graph.
 """
 from __future__ import annotations
 
@@ -34,33 +37,57 @@ def parity(reference: tuple[np.ndarray, np.ndarray], candidate: tuple[np.ndarray
             "ok": score_rel <= SCORE_RTOL and map_rel <= MAP_TOL}
 
 
-def export_onnx(model, path: str | Path, check_batches: list[np.ndarray] | None = None) -> dict:
+def check_batches(model, images: list) -> list[tuple[np.ndarray, np.ndarray | None]]:
+    """The network inputs (and letterbox masks) of `images`, as both engines will see them."""
+    batches = []
+    for plans, _ in model._planned_chunks(images):
+        for _, batch, valid in model._input_batches(plans):
+            batches.append((batch.numpy(), None if valid is None else valid.numpy()))
+    return batches
+
+
+def export_onnx(model, path: str | Path, check_images: list | None = None) -> dict:
     """Export `model` (a fitted AnomalyModel) to `path` plus `path`.json; raise if parity fails.
 
-    check_batches: uint8 [B, 3, S, S] arrays scored by both engines; seeded noise is added."""
+    check_images: images scored by both engines; seeded noise is added."""
     model._require_fitted()
     path = Path(path)
-    size = model.config.image_size
+    size, mode = model.config.image_size, model.geometry.mode
     detector = model.detector.to("cpu").eval()
-    noise = np.random.default_rng(0).integers(0, 256, (3, 3, size, size), dtype=np.uint8)
-    batches = [*(check_batches or []), noise]
-    example = torch.from_numpy(noise[:2].copy())  # batch 2: the exporter needs a non-trivial batch size
+    rng = np.random.default_rng(0)
+    noise_size = (size, size + 64) if mode == "native" else (size, size)  # native: a non-square size too
+    noise = rng.integers(0, 256, (3, 3, *noise_size), dtype=np.uint8)
+    valid = None
+    if mode == "letterbox":  # a part that fills the height and 3/5 of the width
+        valid = np.zeros((3, 1, size, size), np.float32)
+        valid[:, :, :, :size * 3 // 5] = 1
+    batches = [*check_batches(model, check_images or []), (noise, valid)]
+    example = [torch.from_numpy(noise[:2].copy())]  # batch 2: the exporter needs a non-trivial batch size
+    dims = {0: torch.export.Dim("batch")}
+    if mode == "native":
+        dims.update({2: 32 * torch.export.Dim("height32", min=1, max=256), 3: 32 * torch.export.Dim("width32", min=1, max=256)})
+    dynamic = [dims]
+    names = ["images"]
+    if valid is not None:
+        example.append(torch.from_numpy(valid[:2].copy()))
+        dynamic.append({0: dims[0]})
+        names.append("valid")
     with tempfile.TemporaryDirectory() as tmp:
         graph = Path(tmp) / "model.onnx"
         try:
             with torch.inference_mode(False), torch.no_grad():
-                torch.onnx.export(detector, (example,), str(graph), input_names=["images"],
-                                  output_names=["maps", "scores"], dynamic_shapes=({0: torch.export.Dim("batch")},),
+                torch.onnx.export(detector, tuple(example), str(graph), input_names=names,
+                                  output_names=["maps", "scores"], dynamic_shapes=tuple(dynamic),
                                   opset_version=18, dynamo=True, external_data=False, verbose=False)
         except Exception as exc:  # the exporter raises many types; the user needs the head and the reason
             raise VqcError(f"ONNX export of {model.config.backbone} + {model.config.head} failed: "
                            f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
         engine = OnnxEngine(graph)
         checks = []
-        for batch in batches:
+        for batch, mask in batches:
             with torch.no_grad():
-                ref_maps, ref_scores = detector(torch.from_numpy(batch))
-            checks.append(parity((ref_maps.numpy(), ref_scores.numpy()), engine.run(batch)))
+                ref_maps, ref_scores = detector(torch.from_numpy(batch), None if mask is None else torch.from_numpy(mask))
+            checks.append(parity((ref_maps.numpy(), ref_scores.numpy()), engine.run(batch, mask)))
         worst = {k: max(c[k] for c in checks) for k in ("score_max_rel_diff", "map_max_diff_rel_to_scale")}
         if not all(c["ok"] for c in checks):
             raise VqcError(f"ONNX export of {model.config.head} disagrees with PyTorch: scores differ by "
@@ -72,10 +99,13 @@ def export_onnx(model, path: str | Path, check_batches: list[np.ndarray] | None 
     model.detector.to(model.device)
     sidecar = {"format": SIDECAR_FORMAT, "format_version": SIDECAR_VERSION, "vqc_version": __version__,
                "input": {"name": "images", "dtype": "uint8", "layout": "NCHW", "channels": "RGB",
-                         "height": size, "width": size, "resize": "squash, Pillow bilinear"},
+                         "height": "dynamic" if mode == "native" else size,
+                         "width": "dynamic" if mode == "native" else size,
+                         "geometry": mode, "resize": "Pillow bilinear",
+                         "valid": "float32 [batch, 1, H, W], 1 = image" if valid is not None else None},
                "outputs": {"maps": "float32 [batch, 1, H, W]", "scores": "float32 [batch]"},
                "normalisation": "inside the graph", "config": _jsonable(model.config),
-               "threshold": model.threshold, "info": model.info, "parity": {**worst, "images": int(sum(len(b) for b in batches))}}
+               "threshold": model.threshold, "info": model.info, "parity": {**worst, "images": int(sum(len(b) for b, _ in batches))}}
     write_text_atomic(path.with_suffix(path.suffix + ".json"), json.dumps(sidecar, indent=1))
     return sidecar
 
@@ -99,11 +129,16 @@ class OnnxEngine:
             self.session = ort.InferenceSession(str(path), options, providers=providers)
         except Exception as exc:
             raise VqcError(f"cannot load ONNX model {path}: {str(exc).splitlines()[0]}") from None
+        self.inputs = [i.name for i in self.session.get_inputs()]
 
-    def run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        maps, scores = self.session.run(["maps", "scores"], {"images": np.ascontiguousarray(images, dtype=np.uint8)})
+    def run(self, images: np.ndarray, valid: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        feed = {"images": np.ascontiguousarray(images, dtype=np.uint8)}
+        if "valid" in self.inputs:  # a letterbox graph: no mask means all image
+            feed["valid"] = np.ones((len(images), 1, *images.shape[2:]), np.float32) if valid is None \
+                else np.ascontiguousarray(valid, dtype=np.float32)
+        maps, scores = self.session.run(["maps", "scores"], feed)
         return maps, scores
 
-    def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        maps, scores = self.run(images.cpu().numpy())
+    def __call__(self, images: torch.Tensor, valid: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        maps, scores = self.run(images.cpu().numpy(), None if valid is None else valid.cpu().numpy())
         return torch.from_numpy(maps), torch.from_numpy(scores)

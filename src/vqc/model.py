@@ -7,12 +7,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from PIL import Image
 from tqdm.auto import tqdm
 
 from . import __version__
@@ -21,6 +19,8 @@ from .data import decode_image, list_images, read_split
 from .detector import Detector
 from .errors import VqcError
 from .files import atomic_path
+from .geometry import Geometry, Plan, assemble, to_original, valid_mask
+from .geometry import score as canvas_score
 from .heads import create_head
 from .thresholds import choose_threshold
 
@@ -37,7 +37,10 @@ class ModelConfig:
     backbone: str = "efficientnet_lite0"
     head: str = "knn"
     layers: tuple[int, ...] = ()  # empty: the backbone's default layers
-    image_size: int = 224
+    image_size: int = 224  # network input side (short side for geometry "native")
+    geometry: str = "resize"  # resize | letterbox | native | tile: see vqc.geometry
+    tile_stride: int = 0  # geometry "tile": pixels between tiles; 0 = 7/8 of image_size
+    tile_scale: float = 1.0  # geometry "tile": image scale before tiling
     head_options: dict = field(default_factory=dict)
     smoothing_sigma: float = 4.0  # Gaussian smoothing of the map, in input pixels
     top_k: int = 0  # image score: 0 = max of the map, k = mean of the k highest positions
@@ -72,6 +75,10 @@ class AnomalyModel:
         spec = get_spec(backbone)
         self.config = ModelConfig(backbone=backbone, head=head, layers=tuple(layers or spec.default_layers),
                                   image_size=image_size, head_options=dict(head_options or {}), **config)
+        self.geometry = Geometry(self.config.geometry, image_size, self.config.tile_stride, self.config.tile_scale)
+        if spec.fixed_size and (self.geometry.mode == "native" or image_size != 224):
+            raise VqcError(f"backbone {backbone} takes 224 x 224 inputs only (fixed position embeddings or "
+                           f"windows): use geometry resize, letterbox or tile with size 224")
         self.weights = weights
         self.batch_size = batch_size
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -124,21 +131,25 @@ class AnomalyModel:
         return self
 
     def _feature_batches(self, images: list, progress: bool) -> Iterator[list[torch.Tensor]]:
-        """Feature levels of the images, batch by batch (a head decides whether to keep them)."""
+        """Feature levels of the images' network inputs (tiles, for tiling), batch by batch; a head
+        decides whether to keep them."""
         with tqdm(total=len(images), desc="features", unit="img", disable=not progress) as bar:
-            for batch in self._uint8_batches(images):
-                with torch.inference_mode():
-                    levels = self.detector.features(batch.to(self.device))
-                bar.update(len(batch))
-                yield [level.clone() for level in levels]  # clone outside inference mode: heads may train on them
+            for plans, _ in self._planned_chunks(images):
+                for keys, batch, _ in self._input_batches(plans):
+                    with torch.inference_mode():
+                        levels = self.detector.features(batch.to(self.device))
+                    yield [level.clone() for level in levels]  # clone outside inference mode: heads may train on them
+                bar.update(len(plans))
 
     def _normal_range(self, images: list, progress: bool) -> tuple[np.ndarray, float]:
         """Scores of held-out good images, and the median map value: the operator's scale."""
         scores, medians = [], []
-        for maps, batch_scores in self._run(images, progress, "validation"):
-            scores.append(batch_scores.cpu().numpy())
-            medians.append(maps.flatten(1).median(1).values.cpu().numpy())
-        return np.concatenate(scores), float(np.median(np.concatenate(medians)))
+        with tqdm(total=len(images), desc="validation", unit="img", disable=not progress) as bar:
+            for _, canvas, score, _ in self._canvases(images):
+                scores.append(score)
+                medians.append(float(canvas.median()))
+                bar.update(1)
+        return np.asarray(scores), float(np.median(medians))
 
     # ------------------------------------------------------------ predicting
 
@@ -146,30 +157,45 @@ class AnomalyModel:
         if self.detector is None:
             raise VqcError("model is not fitted: call fit() or vqc.load() first")
 
-    def _uint8_batches(self, images: Sequence[ImageInput], keep_originals: bool = False) -> Iterator:
-        """Decode and resize in a thread pool (Pillow releases the GIL) while the model runs."""
-        size = self.config.image_size
+    def _planned_chunks(self, images: Sequence[ImageInput]) -> Iterator[tuple[list[Plan], list[np.ndarray]]]:
+        """Decode and plan (resize, pad, tile) batch_size images at a time in a thread pool
+        (Pillow releases the GIL)."""
         with ThreadPoolExecutor(max_workers=4) as pool:
             for start in range(0, len(images), self.batch_size):
-                chunk = images[start:start + self.batch_size]
-                decoded = list(pool.map(_as_array, chunk))
-                resized = np.stack(list(pool.map(lambda a: resize_square(a, size), decoded)))
-                batch = torch.from_numpy(resized).permute(0, 3, 1, 2)
-                yield (batch, decoded) if keep_originals else batch
+                decoded = list(pool.map(_as_array, images[start:start + self.batch_size]))
+                yield list(pool.map(self.geometry.plan, decoded)), decoded
 
-    def _run(self, images: Sequence[ImageInput], progress: bool, desc: str) -> Iterator:
+    def _input_batches(self, plans: list[Plan]) -> Iterator[tuple[list, torch.Tensor, torch.Tensor | None]]:
+        """The plans' network inputs in batches of at most batch_size of one shape:
+        ([(plan index, input index)], uint8 [n, 3, H, W], valid mask or None)."""
+        by_shape: dict[tuple, list] = {}
+        for i, plan in enumerate(plans):
+            for j, array in enumerate(plan.inputs):
+                by_shape.setdefault(array.shape, []).append((i, j))
+        for shape, keys in by_shape.items():
+            for start in range(0, len(keys), self.batch_size):
+                part = keys[start:start + self.batch_size]
+                batch = torch.from_numpy(np.stack([plans[i].inputs[j] for i, j in part])).permute(0, 3, 1, 2)
+                yield part, batch, valid_mask([plans[i].content[j] for i, j in part], shape[:2])
+
+    def _canvases(self, images: Sequence[ImageInput]) -> Iterator[tuple[Plan, torch.Tensor, float, np.ndarray]]:
+        """(plan, smoothed map on the canvas, image score, decoded image) per image, in order."""
         self._require_fitted()
-        with tqdm(total=len(images), desc=desc, unit="img", disable=not progress) as bar:
-            for batch in self._uint8_batches(images):
-                maps, scores = self._forward(batch)
-                bar.update(len(batch))
-                yield maps, scores
+        overlap = self.geometry.size - self.geometry.tile_stride if self.geometry.mode == "tile" else 0
+        for plans, decoded in self._planned_chunks(images):
+            maps = {}
+            for keys, batch, valid in self._input_batches(plans):
+                batch_maps, _ = self._forward(batch, valid)
+                maps.update(zip(keys, batch_maps.cpu()))
+            for i, plan in enumerate(plans):
+                canvas = assemble(plan, torch.stack([maps[i, j] for j in range(len(plan.inputs))]), overlap)
+                yield plan, canvas, canvas_score(canvas, self.config.top_k), decoded[i]
 
-    def _forward(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _forward(self, batch: torch.Tensor, valid: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         if self.engine is not None:
-            return self.engine(batch)
+            return self.engine(batch, valid)
         with torch.inference_mode():
-            return self.detector(batch.to(self.device))
+            return self.detector(batch.to(self.device), None if valid is None else valid.to(self.device))
 
     def use_engine(self, name: str, onnx_path: str | Path | None = None) -> "AnomalyModel":
         """Score with "torch" (the Detector) or "onnx" (ONNX Runtime; exported now, parity-checked,
@@ -194,16 +220,10 @@ class AnomalyModel:
         self._require_fitted()
         images = list(images)
         with tqdm(total=len(images), desc="predict", unit="img", disable=not progress) as bar:
-            index = 0
-            for batch, originals in self._uint8_batches(images, keep_originals=True):
-                maps, scores = self._forward(batch)
-                for map_, score, original in zip(maps, scores.tolist(), originals):
-                    full = F.interpolate(map_[None], size=original.shape[:2], mode="bilinear", align_corners=False)
-                    path = images[index] if isinstance(images[index], (str, Path)) else None
-                    yield Prediction(score, full[0, 0].cpu().numpy(), self.normalise(score),
-                                     Path(path) if path is not None else None, self.verdict(score))
-                    index += 1
-                bar.update(len(batch))
+            for image, (plan, canvas, score, _) in zip(images, self._canvases(images)):
+                path = Path(image) if isinstance(image, (str, Path)) else None
+                yield Prediction(score, to_original(plan, canvas), self.normalise(score), path, self.verdict(score))
+                bar.update(1)
 
     def predict(self, images: Sequence[ImageInput] | ImageInput, progress: bool = False) -> list[Prediction]:
         if isinstance(images, (str, Path)) and Path(images).is_dir():
@@ -279,13 +299,6 @@ def load(path: str | Path, device: str | None = None) -> AnomalyModel:
 def default_backbone(head: str) -> str:
     """The from-scratch auto-encoder sees raw pixels; every other head the offline ImageNet backbone."""
     return "none" if head == "ae" else "efficientnet_lite0"
-
-
-def resize_square(image: np.ndarray, size: int) -> np.ndarray:
-    """Squash to size x size (the paper's geometry); Pillow's bilinear filter antialiases."""
-    if image.shape[:2] == (size, size):
-        return image
-    return np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR))
 
 
 def _as_array(item: ImageInput) -> np.ndarray:

@@ -51,12 +51,16 @@ def train_early_stopping(module: nn.Module, loss_fn: Callable, train: Sequence, 
 
 
 def rebatch(batches, size: int) -> list[list[torch.Tensor]]:
-    """Regroup cached feature-level batches into batches of `size` images (fewer, larger steps)."""
-    batches = list(batches)
-    if not batches:
-        return []
-    levels = [torch.cat([batch[i] for batch in batches]) for i in range(len(batches[0]))]
-    return [[level[start:start + size] for level in levels] for start in range(0, len(levels[0]), size)]
+    """Regroup cached feature-level batches into batches of `size` images (fewer, larger steps);
+    batches of different spatial sizes (geometry "native") are kept apart."""
+    by_shape: dict[tuple, list] = {}
+    for batch in batches:
+        by_shape.setdefault(tuple(batch[0].shape[-2:]), []).append(batch)
+    out = []
+    for group in by_shape.values():
+        levels = [torch.cat([batch[i] for batch in group]) for i in range(len(group[0]))]
+        out += [[level[start:start + size] for level in levels] for start in range(0, len(levels[0]), size)]
+    return out
 
 
 @torch.no_grad()

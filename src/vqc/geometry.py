@@ -1,0 +1,146 @@
+"""Input geometry: how an image of any size becomes network inputs, and how their maps come back.
+
+- ``resize``: squash to size x size (the paper's geometry; distorts non-square parts).
+- ``letterbox``: keep the aspect ratio, long side = size, pad the rest with a constant; the
+  padding is masked out of the map and the score (see Detector.forward's ``valid``).
+- ``native``: keep the aspect ratio, short side = size, both sides rounded to the backbone's
+  stride (32); for CNNs and hierarchical models. DeiT needs a fixed 224 x 224 input.
+- ``tile``: scale the image by ``scale``, cover it with overlapping size x size tiles every
+  ``stride`` pixels (the last tile flush with the border), and blend the tiles' maps.
+
+A Plan records, for one image, its network inputs and where each one's map goes on the
+"canvas": the image at network resolution, on which the score is taken (so the Gaussian
+smoothing and the top-k count mean the same thing whatever the image size). The map is then
+resized from the canvas to the original resolution.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from .errors import VqcError
+
+MODES = ("resize", "letterbox", "native", "tile")
+NATIVE_STRIDE = 32  # the coarsest feature stride of the CNN backbones
+PAD_VALUE = (124, 116, 104)  # ImageNet mean colour: zero after normalisation
+
+
+@dataclass(frozen=True)
+class Plan:
+    inputs: list[np.ndarray]  # uint8 H x W x 3 network inputs
+    content: list[tuple[int, int]]  # (h, w) of real image in each input, from its top-left corner
+    offsets: list[tuple[int, int]]  # (top, left) of each input's content on the canvas
+    canvas: tuple[int, int]  # (h, w) the maps are assembled on
+    original: tuple[int, int]  # (h, w) of the decoded image
+
+
+def resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Pillow's bilinear filter (antialiased when shrinking)."""
+    if image.shape[:2] == (height, width):
+        return image
+    return np.asarray(Image.fromarray(image).resize((width, height), Image.BILINEAR))
+
+
+def tile_starts(length: int, tile: int, stride: int) -> list[int]:
+    """Tile offsets along one side: every `stride`, the last one flush with the border."""
+    if length <= tile:
+        return [0]
+    starts = list(range(0, length - tile, stride))
+    return starts + [length - tile]
+
+
+def blend_weights(size: int, overlap: int) -> torch.Tensor:
+    """A 1-D weight over a tile's side: 1 in the middle, ramping down over the overlap, so each
+    position is led by the tile that sees it furthest from an edge (CNN features degrade near
+    the zero-padded border). Never zero: at the image border one tile is all there is."""
+    if overlap <= 0:
+        return torch.ones(size)
+    x = torch.arange(size, dtype=torch.float32)
+    ramp = torch.minimum(x + 1, size - x) / (overlap + 1)
+    return ramp.clamp(max=1.0)
+
+
+@dataclass(frozen=True)
+class Geometry:
+    mode: str = "resize"
+    size: int = 224  # network input side (resize, letterbox, tile) or short side (native)
+    stride: int = 0  # tile: pixels between tile starts; 0 = size * 7 // 8
+    scale: float = 1.0  # tile: image scale before tiling
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise VqcError(f"unknown geometry {self.mode!r}; choose one of: {', '.join(MODES)}")
+        if self.mode == "tile" and not 0 < self.tile_stride <= self.size:
+            raise VqcError(f"tile stride must be in 1..{self.size}, got {self.stride}")
+        if self.scale <= 0:
+            raise VqcError(f"tile scale must be positive, got {self.scale}")
+
+    @property
+    def tile_stride(self) -> int:
+        return self.stride or self.size * 7 // 8
+
+    def plan(self, image: np.ndarray) -> Plan:
+        h, w = image.shape[:2]
+        s = self.size
+        if self.mode == "resize":
+            return Plan([resize(image, s, s)], [(s, s)], [(0, 0)], (s, s), (h, w))
+        if self.mode == "letterbox":
+            ratio = s / max(h, w)
+            ch, cw = max(1, round(h * ratio)), max(1, round(w * ratio))
+            padded = np.empty((s, s, 3), np.uint8)
+            padded[:] = PAD_VALUE
+            padded[:ch, :cw] = resize(image, ch, cw)
+            return Plan([padded], [(ch, cw)], [(0, 0)], (ch, cw), (h, w))
+        if self.mode == "native":
+            ratio = s / min(h, w)
+            nh, nw = (max(NATIVE_STRIDE, round(side * ratio / NATIVE_STRIDE) * NATIVE_STRIDE) for side in (h, w))
+            return Plan([resize(image, nh, nw)], [(nh, nw)], [(0, 0)], (nh, nw), (h, w))
+        # tile: a side shorter than one tile is scaled up to it (aspect kept)
+        ratio = max(self.scale, s / min(h, w)) if min(h, w) * self.scale < s else self.scale
+        ch, cw = max(s, round(h * ratio)), max(s, round(w * ratio))
+        scaled = resize(image, ch, cw)
+        stride = self.tile_stride
+        offsets = [(top, left) for top in tile_starts(ch, s, stride) for left in tile_starts(cw, s, stride)]
+        inputs = [np.ascontiguousarray(scaled[top:top + s, left:left + s]) for top, left in offsets]
+        return Plan(inputs, [(s, s)] * len(inputs), offsets, (ch, cw), (h, w))
+
+
+def valid_mask(content: list[tuple[int, int]], size: tuple[int, int]) -> torch.Tensor | None:
+    """[B, 1, H, W] float mask of real-image positions, or None when every input is all image."""
+    if all(c == size for c in content):
+        return None
+    mask = torch.zeros(len(content), 1, *size)
+    for i, (h, w) in enumerate(content):
+        mask[i, :, :h, :w] = 1
+    return mask
+
+
+def assemble(plan: Plan, maps: torch.Tensor, overlap: int = 0) -> torch.Tensor:
+    """Place each input's map [n, 1, H, W] on the canvas: crop to content, blend overlaps."""
+    if len(plan.inputs) == 1:
+        h, w = plan.content[0]
+        return maps[0, 0, :h, :w]
+    size = maps.shape[-1]
+    weight_1d = blend_weights(size, overlap).to(maps.device)
+    weight = weight_1d[:, None] * weight_1d[None, :]
+    total = maps.new_zeros(plan.canvas)
+    norm = maps.new_zeros(plan.canvas)
+    for map_, (top, left) in zip(maps[:, 0], plan.offsets):
+        total[top:top + size, left:left + size] += map_ * weight
+        norm[top:top + size, left:left + size] += weight
+    return total / norm
+
+
+def score(canvas: torch.Tensor, top_k: int) -> float:
+    """Max of the map, or the mean of its top_k highest positions."""
+    flat = canvas.flatten()
+    return float(flat.topk(min(top_k, flat.numel())).values.mean() if top_k else flat.max())
+
+
+def to_original(plan: Plan, canvas: torch.Tensor) -> np.ndarray:
+    full = F.interpolate(canvas[None, None], size=plan.original, mode="bilinear", align_corners=False)
+    return full[0, 0].cpu().numpy()
