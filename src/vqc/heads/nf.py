@@ -17,7 +17,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .patches import patch_features
 from .training import rebatch, train_early_stopping
 
 
@@ -51,11 +50,8 @@ class Standardise(nn.Module):
 class FlowHead(nn.Module):
     def __init__(self, channels: list[int], steps: int = 20, hidden_ratio: float = 0.16, clamp: float = 2.0,
                  lr: float = 1e-3, weight_decay: float = 1e-5, max_epochs: int = 100, patience: int = 30,
-                 batch_size: int = 32, pool: int = 1, concat: bool = False, seed: int = 0):
+                 batch_size: int = 32, seed: int = 0):
         super().__init__()
-        self.pool, self.concat = pool, concat
-        if concat:
-            channels = [sum(channels)]
         self.steps, self.hidden_ratio, self.clamp, self.batch_size = steps, hidden_ratio, clamp, batch_size
         self.lr, self.weight_decay, self.max_epochs, self.patience, self.seed = lr, weight_decay, max_epochs, patience, seed
         state = np.random.get_state()  # AllInOneBlock draws its channel permutation from numpy
@@ -72,23 +68,15 @@ class FlowHead(nn.Module):
     def options(self) -> dict:
         return {"steps": self.steps, "hidden_ratio": self.hidden_ratio, "clamp": self.clamp, "lr": self.lr,
                 "weight_decay": self.weight_decay, "max_epochs": self.max_epochs, "patience": self.patience,
-                "batch_size": self.batch_size, "pool": self.pool, "concat": self.concat, "seed": self.seed}
-
-    def _inputs(self, levels):
-        if self.concat:
-            return [patch_features(levels, self.pool)]
-        if self.pool <= 1:
-            return levels
-        return [F.avg_pool2d(level, self.pool, stride=1, padding=self.pool // 2, count_include_pad=False)
-                for level in levels]
+                "batch_size": self.batch_size, "seed": self.seed}
 
     def _latents(self, levels):
-        return [flow(norm(level))[0] for flow, norm, level in zip(self.flows, self.norms, self._inputs(levels))]
+        return [flow(norm(level))[0] for flow, norm, level in zip(self.flows, self.norms, levels)]
 
     def nll(self, levels) -> torch.Tensor:
         """Mean negative log-likelihood per feature dimension (constants dropped)."""
         total = 0.0
-        for flow, norm, level in zip(self.flows, self.norms, self._inputs(levels)):
+        for flow, norm, level in zip(self.flows, self.norms, levels):
             z, log_jac = flow(norm(level))
             total = total + (0.5 * z.pow(2).flatten(1).sum(1) - log_jac).mean() / z[0].numel()
         return total
@@ -96,7 +84,7 @@ class FlowHead(nn.Module):
     def fit(self, batches, val_batches=(), progress: bool = True) -> dict:
         train = rebatch(batches, self.batch_size)
         for i, norm in enumerate(self.norms):  # per-channel statistics over all training positions
-            stacked = torch.cat([self._inputs(levels)[i].transpose(0, 1).flatten(1) for levels in train], dim=1)
+            stacked = torch.cat([levels[i].transpose(0, 1).flatten(1) for levels in train], dim=1)
             norm.mean.copy_(stacked.mean(1).view_as(norm.mean))
             norm.std.copy_(stacked.std(1).clamp_min(1e-6).view_as(norm.std))
         self.to(train[0][0].device)
