@@ -100,7 +100,7 @@ class Geometry:
             nh, nw = (max(NATIVE_STRIDE, round(side * ratio / NATIVE_STRIDE) * NATIVE_STRIDE) for side in (h, w))
             return Plan([resize(image, nh, nw)], [(nh, nw)], [(0, 0)], (nh, nw), (h, w))
         # tile: a side shorter than one tile is scaled up to it (aspect kept)
-        ratio = max(self.scale, s / min(h, w)) if min(h, w) * self.scale < s else self.scale
+        ratio = max(self.scale, s / min(h, w))
         ch, cw = max(s, round(h * ratio)), max(s, round(w * ratio))
         scaled = resize(image, ch, cw)
         stride = self.tile_stride
