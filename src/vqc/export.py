@@ -40,7 +40,7 @@ def parity(reference: tuple[np.ndarray, np.ndarray], candidate: tuple[np.ndarray
 def check_batches(model, images: list) -> list[tuple[np.ndarray, np.ndarray | None]]:
     """The network inputs (and letterbox masks) of `images`, as both engines will see them."""
     batches = []
-    for plans, _ in model._planned_chunks(images):
+    for plans in model._planned_chunks(images):
         for _, batch, valid in model._input_batches(plans):
             batches.append((batch.numpy(), None if valid is None else valid.numpy()))
     return batches

@@ -134,7 +134,7 @@ class AnomalyModel:
         """Feature levels of the images' network inputs (tiles, for tiling), batch by batch; a head
         decides whether to keep them."""
         with tqdm(total=len(images), desc="features", unit="img", disable=not progress) as bar:
-            for plans, _ in self._planned_chunks(images):
+            for plans in self._planned_chunks(images):
                 for keys, batch, _ in self._input_batches(plans):
                     with torch.inference_mode():
                         levels = self.detector.features(batch.to(self.device))
@@ -145,7 +145,7 @@ class AnomalyModel:
         """Scores of held-out good images, and the median map value: the operator's scale."""
         scores, medians = [], []
         with tqdm(total=len(images), desc="validation", unit="img", disable=not progress) as bar:
-            for _, canvas, score, _ in self._canvases(images):
+            for _, canvas, score in self._canvases(images):
                 scores.append(score)
                 medians.append(float(canvas.median()))
                 bar.update(1)
@@ -157,13 +157,13 @@ class AnomalyModel:
         if self.detector is None:
             raise VqcError("model is not fitted: call fit() or vqc.load() first")
 
-    def _planned_chunks(self, images: Sequence[ImageInput]) -> Iterator[tuple[list[Plan], list[np.ndarray]]]:
+    def _planned_chunks(self, images: Sequence[ImageInput]) -> Iterator[list[Plan]]:
         """Decode and plan (resize, pad, tile) batch_size images at a time in a thread pool
         (Pillow releases the GIL)."""
         with ThreadPoolExecutor(max_workers=4) as pool:
             for start in range(0, len(images), self.batch_size):
                 decoded = list(pool.map(_as_array, images[start:start + self.batch_size]))
-                yield list(pool.map(self.geometry.plan, decoded)), decoded
+                yield list(pool.map(self.geometry.plan, decoded))
 
     def _input_batches(self, plans: list[Plan]) -> Iterator[tuple[list, torch.Tensor, torch.Tensor | None]]:
         """The plans' network inputs in batches of at most batch_size of one shape:
@@ -178,18 +178,18 @@ class AnomalyModel:
                 batch = torch.from_numpy(np.stack([plans[i].inputs[j] for i, j in part])).permute(0, 3, 1, 2)
                 yield part, batch, valid_mask([plans[i].content[j] for i, j in part], shape[:2])
 
-    def _canvases(self, images: Sequence[ImageInput]) -> Iterator[tuple[Plan, torch.Tensor, float, np.ndarray]]:
-        """(plan, smoothed map on the canvas, image score, decoded image) per image, in order."""
+    def _canvases(self, images: Sequence[ImageInput]) -> Iterator[tuple[Plan, torch.Tensor, float]]:
+        """(plan, smoothed map on the canvas, image score) per image, in order."""
         self._require_fitted()
         overlap = self.geometry.size - self.geometry.tile_stride if self.geometry.mode == "tile" else 0
-        for plans, decoded in self._planned_chunks(images):
+        for plans in self._planned_chunks(images):
             maps = {}
             for keys, batch, valid in self._input_batches(plans):
                 batch_maps, _ = self._forward(batch, valid)
                 maps.update(zip(keys, batch_maps.cpu()))
             for i, plan in enumerate(plans):
                 canvas = assemble(plan, torch.stack([maps[i, j] for j in range(len(plan.inputs))]), overlap)
-                yield plan, canvas, canvas_score(canvas, self.config.top_k), decoded[i]
+                yield plan, canvas, canvas_score(canvas, self.config.top_k)
 
     def _forward(self, batch: torch.Tensor, valid: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         if self.engine is not None:
@@ -220,7 +220,7 @@ class AnomalyModel:
         self._require_fitted()
         images = list(images)
         with tqdm(total=len(images), desc="predict", unit="img", disable=not progress) as bar:
-            for image, (plan, canvas, score, _) in zip(images, self._canvases(images)):
+            for image, (plan, canvas, score) in zip(images, self._canvases(images)):
                 path = Path(image) if isinstance(image, (str, Path)) else None
                 yield Prediction(score, to_original(plan, canvas), self.normalise(score), path, self.verdict(score))
                 bar.update(1)
