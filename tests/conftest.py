@@ -16,6 +16,14 @@ def shared_set(name: str) -> Path:
     return path
 
 
+@pytest.fixture(scope="session", autouse=True)
+def onnx_cache(tmp_path_factory) -> Path:
+    """Exported graphs go to a fresh cache, not the user's ~/.cache/vqc."""
+    path = tmp_path_factory.mktemp("vqc-cache")
+    os.environ["VQC_CACHE_DIR"] = str(path)
+    return path
+
+
 @pytest.fixture(scope="session")
 def demo_root() -> Path:
     return demo_data()

@@ -37,6 +37,14 @@ def test_matrix_expands_categories_and_keys_are_stable(matrix_file, demo_root, t
         load_matrix(tmp_path / "bad.yaml")
 
 
+def test_a_pair_can_name_its_own_layers(demo_root, tmp_path):
+    path = tmp_path / "pairs.yaml"
+    path.write_text(f"data: [{demo_root}]\npairs: [[efficientnet_lite0, knn], [efficientnet_lite0, nf, [2, 3, 4]]]\n")
+    cells = load_matrix(path).cells()
+    assert [(c.head, c.layers) for c in cells] == [("knn", ()), ("nf", (2, 3, 4))]
+    assert cells[1].model_name == "efficientnet_lite0 [2,3,4] + nf"
+
+
 def test_paper_preset_says_what_is_missing(demo_root):
     matrix, missing = paper_matrix([])
     assert "MVTec AD" in missing[0] and "BTAD" in missing[0]

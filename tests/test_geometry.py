@@ -98,3 +98,15 @@ def test_letterbox_and_native_models_return_maps_at_the_original_size(demo_root,
 def test_fixed_size_backbones_refuse_native_input():
     with pytest.raises(VqcError, match="224 x 224 inputs only"):
         vqc.AnomalyModel(backbone="deit_base_distilled_patch16_224", geometry="native", weights="random")
+
+
+@pytest.mark.parametrize("size", [(224, 224), (100, 300), (500, 400)])
+def test_resize_follows_pillow_bilinear(size, demo_root):
+    from vqc.data import decode_image
+    from vqc.geometry import resize
+    image = decode_image(read_split(demo_root, "test")[0].path)
+    h, w = size
+    want = np.asarray(Image.fromarray(image).resize((w, h), Image.BILINEAR)).astype(int)
+    got = resize(image, h, w)
+    assert got.shape == (h, w, 3) and got.dtype == np.uint8
+    assert np.abs(got.astype(int) - want).max() <= 1

@@ -62,15 +62,17 @@ class Matrix:
     head_options: dict[str, dict] = field(default_factory=dict)  # per head
     weights: dict[str, str] = field(default_factory=dict)  # per backbone: a weight file
     image_size: int = 224
-    pairs: list[tuple[str, str]] = field(default_factory=list)  # (backbone, head); replaces the product
+    pairs: list[tuple] = field(default_factory=list)  # (backbone, head[, layers]); replaces the product
 
     def cells(self) -> list[Cell]:
-        pairs = self.pairs or [(b, h) for b in self.backbones for h in self.heads]
-        for backbone, _ in pairs:
+        runs = []  # (backbone, head, layers)
+        for pair in self.pairs or [(b, h) for b in self.backbones for h in self.heads]:
+            backbone, head, *own = pair
             get_spec(backbone)
-        return [Cell(b, h, str(d), tuple(layers), json.dumps(self.head_options.get(h, {}), sort_keys=True),
+            runs += [(backbone, head, tuple(layers)) for layers in (own or self.layers.get(backbone, [()]))]
+        return [Cell(b, h, str(d), layers, json.dumps(self.head_options.get(h, {}), sort_keys=True),
                      self.weights.get(b), self.image_size)
-                for d in categories(self.data) for b, h in pairs for layers in self.layers.get(b, [()])]
+                for d in categories(self.data) for b, h, layers in runs]
 
 
 def categories(paths: list[str]) -> list[Path]:
@@ -90,14 +92,15 @@ def categories(paths: list[str]) -> list[Path]:
 
 
 def load_matrix(path: str | Path) -> Matrix:
-    """A YAML matrix: data and either backbones x heads or pairs of [backbone, head] (lists);
+    """A YAML matrix: data and either backbones x heads or pairs [backbone, head] or
+    [backbone, head, layers] (lists);
     layers, head_options, weights (maps); image_size."""
     import yaml
     try:
         spec = yaml.safe_load(Path(path).read_text()) or {}
         pairs = [tuple(p) for p in spec.get("pairs") or []]
-        return Matrix(backbones=list(spec.get("backbones") or [b for b, _ in pairs]),
-                      heads=list(spec.get("heads") or [h for _, h in pairs]), data=list(spec["data"]), pairs=pairs,
+        return Matrix(backbones=list(spec.get("backbones") or [p[0] for p in pairs]),
+                      heads=list(spec.get("heads") or [p[1] for p in pairs]), data=list(spec["data"]), pairs=pairs,
                       layers={b: [tuple(x) for x in v] for b, v in (spec.get("layers") or {}).items()},
                       head_options=dict(spec.get("head_options") or {}), weights=dict(spec.get("weights") or {}),
                       image_size=int(spec.get("image_size", 224)))

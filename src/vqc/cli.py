@@ -29,6 +29,14 @@ def _option(text: str) -> tuple[str, object]:
         return key, value
 
 
+ENGINE_HELP = "auto (default): ONNX Runtime on a CPU, PyTorch on a GPU; or force torch / onnx"
+
+
+def _add_engine(parser) -> None:
+    parser.add_argument("--engine", choices=["auto", "torch", "onnx"], default="auto", help=ENGINE_HELP)
+    parser.add_argument("--threads", type=int, help="CPU threads for the model (default: one per core)")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vqc", description="Visual quality control from defect-free images.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log details")
@@ -64,7 +72,7 @@ def _parser() -> argparse.ArgumentParser:
     predict.add_argument("images", nargs="+", help="image files, folders or globs")
     predict.add_argument("--out", default="predictions", help="output folder")
     predict.add_argument("--no-overlays", action="store_true")
-    predict.add_argument("--engine", choices=["torch", "onnx"], default="torch")
+    _add_engine(predict)
     predict.add_argument("--watch", action="store_true", help="keep watching the folder for new images")
     predict.add_argument("--interval", type=float, default=1.0, help="seconds between looks at a watched folder")
 
@@ -72,7 +80,7 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("model")
     evaluate.add_argument("data")
     evaluate.add_argument("--json", help="also write the metrics to this JSON file")
-    evaluate.add_argument("--engine", choices=["torch", "onnx"], default="torch")
+    _add_engine(evaluate)
     evaluate.add_argument("--record", action="store_true",
                           help="store the metrics in the model file (shown by the service's /v1/model)")
 
@@ -101,12 +109,17 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--defect-rate", type=float, help="expected share of defective parts (default: the test set's)")
     bench.add_argument("--false-reject-rate", type=float, default=0.01, help="target for the false-reject policy")
     bench.add_argument("--report-only", action="store_true", help="write the outputs from stored cells; run none")
+    bench.add_argument("--speed", action="store_true",
+                       help="time each backbone x head instead (latency, throughput, end to end) on one --data root")
+    bench.add_argument("--engines", default="auto", help="--speed: comma-separated auto, torch, onnx")
+    bench.add_argument("--batches", type=_layers, default=(32, 128, 256), help="--speed: throughput batch sizes")
+    bench.add_argument("--json", help="--speed: also write the records to this JSON file")
 
     serve = sub.add_parser("serve", help="HTTP inspection service with an operator page at /")
     serve.add_argument("model")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--engine", choices=["torch", "onnx"], default="torch")
+    _add_engine(serve)
     serve.add_argument("--max-upload-mb", type=float, default=20.0)
 
     threshold = sub.add_parser("threshold", help="choose and store the model's decision threshold")
@@ -165,7 +178,7 @@ def cmd_fit(args) -> None:
 def cmd_predict(args) -> None:
     from .data import list_images
     from .model import load
-    model = load(args.model).use_engine(args.engine)
+    model = load(args.model).use_engine(args.engine, threads=args.threads)
     out = Path(args.out)
     writer = _ScoreWriter(out / "scores.csv", model, overlays=not args.no_overlays)
     try:
@@ -270,7 +283,7 @@ def cmd_evaluate(args) -> None:
     from .evaluation import evaluate
     from .files import write_text_atomic
     from .model import load
-    model = load(args.model).use_engine(args.engine)
+    model = load(args.model).use_engine(args.engine, threads=args.threads)
     result = evaluate(model, args.data)
     print_metrics(result, f"{model.config.backbone} + {model.config.head} on {args.data}")
     if args.json:
@@ -305,6 +318,8 @@ def cmd_backbones(args) -> None:
 
 def cmd_benchmark(args) -> int:
     from .benchmark import Matrix, load_matrix, paper_matrix, run_matrix, write_outputs
+    if args.speed:
+        return _speed(args)
     missing = []
     if args.config:
         matrix = load_matrix(args.config)
@@ -339,6 +354,22 @@ def cmd_benchmark(args) -> int:
     return 0 if all(r["status"] == "ok" for r in records) and not missing else 1
 
 
+def _speed(args) -> int:
+    from .files import write_text_atomic
+    from .speed import machine, run_speed, speed_cases, speed_table
+    if len(args.data) != 1:
+        raise VqcError("--speed times on one data set root: pass --data ROOT")
+    cases = speed_cases(args.backbones.split(","), args.heads.split(","), args.data[0], args.engines.split(","),
+                        batches=args.batches)
+    about = machine()
+    print(f"{len(cases)} cases on {args.data[0]}; " + ", ".join(f"{k} {v}" for k, v in about.items()))
+    records = run_speed(cases)
+    print(speed_table(records))
+    if args.json:
+        write_text_atomic(args.json, json.dumps({"machine": about, "records": records}, indent=1) + "\n")
+    return 0 if all(r["status"] == "ok" for r in records) else 1
+
+
 def cmd_export(args) -> None:
     from .data import list_images
     from .export import export_onnx
@@ -352,7 +383,7 @@ def cmd_export(args) -> None:
 
 def cmd_serve(args) -> None:
     from .serve import serve
-    serve(args.model, args.host, args.port, args.engine, args.max_upload_mb)
+    serve(args.model, args.host, args.port, args.engine, args.max_upload_mb, args.threads)
 
 
 def cmd_threshold(args) -> None:

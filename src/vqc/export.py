@@ -10,7 +10,9 @@ runtime needs besides the graph.
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -110,6 +112,34 @@ def export_onnx(model, path: str | Path, check_images: list | None = None) -> di
     return sidecar
 
 
+def cache_dir() -> Path:
+    """Where exported graphs are kept between runs: $VQC_CACHE_DIR, else ~/.cache/vqc."""
+    return Path(os.environ.get("VQC_CACHE_DIR") or Path.home() / ".cache" / "vqc") / "onnx"
+
+
+def model_digest(model) -> str:
+    """A hash of everything the exported graph depends on: config, tensors and tool versions."""
+    import onnxruntime
+    digest = hashlib.sha256(json.dumps(_jsonable(model.config), sort_keys=True).encode())
+    digest.update(f"{__version__} {torch.__version__} {onnxruntime.__version__}".encode())
+    for name, tensor in sorted(model.detector.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:24]
+
+
+def cached_onnx(model) -> Path:
+    """The model's exported graph from the cache, exported (parity-checked) on first use, so the
+    export's cost is paid once per model, not once per run."""
+    try:
+        path = cache_dir() / f"{model_digest(model)}.onnx"
+    except ImportError:
+        raise VqcError("the ONNX engine needs onnxruntime (pip install onnxruntime)") from None
+    if not path.exists():
+        export_onnx(model, path)
+    return path
+
+
 def _jsonable(config) -> dict:
     from dataclasses import asdict
     return json.loads(json.dumps(asdict(config)))
@@ -119,7 +149,10 @@ class OnnxEngine:
     """Runs an exported Detector with ONNX Runtime (CUDA when available, else CPU)."""
 
     def __init__(self, path: str | Path, threads: int | None = None):
-        import onnxruntime as ort
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise VqcError("the ONNX engine needs onnxruntime (pip install onnxruntime)") from None
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:

@@ -4,8 +4,10 @@ from __future__ import annotations
 import json
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -30,6 +32,7 @@ FORMAT = "vqc-model"
 FORMAT_VERSION = 1
 
 ImageInput = str | Path | np.ndarray
+DECODE_THREADS = 4  # decoding waits on files and Pillow, not on the model's cores
 
 
 @dataclass(frozen=True)
@@ -55,10 +58,17 @@ class ModelConfig:
 @dataclass
 class Prediction:
     score: float
-    anomaly_map: np.ndarray  # float32, the input image's height x width
     normalised_score: float  # 0 = typical good part, 1 = worst held-out good part
     path: Path | None = None
     verdict: str | None = None  # "defective" when score >= the model's threshold, else "ok"; None without one
+    plan: Plan | None = field(default=None, repr=False)
+    canvas: torch.Tensor | None = field(default=None, repr=False)  # the smoothed map at network resolution
+
+    @cached_property
+    def anomaly_map(self) -> np.ndarray:
+        """float32, the input image's height x width; computed on first use (a run that only needs
+        scores never pays for upsampling maps)."""
+        return to_original(self.plan, self.canvas)
 
 
 class AnomalyModel:
@@ -86,7 +96,7 @@ class AnomalyModel:
         self.info: dict = {}  # weights source, fit statistics, the normal score range
         self.threshold: dict | None = None  # {"policy", "value", ...}: see vqc.thresholds
         self.engine = None  # None: the PyTorch Detector; else a callable such as export.OnnxEngine
-        self._engine_dir = None
+        self.engine_name = "torch"
 
     # ------------------------------------------------------------ building
 
@@ -159,11 +169,19 @@ class AnomalyModel:
 
     def _planned_chunks(self, images: Sequence[ImageInput]) -> Iterator[list[Plan]]:
         """Decode and plan (resize, pad, tile) batch_size images at a time in a thread pool
-        (Pillow releases the GIL)."""
-        with ThreadPoolExecutor(max_workers=4) as pool:
+        (Pillow and numpy release the GIL). The next chunk is decoded while the caller runs the
+        model on this one, so end-to-end speed approaches model speed."""
+        def plan(item: ImageInput) -> Plan:
+            return self.geometry.plan(_as_array(item))
+
+        with ThreadPoolExecutor(max_workers=DECODE_THREADS) as pool:
+            pending: deque[list[Future]] = deque()
             for start in range(0, len(images), self.batch_size):
-                decoded = list(pool.map(_as_array, images[start:start + self.batch_size]))
-                yield list(pool.map(self.geometry.plan, decoded))
+                pending.append([pool.submit(plan, item) for item in images[start:start + self.batch_size]])
+                if len(pending) > 1:
+                    yield [future.result() for future in pending.popleft()]
+            while pending:
+                yield [future.result() for future in pending.popleft()]
 
     def _input_batches(self, plans: list[Plan]) -> Iterator[tuple[list, torch.Tensor, torch.Tensor | None]]:
         """The plans' network inputs in batches of at most batch_size of one shape:
@@ -197,22 +215,29 @@ class AnomalyModel:
         with torch.inference_mode():
             return self.detector(batch.to(self.device), None if valid is None else valid.to(self.device))
 
-    def use_engine(self, name: str, onnx_path: str | Path | None = None) -> "AnomalyModel":
-        """Score with "torch" (the Detector) or "onnx" (ONNX Runtime; exported now, parity-checked,
-        unless an exported file is given)."""
+    def use_engine(self, name: str = "auto", onnx_path: str | Path | None = None,
+                   threads: int | None = None) -> "AnomalyModel":
+        """Score with "torch" (the Detector), "onnx" (ONNX Runtime on the exported Detector) or
+        "auto": ONNX Runtime on a CPU, where it is the faster engine (see `vqc benchmark --speed`),
+        PyTorch on a GPU or where the export fails. The export is parity-checked and cached (see
+        export.cached_onnx), unless an exported file is given. threads: CPU threads for either engine."""
         self._require_fitted()
-        if name == "torch":
-            self.engine = None
-        elif name == "onnx":
-            from .export import OnnxEngine, export_onnx
-            if onnx_path is None:
-                import tempfile
-                self._engine_dir = tempfile.TemporaryDirectory(prefix="vqc-onnx-")
-                onnx_path = Path(self._engine_dir.name) / "model.onnx"
-                export_onnx(self, onnx_path)
-            self.engine = OnnxEngine(onnx_path)
-        else:
-            raise VqcError(f"unknown engine {name!r}; use torch or onnx")
+        if name not in ("auto", "torch", "onnx"):
+            raise VqcError(f"unknown engine {name!r}; use auto, torch or onnx")
+        if threads:
+            torch.set_num_threads(threads)
+        self.engine, self.engine_name = None, "torch"
+        if name == "torch" or (name == "auto" and self.device.type != "cpu"):
+            return self
+        from .export import OnnxEngine, cached_onnx
+        try:
+            self.engine = OnnxEngine(onnx_path or cached_onnx(self), threads)
+        except VqcError as exc:
+            if name == "onnx":
+                raise
+            log.warning("ONNX Runtime engine unavailable, scoring with PyTorch: %s", exc)
+            return self
+        self.engine_name = "onnx"
         return self
 
     def predict_iter(self, images: Sequence[ImageInput], progress: bool = False) -> Iterator[Prediction]:
@@ -222,7 +247,7 @@ class AnomalyModel:
         with tqdm(total=len(images), desc="predict", unit="img", disable=not progress) as bar:
             for image, (plan, canvas, score) in zip(images, self._canvases(images)):
                 path = Path(image) if isinstance(image, (str, Path)) else None
-                yield Prediction(score, to_original(plan, canvas), self.normalise(score), path, self.verdict(score))
+                yield Prediction(score, self.normalise(score), path, self.verdict(score), plan, canvas)
                 bar.update(1)
 
     def predict(self, images: Sequence[ImageInput] | ImageInput, progress: bool = False) -> list[Prediction]:

@@ -45,13 +45,16 @@ class KnnHead(nn.Module):
         features = patch_features(levels, self.pool)
         b, _, h, w = features.shape
         queries = flatten_positions(features)
-        q2 = (queries * queries).sum(1, keepdim=True)
+        # |q - x|^2 = |q|^2 + (|x|^2 - 2 q.x): the bracket is one matmul of [q, 1] with [-2x, |x|^2],
+        # so the search is a matmul and a min, with no full-size elementwise pass; |q|^2 comes after the min.
+        augmented = torch.cat([queries, torch.ones_like(queries[:, :1])], dim=1)
         nearest = None
         for start in range(0, self.bank.shape[0], self.block):  # bounded memory: one block at a time
             bank = self.bank[start:start + self.block]
-            d2 = q2 - 2 * queries @ bank.T + (bank * bank).sum(1)
-            block_min = d2.amin(1)
+            keys = torch.cat([-2 * bank, (bank * bank).sum(1, keepdim=True)], dim=1)
+            block_min = (augmented @ keys.T).amin(1)
             nearest = block_min if nearest is None else torch.minimum(nearest, block_min)
+        nearest = nearest + (queries * queries).sum(1)
         return nearest.clamp_min(0).sqrt().view(b, 1, h, w)
 
 

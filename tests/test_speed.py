@@ -1,0 +1,81 @@
+import json
+
+import numpy as np
+import pytest
+
+import vqc
+from vqc.cli import main
+from vqc.data import read_split
+from vqc.evaluation import evaluate
+from vqc.export import model_digest
+
+from .conftest import shared_set
+
+
+def _images(root, every=4):
+    return [s.path for s in read_split(root, "test")][::every]
+
+
+def test_auto_engine_is_onnx_on_a_cpu_exported_once_and_cached(demo_model, demo_root, onnx_cache):
+    images = _images(demo_root)
+    reference = [p.score for p in demo_model.predict(images)]
+    try:
+        demo_model.use_engine("auto")
+        assert demo_model.engine_name == "onnx"
+        [graph] = (onnx_cache / "onnx").glob(f"{model_digest(demo_model)}.onnx")
+        stamp = graph.stat().st_mtime_ns
+        scores = [p.score for p in demo_model.predict(images)]
+        demo_model.use_engine("auto")  # again: from the cache, not exported a second time
+        assert graph.stat().st_mtime_ns == stamp and len(list((onnx_cache / "onnx").glob("*.onnx"))) == 1
+    finally:
+        demo_model.use_engine("torch")
+    np.testing.assert_allclose(scores, reference, rtol=1e-4)
+
+
+def test_the_cache_key_follows_the_tensors_and_the_config(demo_model):
+    before = model_digest(demo_model)
+    bank = demo_model.detector.head.bank
+    try:
+        bank[0, 0] += 1
+        assert model_digest(demo_model) != before
+    finally:
+        bank[0, 0] -= 1
+    assert model_digest(demo_model) == before
+
+
+def test_prefetched_chunks_keep_the_order_of_the_images(demo_model, demo_root):
+    images = _images(demo_root, every=3)
+    one_by_one = [demo_model.predict(image)[0].score for image in images]
+    batch_size = demo_model.batch_size
+    demo_model.batch_size = 3  # several chunks, decoded ahead of the model
+    try:
+        chunked = [p.score for p in demo_model.predict(images)]
+    finally:
+        demo_model.batch_size = batch_size
+    np.testing.assert_allclose(chunked, one_by_one, rtol=1e-5)
+
+
+@pytest.mark.parametrize("head,options", [("knn", {}), ("nf", {"max_epochs": 3})])
+def test_the_fast_cpu_engine_keeps_auroc_on_bottle(head, options):
+    bottle = shared_set("mvtec_bottle")
+    model = vqc.AnomalyModel(head=head, head_options=options).fit(bottle, progress=False)
+    reference = evaluate(model, bottle, progress=False)
+    model.use_engine("auto")
+    assert model.engine_name == "onnx"
+    fast = evaluate(model, bottle, progress=False)
+    assert abs(fast["image_auroc"] - reference["image_auroc"]) <= 0.002
+    assert abs(fast["pixel_auroc"] - reference["pixel_auroc"]) <= 0.002
+
+
+def test_speed_benchmark_reports_every_figure(demo_root, tmp_path, capsys):
+    out = tmp_path / "speed.json"
+    assert main(["benchmark", "--speed", "--data", str(demo_root), "--heads", "knn", "--engines", "torch",
+                 "--batches", "2,4", "--json", str(out)]) == 0
+    [record] = json.loads(out.read_text())["records"]
+    assert record["status"] == "ok" and record["engine_used"] == "torch"
+    for key in ("latency_ms", "latency_p99_ms", "images_per_second_b2", "images_per_second_b4",
+                "decode_ms_per_image", "end_to_end_images_per_second", "peak_memory_mb"):
+        assert record[key] > 0, key
+    assert record["latency_ms"] <= record["latency_p99_ms"]
+    assert 0 < record["head_share"] < 1
+    assert "| efficientnet_lite0 + knn | torch | cpu |" in capsys.readouterr().out
