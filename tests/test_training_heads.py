@@ -102,3 +102,18 @@ def test_every_head_is_seeded_and_survives_save_load(head, options, few_images, 
     assert loaded.config.backbone == ("none" if head == "ae" else "efficientnet_lite0")
     from vqc.efficiency import flops_per_image
     assert flops_per_image(loaded.detector, 224) > 1e8  # the flop counter runs on every fitted head
+
+
+def test_flow_latents_with_gathered_permutations_equal_freia():
+    from vqc.heads.nf import build_flow, latents
+    torch.manual_seed(0)
+    flow = build_flow(12, steps=6, hidden_ratio=0.5, clamp=2.0)
+    with torch.no_grad():  # move every trainable parameter off its initial value
+        for parameter in flow.parameters():
+            if parameter.requires_grad:
+                parameter.add_(0.3 * torch.randn_like(parameter))
+    x = torch.randn(3, 12, 5, 7)
+    want = flow(x)[0]
+    got = latents(flow, x)
+    assert got.shape == want.shape
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
