@@ -2,6 +2,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 import vqc
 from vqc.cli import main
@@ -79,3 +80,24 @@ def test_speed_benchmark_reports_every_figure(demo_root, tmp_path, capsys):
     assert record["latency_ms"] <= record["latency_p99_ms"]
     assert 0 < record["head_share"] < 1
     assert "| efficientnet_lite0 + knn | torch | cpu |" in capsys.readouterr().out
+
+
+def test_bf16_backbone_keeps_scores_within_1e_2_and_the_same_auroc(demo_model, demo_root):
+    reference = evaluate(demo_model, demo_root, progress=False)
+    ref_scores = [p.score for p in demo_model.predict(_images(demo_root))]
+    try:
+        demo_model.use_engine("torch", precision="bf16")
+        assert demo_model.detector.trunk_dtype is torch.bfloat16
+        scores = [p.score for p in demo_model.predict(_images(demo_root))]
+        reduced = evaluate(demo_model, demo_root, progress=False)
+    finally:
+        demo_model.use_engine("torch")
+    np.testing.assert_allclose(scores, ref_scores, rtol=1e-2)
+    assert reduced["image_auroc"] == pytest.approx(reference["image_auroc"], abs=0.002)
+
+
+def test_reduced_precision_is_refused_for_the_onnx_engine(demo_model):
+    with pytest.raises(vqc.VqcError, match="torch engine"):
+        demo_model.use_engine("onnx", precision="bf16")
+    with pytest.raises(vqc.VqcError, match="precision"):
+        demo_model.use_engine("torch", precision="int4")

@@ -35,6 +35,9 @@ ENGINE_HELP = "auto (default): ONNX Runtime on a CPU, PyTorch on a GPU; or force
 def _add_engine(parser) -> None:
     parser.add_argument("--engine", choices=["auto", "torch", "onnx"], default="auto", help=ENGINE_HELP)
     parser.add_argument("--threads", type=int, help="CPU threads for the model (default: one per core)")
+    parser.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
+                        help="torch engine: the backbone under autocast in this precision (GPU; check AUROC first)")
+    parser.add_argument("--compile", action="store_true", help="torch engine: torch.compile the Detector")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -178,7 +181,7 @@ def cmd_fit(args) -> None:
 def cmd_predict(args) -> None:
     from .data import list_images
     from .model import load
-    model = load(args.model).use_engine(args.engine, threads=args.threads)
+    model = load(args.model).use_engine(args.engine, threads=args.threads, precision=args.precision, compile=args.compile)
     out = Path(args.out)
     writer = _ScoreWriter(out / "scores.csv", model, overlays=not args.no_overlays)
     try:
@@ -283,7 +286,7 @@ def cmd_evaluate(args) -> None:
     from .evaluation import evaluate
     from .files import write_text_atomic
     from .model import load
-    model = load(args.model).use_engine(args.engine, threads=args.threads)
+    model = load(args.model).use_engine(args.engine, threads=args.threads, precision=args.precision, compile=args.compile)
     result = evaluate(model, args.data)
     print_metrics(result, f"{model.config.backbone} + {model.config.head} on {args.data}")
     if args.json:
@@ -383,7 +386,7 @@ def cmd_export(args) -> None:
 
 def cmd_serve(args) -> None:
     from .serve import serve
-    serve(args.model, args.host, args.port, args.engine, args.max_upload_mb, args.threads)
+    serve(args.model, args.host, args.port, args.engine, args.max_upload_mb, args.threads, args.precision)
 
 
 def cmd_threshold(args) -> None:

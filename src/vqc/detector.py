@@ -49,9 +49,16 @@ class Detector(nn.Module):
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1) * 255, persistent=False)
         self.blur = GaussianBlur(sigma)
         self.top_k = top_k  # 0: image score = max of the map; k: mean of the k highest positions
+        self.trunk_dtype: torch.dtype | None = None  # bf16/fp16: the backbone under autocast (a runtime choice)
 
     def features(self, images: torch.Tensor) -> list[torch.Tensor]:
-        return self.trunk((images.float() - self.mean) / self.std)
+        x = (images.float() - self.mean) / self.std
+        if self.trunk_dtype is None:
+            return self.trunk(x)
+        # Only the backbone runs in reduced precision; heads (distances, flows, likelihoods) stay fp32.
+        with torch.autocast(x.device.type, dtype=self.trunk_dtype):
+            levels = self.trunk(x)
+        return [level.float() for level in levels]
 
     def forward(self, images: torch.Tensor, valid: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """`valid` [B, 1, H, W] (1 = image, 0 = letterbox padding): the padding is left out of the

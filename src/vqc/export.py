@@ -56,6 +56,8 @@ def export_onnx(model, path: str | Path, check_images: list | None = None) -> di
     path = Path(path)
     size, mode = model.config.image_size, model.geometry.mode
     detector = model.detector.to("cpu").eval()
+    if detector.trunk_dtype is not None:
+        raise VqcError("export the fp32 model: call use_engine('torch') (precision fp32) first")
     rng = np.random.default_rng(0)
     noise_size = (size, size + 64) if mode == "native" else (size, size)  # native: a non-square size too
     noise = rng.integers(0, 256, (3, 3, *noise_size), dtype=np.uint8)

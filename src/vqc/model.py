@@ -32,6 +32,7 @@ FORMAT = "vqc-model"
 FORMAT_VERSION = 1
 
 ImageInput = str | Path | np.ndarray
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 DECODE_THREADS = 4  # decoding waits on files and Pillow, not on the model's cores
 
 
@@ -97,6 +98,7 @@ class AnomalyModel:
         self.threshold: dict | None = None  # {"policy", "value", ...}: see vqc.thresholds
         self.engine = None  # None: the PyTorch Detector; else a callable such as export.OnnxEngine
         self.engine_name = "torch"
+        self._compiled = None  # torch.compile'd Detector, when asked for
 
     # ------------------------------------------------------------ building
 
@@ -212,22 +214,37 @@ class AnomalyModel:
     def _forward(self, batch: torch.Tensor, valid: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         if self.engine is not None:
             return self.engine(batch, valid)
+        if self.device.type == "cuda":  # pinned host memory: the copy overlaps with work already queued
+            batch = batch.pin_memory().to(self.device, non_blocking=True)
+        detector = self._compiled or self.detector
         with torch.inference_mode():
-            return self.detector(batch.to(self.device), None if valid is None else valid.to(self.device))
+            return detector(batch.to(self.device), None if valid is None else valid.to(self.device))
 
-    def use_engine(self, name: str = "auto", onnx_path: str | Path | None = None,
-                   threads: int | None = None) -> "AnomalyModel":
+    def use_engine(self, name: str = "auto", onnx_path: str | Path | None = None, threads: int | None = None,
+                   precision: str = "fp32", compile: bool = False) -> AnomalyModel:
         """Score with "torch" (the Detector), "onnx" (ONNX Runtime on the exported Detector) or
         "auto": ONNX Runtime on a CPU, where it is the faster engine (see `vqc benchmark --speed`),
         PyTorch on a GPU or where the export fails. The export is parity-checked and cached (see
-        export.cached_onnx), unless an exported file is given. threads: CPU threads for either engine."""
+        export.cached_onnx), unless an exported file is given. threads: CPU threads for either engine.
+        PyTorch only: precision bf16/fp16 runs the backbone under autocast (check AUROC with
+        `vqc evaluate` first); compile wraps the Detector in torch.compile."""
         self._require_fitted()
         if name not in ("auto", "torch", "onnx"):
             raise VqcError(f"unknown engine {name!r}; use auto, torch or onnx")
+        if precision not in PRECISIONS:
+            raise VqcError(f"unknown precision {precision!r}; use {', '.join(PRECISIONS)}")
+        if name == "onnx" and (precision != "fp32" or compile):
+            raise VqcError("precision and compile apply to the torch engine; the ONNX graph is fp32")
         if threads:
             torch.set_num_threads(threads)
         self.engine, self.engine_name = None, "torch"
-        if name == "torch" or (name == "auto" and self.device.type != "cpu"):
+        self.detector.trunk_dtype = PRECISIONS[precision]
+        self._compiled = None
+        if name == "torch" or (name == "auto" and (self.device.type != "cpu" or precision != "fp32" or compile)):
+            if self.device.type == "cuda":
+                self.detector.to(memory_format=torch.channels_last)
+            if compile:
+                self._compiled = torch.compile(self.detector)
             return self
         from .export import OnnxEngine, cached_onnx
         try:

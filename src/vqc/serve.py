@@ -35,9 +35,10 @@ def _png_base64(image: np.ndarray) -> str:
 class Inspector:
     """The model behind the service: decode, score under a lock, describe the result."""
 
-    def __init__(self, model_path: str | Path, engine: str = "auto", threads: int | None = None):
+    def __init__(self, model_path: str | Path, engine: str = "auto", threads: int | None = None,
+                 precision: str = "fp32"):
         self.path = Path(model_path)
-        self.model = load(self.path).use_engine(engine, threads=threads)
+        self.model = load(self.path).use_engine(engine, threads=threads, precision=precision)
         self.engine = self.model.engine_name
         digest = hashlib.sha256(self.path.read_bytes()).hexdigest()
         self.name, self.version = self.path.stem, digest[:12]
@@ -108,8 +109,8 @@ async def _uploads(request: Request, limit: int) -> list[tuple[str, bytes]]:
 
 
 def create_app(model_path: str | Path, engine: str = "auto", max_upload_mb: float = 20,
-               max_batch: int = 32, threads: int | None = None) -> FastAPI:
-    inspector = Inspector(model_path, engine, threads)
+               max_batch: int = 32, threads: int | None = None, precision: str = "fp32") -> FastAPI:
+    inspector = Inspector(model_path, engine, threads, precision)
     limit = int(max_upload_mb * 2**20)
     app = FastAPI(title="vqc inspection service", version=__version__,
                   description="Score images of parts against a detector fitted on good parts.")
@@ -155,6 +156,6 @@ async def _run(inspector: Inspector, uploads, heatmap: bool, single: bool) -> di
 
 
 def serve(model_path: str, host: str = "127.0.0.1", port: int = 8000, engine: str = "auto",
-          max_upload_mb: float = 20, threads: int | None = None) -> None:
+          max_upload_mb: float = 20, threads: int | None = None, precision: str = "fp32") -> None:
     import uvicorn
-    uvicorn.run(create_app(model_path, engine, max_upload_mb, threads=threads), host=host, port=port, log_level="info")
+    uvicorn.run(create_app(model_path, engine, max_upload_mb, threads=threads, precision=precision), host=host, port=port, log_level="info")
