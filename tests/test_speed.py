@@ -17,7 +17,9 @@ def _images(root, every=4):
     return [s.path for s in read_split(root, "test")][::every]
 
 
-def test_auto_engine_is_onnx_on_a_cpu_exported_once_and_cached(demo_model, demo_root, onnx_cache):
+def test_auto_engine_is_onnx_on_a_cpu_exported_once_and_cached(demo_model, demo_root, tmp_path, monkeypatch):
+    monkeypatch.setenv("VQC_CACHE_DIR", str(tmp_path))
+    onnx_cache = tmp_path
     images = _images(demo_root)
     reference = [p.score for p in demo_model.predict(images)]
     try:
@@ -82,12 +84,12 @@ def test_speed_benchmark_reports_every_figure(demo_root, tmp_path, capsys):
     assert "| efficientnet_lite0 + knn | torch | cpu |" in capsys.readouterr().out
 
 
-def test_bf16_backbone_keeps_scores_within_1e_2_and_the_same_auroc(demo_model, demo_root):
+def test_fp16_backbone_keeps_scores_within_1e_2_and_the_same_auroc(demo_model, demo_root):
     reference = evaluate(demo_model, demo_root, progress=False)
     ref_scores = [p.score for p in demo_model.predict(_images(demo_root))]
     try:
-        demo_model.use_engine("torch", precision="bf16")
-        assert demo_model.detector.trunk_dtype is torch.bfloat16
+        demo_model.use_engine("torch", precision="fp16")
+        assert demo_model.detector.trunk_dtype is torch.float16
         scores = [p.score for p in demo_model.predict(_images(demo_root))]
         reduced = evaluate(demo_model, demo_root, progress=False)
     finally:
