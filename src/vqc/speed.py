@@ -71,7 +71,7 @@ def measure_case(case: SpeedCase) -> dict:
     import numpy as np
     import torch
 
-    from .data import read_split
+    from .data import decode_image, read_split
     from .efficiency import peak_memory_mb
     from .model import AnomalyModel
 
@@ -89,7 +89,7 @@ def measure_case(case: SpeedCase) -> dict:
     paths = [s.path for s in read_split(case.data, "test")]
     paths = (paths * (case.end_to_end_images // len(paths) + 1))[:case.end_to_end_images]
     plans = [plan for chunk in model._planned_chunks(paths[:64]) for plan in chunk]
-    decode = _timed(lambda: [model.geometry.plan(_decode(p)) for p in paths[:64]], 3, lambda: None)
+    decode = _timed(lambda: [model.geometry.plan(decode_image(p)) for p in paths[:64]], 3, lambda: None)
     record["decode_ms_per_image"] = round(statistics.median(decode) / 64 * 1000, 3)
 
     inputs = np.stack([plan.inputs[0] for plan in plans])  # uint8 [n, H, W, 3], real images
@@ -120,11 +120,6 @@ def measure_case(case: SpeedCase) -> dict:
     record["peak_memory_mb"] = round(peak_memory_mb(device), 1)
     record["status"] = "ok"
     return record
-
-
-def _decode(path):
-    from .data import decode_image
-    return decode_image(path)
 
 
 def run_speed(cases: list[SpeedCase], say=print) -> list[dict]:
