@@ -29,11 +29,9 @@ def _option(text: str) -> tuple[str, object]:
         return key, value
 
 
-ENGINE_HELP = "auto (default): ONNX Runtime on a CPU, PyTorch on a GPU; or force torch / onnx"
-
-
 def _add_engine(parser) -> None:
-    parser.add_argument("--engine", choices=["auto", "torch", "onnx"], default="auto", help=ENGINE_HELP)
+    parser.add_argument("--engine", choices=["auto", "torch", "onnx"], default="auto",
+                        help="auto (default): ONNX Runtime on a CPU, PyTorch on a GPU; or force torch / onnx")
     parser.add_argument("--threads", type=int, help="CPU threads for the model (default: one per core)")
     parser.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
                         help="torch engine: the backbone under autocast in this precision (GPU; check AUROC first)")
@@ -386,7 +384,8 @@ def cmd_export(args) -> None:
 
 def cmd_serve(args) -> None:
     from .serve import serve
-    serve(args.model, args.host, args.port, args.engine, args.max_upload_mb, args.threads, args.precision)
+    serve(args.model, args.host, args.port, args.engine, args.max_upload_mb, args.threads, args.precision,
+          args.compile)
 
 
 def cmd_threshold(args) -> None:

@@ -55,9 +55,9 @@ def export_onnx(model, path: str | Path, check_images: list | None = None) -> di
     model._require_fitted()
     path = Path(path)
     size, mode = model.config.image_size, model.geometry.mode
-    detector = model.detector.to("cpu").eval()
-    if detector.trunk_dtype is not None:
+    if model.detector.trunk_dtype is not None:  # checked before moving the model, so a refusal leaves it as it was
         raise VqcError("export the fp32 model: call use_engine('torch') (precision fp32) first")
+    detector = model.detector.to("cpu").eval()
     rng = np.random.default_rng(0)
     noise_size = (size, size + 64) if mode == "native" else (size, size)  # native: a non-square size too
     noise = rng.integers(0, 256, (3, 3, *noise_size), dtype=np.uint8)

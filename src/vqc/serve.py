@@ -36,9 +36,9 @@ class Inspector:
     """The model behind the service: decode, score under a lock, describe the result."""
 
     def __init__(self, model_path: str | Path, engine: str = "auto", threads: int | None = None,
-                 precision: str = "fp32"):
+                 precision: str = "fp32", compile: bool = False):
         self.path = Path(model_path)
-        self.model = load(self.path).use_engine(engine, threads=threads, precision=precision)
+        self.model = load(self.path).use_engine(engine, threads=threads, precision=precision, compile=compile)
         self.engine = self.model.engine_name
         digest = hashlib.sha256(self.path.read_bytes()).hexdigest()
         self.name, self.version = self.path.stem, digest[:12]
@@ -109,8 +109,9 @@ async def _uploads(request: Request, limit: int) -> list[tuple[str, bytes]]:
 
 
 def create_app(model_path: str | Path, engine: str = "auto", max_upload_mb: float = 20,
-               max_batch: int = 32, threads: int | None = None, precision: str = "fp32") -> FastAPI:
-    inspector = Inspector(model_path, engine, threads, precision)
+               max_batch: int = 32, threads: int | None = None, precision: str = "fp32",
+               compile: bool = False) -> FastAPI:
+    inspector = Inspector(model_path, engine, threads, precision, compile)
     limit = int(max_upload_mb * 2**20)
     app = FastAPI(title="vqc inspection service", version=__version__,
                   description="Score images of parts against a detector fitted on good parts.")
@@ -156,6 +157,8 @@ async def _run(inspector: Inspector, uploads, heatmap: bool, single: bool) -> di
 
 
 def serve(model_path: str, host: str = "127.0.0.1", port: int = 8000, engine: str = "auto",
-          max_upload_mb: float = 20, threads: int | None = None, precision: str = "fp32") -> None:
+          max_upload_mb: float = 20, threads: int | None = None, precision: str = "fp32",
+          compile: bool = False) -> None:
     import uvicorn
-    uvicorn.run(create_app(model_path, engine, max_upload_mb, threads=threads, precision=precision), host=host, port=port, log_level="info")
+    uvicorn.run(create_app(model_path, engine, max_upload_mb, threads=threads, precision=precision,
+                           compile=compile), host=host, port=port, log_level="info")
