@@ -104,8 +104,8 @@ def test_every_head_is_seeded_and_survives_save_load(head, options, few_images, 
     assert flops_per_image(loaded.detector, 224) > 1e8  # the flop counter runs on every fitted head
 
 
-def test_flow_latents_with_gathered_permutations_equal_freia():
-    from vqc.heads.nf import build_flow, latents
+def test_flow_forward_with_gathered_permutations_equals_freia():
+    from vqc.heads.nf import build_flow, flow_forward
     torch.manual_seed(0)
     flow = build_flow(12, steps=6, hidden_ratio=0.5, clamp=2.0)
     with torch.no_grad():  # move every trainable parameter off its initial value
@@ -113,7 +113,32 @@ def test_flow_latents_with_gathered_permutations_equal_freia():
             if parameter.requires_grad:
                 parameter.add_(0.3 * torch.randn_like(parameter))
     x = torch.randn(3, 12, 5, 7)
-    want = flow(x)[0]
-    got = latents(flow, x)
-    assert got.shape == want.shape
+    want, want_log_jac = flow(x)
+    got, got_log_jac = flow_forward(flow, x, with_log_jac=True)
+    assert got.shape == want.shape and got_log_jac.shape == want_log_jac.shape == (3,)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got_log_jac, want_log_jac, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(flow_forward(flow, x)[0], want, rtol=1e-5, atol=1e-5)  # inference path
+
+
+def test_nf_level_maps_and_files_from_before_the_option(few_images, tmp_path):
+    """nf combines levels as likelihoods by default, with every option named in the saved file; a
+    file without level_map (an older vqc, which summed nll) loads as "nll" and scores as it did."""
+    import json
+    from safetensors.torch import load_file, safe_open, save_file
+    train, test = few_images
+    model = vqc.AnomalyModel(head="nf", head_options={"max_epochs": 2, "steps": 4}).fit(train, progress=False)
+    assert model.config.layers == (2, 3, 4)  # nf's own default levels on lite0
+    assert model.config.head_options["level_map"] == "likelihood" and model.config.head_options["steps"] == 4
+    maps = [p.anomaly_map for p in model.predict(test)]
+    assert all(0 <= m.min() and m.max() <= 1 for m in maps)  # 1 - mean likelihood
+    path = model.save(tmp_path / "nf.safetensors")
+    with safe_open(str(path), "pt") as f:
+        meta = dict(f.metadata())
+    config = json.loads(meta["config"])
+    del config["head_options"]["level_map"]
+    save_file(load_file(str(path)), str(tmp_path / "old.safetensors"), metadata={**meta, "config": json.dumps(config)})
+    old = vqc.load(tmp_path / "old.safetensors")
+    assert old.config.head_options["level_map"] == "nll"
+    model.detector.head.level_map = "nll"
+    assert [p.score for p in old.predict(test)] == [p.score for p in model.predict(test)]

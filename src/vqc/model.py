@@ -6,7 +6,7 @@ import logging
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -84,7 +84,7 @@ class AnomalyModel:
                  batch_size: int = 16, device: str | None = None, **config):
         backbone = backbone or default_backbone(head)
         spec = get_spec(backbone)
-        self.config = ModelConfig(backbone=backbone, head=head, layers=tuple(layers or spec.default_layers),
+        self.config = ModelConfig(backbone=backbone, head=head, layers=tuple(layers or spec.layers_for(head)),
                                   image_size=image_size, head_options=dict(head_options or {}), **config)
         self.geometry = Geometry(self.config.geometry, image_size, self.config.tile_stride, self.config.tile_scale)
         if spec.fixed_size and (self.geometry.mode == "native" or image_size != 224):
@@ -106,6 +106,7 @@ class AnomalyModel:
         cfg = self.config
         trunk, source = build_trunk(cfg.backbone, cfg.layers, weights)
         head = create_head(cfg.head, trunk.channels, cfg.head_options)
+        self.config = cfg = replace(cfg, head_options=head.options())  # saved files name every option
         mean, std = normalisation(get_spec(cfg.backbone))
         self.detector = Detector(trunk, head, mean, std, cfg.smoothing_sigma, cfg.top_k).to(self.device).eval()
         return source
@@ -322,6 +323,8 @@ def load(path: str | Path, device: str | None = None) -> AnomalyModel:
         raise VqcError(f"model file {path} has format version {metadata.get('format_version')}; "
                        f"this vqc {__version__} reads version {FORMAT_VERSION}")
     config = ModelConfig.from_dict(json.loads(metadata["config"]))
+    if config.head == "nf":  # files from before nf's level_map option stored no value and meant "nll"
+        config.head_options.setdefault("level_map", "nll")
     model = AnomalyModel(**{**asdict(config), "layers": config.layers}, weights="random", device=device)
     with torch.random.fork_rng():  # the random init is overwritten below; keep the caller's RNG
         model._build("random")

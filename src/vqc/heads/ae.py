@@ -23,7 +23,7 @@ def _up(c_in: int, c_out: int) -> nn.Module:
 
 
 class AutoencoderHead(nn.Module):
-    def __init__(self, channels: list[int], widths: tuple = (32, 64, 128, 128), lr: float = 1e-3,
+    def __init__(self, channels: list[int], widths: tuple = (16, 32, 64, 128), lr: float = 1e-3,
                  weight_decay: float = 1e-5, max_epochs: int = 100, patience: int = 30, batch_size: int = 32,
                  seed: int = 0):
         super().__init__()

@@ -3,10 +3,12 @@
 Each level is standardised per channel (statistics of the training features), then passed
 through `steps` affine coupling blocks whose subnets alternate 3x3 and 1x1 convolutions with
 `hidden_ratio` x the coupling's input channels. Trained by maximum likelihood under a standard
-normal. The anomaly map at a position is 0.5 * mean over channels of z^2: the Gaussian
-negative log-likelihood there, up to constants. (AllInOneBlock reports its log-Jacobian only
+normal. Per level and position, nll = 0.5 * mean over channels of z^2 is the Gaussian negative
+log-likelihood per dimension, up to constants. (AllInOneBlock reports its log-Jacobian only
 summed over the whole map, so it enters the training loss but not the per-position map, as in
-FastFlow.) Levels are resized to the finest grid and averaged.
+FastFlow.) Levels are resized to the finest grid and averaged, either as likelihoods
+(map = 1 - mean exp(-nll), FastFlow's combination and the default: bounded per level, so one
+level's extreme values cannot drown the others) or as nll ("nll").
 """
 from __future__ import annotations
 
@@ -37,20 +39,30 @@ def build_flow(channels: int, steps: int, hidden_ratio: float, clamp: float) -> 
     return flow
 
 
-def latents(flow: Ff.SequenceINN, x: torch.Tensor) -> torch.Tensor:
-    """The flow's output z, as FrEIA's AllInOneBlocks compute it (inference only: no log-Jacobian),
-    with each block's channel permutation done as a gather. FrEIA applies it as a 1x1 convolution
-    with a permutation matrix, about half of the flow's arithmetic. Tested equal to FrEIA's forward.
-    Valid for the blocks build_flow makes (hard permutation, no GIN, no Householder, no conditions)."""
+def flow_forward(flow: Ff.SequenceINN, x: torch.Tensor, with_log_jac: bool = False):
+    """(z, per-image log-Jacobian determinant or 0) as FrEIA's AllInOneBlocks compute them, with
+    each block's channel permutation done as a gather: FrEIA applies it as a 1x1 convolution with
+    a permutation matrix, about half of the flow's arithmetic, in training and at inference. Tested
+    equal to FrEIA's forward. Valid for the blocks build_flow makes (hard permutation, no GIN, no
+    Householder, no conditions)."""
+    log_jac = 0.0
     for block in flow:
         x1, x2 = torch.split(x, block.splits, dim=1)
         a = block.subnet(x1) * 0.1
         half = x2.shape[1]
-        x2 = x2 * torch.exp(block.clamp * torch.tanh(a[:, :half])) + a[:, half:]
+        log_scale = block.clamp * torch.tanh(a[:, :half])
+        x2 = x2 * torch.exp(log_scale) + a[:, half:]
         scale = block.global_scale_activation(block.global_scale)
         order = block.w_perm.flatten(1).argmax(1)  # w_perm[i, order[i]] = 1: output i is input order[i]
-        x = (torch.cat([x1, x2], dim=1) * scale + block.global_offset)[:, order]
-    return x
+        x = torch.index_select(torch.cat([x1, x2], dim=1) * scale + block.global_offset, 1, order)
+        if with_log_jac:
+            log_jac = log_jac + log_scale.flatten(1).sum(1) + x[0, :1].numel() * torch.log(scale).sum()
+    return x, log_jac
+
+
+def latents(flow: Ff.SequenceINN, x: torch.Tensor) -> torch.Tensor:
+    """The flow's output z (inference: no log-Jacobian)."""
+    return flow_forward(flow, x)[0]
 
 
 class Standardise(nn.Module):
@@ -66,8 +78,11 @@ class Standardise(nn.Module):
 class FlowHead(nn.Module):
     def __init__(self, channels: list[int], steps: int = 20, hidden_ratio: float = 0.16, clamp: float = 2.0,
                  lr: float = 1e-3, weight_decay: float = 1e-5, max_epochs: int = 100, patience: int = 30,
-                 batch_size: int = 32, seed: int = 0):
+                 batch_size: int = 32, seed: int = 0, level_map: str = "likelihood"):
         super().__init__()
+        if level_map not in ("likelihood", "nll"):
+            raise ValueError(f"level_map must be 'likelihood' or 'nll', not {level_map!r}")
+        self.level_map = level_map
         self.steps, self.hidden_ratio, self.clamp, self.batch_size = steps, hidden_ratio, clamp, batch_size
         self.lr, self.weight_decay, self.max_epochs, self.patience, self.seed = lr, weight_decay, max_epochs, patience, seed
         state = np.random.get_state()  # AllInOneBlock draws its channel permutation from numpy
@@ -84,13 +99,13 @@ class FlowHead(nn.Module):
     def options(self) -> dict:
         return {"steps": self.steps, "hidden_ratio": self.hidden_ratio, "clamp": self.clamp, "lr": self.lr,
                 "weight_decay": self.weight_decay, "max_epochs": self.max_epochs, "patience": self.patience,
-                "batch_size": self.batch_size, "seed": self.seed}
+                "batch_size": self.batch_size, "seed": self.seed, "level_map": self.level_map}
 
     def nll(self, levels) -> torch.Tensor:
         """Mean negative log-likelihood per feature dimension (constants dropped)."""
         total = 0.0
         for flow, norm, level in zip(self.flows, self.norms, levels):
-            z, log_jac = flow(norm(level))
+            z, log_jac = flow_forward(flow, norm(level), with_log_jac=True)
             total = total + (0.5 * z.pow(2).flatten(1).sum(1) - log_jac).mean() / z[0].numel()
         return total
 
@@ -111,5 +126,7 @@ class FlowHead(nn.Module):
         for flow, norm, level in zip(self.flows, self.norms, levels):
             z = latents(flow, norm(level))
             m = 0.5 * z.pow(2).mean(1, keepdim=True)
+            if self.level_map == "likelihood":
+                m = 1 - torch.exp(-m)
             maps.append(m if m.shape[-2:] == size else F.interpolate(m, size=size, mode="bilinear", align_corners=False))
         return torch.stack(maps).mean(0)
