@@ -98,3 +98,14 @@ def test_a_failing_cell_is_recorded_and_the_run_goes_on(tmp_path, demo_root):
     assert [r["status"] for r in records] == ["error", "missing"]
     assert "coreset" in records[0]["error"] and "missing.pth" in records[1]["error"]
     assert "cells not run" in markdown_tables(records)
+
+
+def test_summary_table_gives_image_pixel_auroc_and_fit_seconds_per_cell():
+    def record(category, image, pixel, fit):
+        return {"status": "ok", "model": "b + h", "category": category, "image_auroc": image, "pixel_auroc": pixel,
+                "fit_seconds": fit}
+    table = markdown_tables([record("bottle", 0.99049, 0.9512, 12.4), record("tile", 1.0, None, 300.6),
+                             {"status": "error", "model": "b + x", "category": "bottle", "error": "boom"}])
+    assert "| model | bottle | tile |" in table
+    assert "| b + h | 0.990 / 0.951 / 12 | 1.000 / - / 301 |" in table
+    assert "| b + x | - | - |" in table

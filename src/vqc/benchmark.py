@@ -304,13 +304,25 @@ def _mean(values):
     return sum(values) / len(values) if values else None
 
 
+def _summary(record: dict | None) -> str:
+    if record is None:
+        return "-"
+    pixel = record.get("pixel_auroc")
+    return f"{record['image_auroc']:.3f} / {'-' if pixel is None else f'{pixel:.3f}'} / {record['fit_seconds']:.0f}"
+
+
 def markdown_tables(records: list[dict]) -> str:
     """Tables shaped like the paper's: rows backbone + head, columns categories and their mean."""
     ok = [r for r in records if r["status"] == "ok"]
     cats = list(dict.fromkeys(r["category"] for r in records))
     models = list(dict.fromkeys(r["model"] for r in records))
     by = {(r["model"], r["category"]): r for r in ok}
-    parts = []
+    lines = ["### image AUROC / pixel AUROC / fit seconds", "", "| model | " + " | ".join(cats) + " |",
+             "|---|" + "---|" * len(cats)]
+    for m in models:
+        cells = [_summary(by.get((m, c))) for c in cats]
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    parts = ["\n".join(lines)]
     for key, title in METRICS:
         lines = [f"### {title}", "", "| model | " + " | ".join(cats) + " | mean |",
                  "|---|" + "---|" * (len(cats) + 1)]
