@@ -77,7 +77,7 @@ class Standardise(nn.Module):
 
 class FlowHead(nn.Module):
     def __init__(self, channels: list[int], steps: int = 20, hidden_ratio: float = 0.16, clamp: float = 2.0,
-                 lr: float = 1e-3, weight_decay: float = 1e-5, max_epochs: int = 100, patience: int = 30,
+                 lr: float = 1e-3, weight_decay: float = 1e-5, max_epochs: int = 60, patience: int = 30,
                  batch_size: int = 32, seed: int = 0, level_map: str = "likelihood"):
         super().__init__()
         if level_map not in ("likelihood", "nll"):
