@@ -1,5 +1,4 @@
 """Drift: the KS check on recent scores, and /health on real images of the right and of another product."""
-import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
