@@ -38,9 +38,11 @@ def throwaway_postgres() -> Iterator[str]:
     folder = binaries()
     if folder is None:
         raise RuntimeError("no PostgreSQL binaries (initdb, pg_ctl): apt-get install postgresql")
-    root = Path(tempfile.mkdtemp(prefix="vqc-postgres-"))
+    as_root = os.geteuid() == 0
+    # as root, under /tmp: the server's user must be able to reach the folder (root's TMPDIR may be private)
+    root = Path(tempfile.mkdtemp(prefix="vqc-postgres-", dir="/tmp" if as_root else None))
     run_as: list[str] = []
-    if os.geteuid() == 0:
+    if as_root:
         user = "postgres" if "postgres" in {u.pw_name for u in pwd.getpwall()} else "nobody"
         os.chown(root, pwd.getpwnam(user).pw_uid, -1)
         run_as = ["runuser", "-u", user, "--"]
