@@ -122,8 +122,9 @@ def test_schema_is_versioned_and_foreign_or_newer_databases_are_refused(db_url):
 
 
 def test_bad_database_urls_are_one_line_errors_without_the_password():
-    with pytest.raises(VqcError, match="not a URL"):
-        Records("postgresql://u@host:notaport/db")
+    with pytest.raises(VqcError, match="not a URL") as error:
+        Records("postgresql://u:s3cret@host:notaport/db")
+    assert "s3cret" not in str(error.value) and "u:***@host" in str(error.value)
     with pytest.raises(VqcError, match="no driver"):
         Records("oracle+nothing://u@host/db")
     with pytest.raises(VqcError, match="cannot open database") as error:

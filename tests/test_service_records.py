@@ -192,6 +192,8 @@ def test_predict_records_and_records_export(model_path, db_url, samples, tmp_pat
     assert "exported 6 inspections" in capsys.readouterr().out
     assert main(["records", "export", "--db", db_url, "--since", "yesterday"]) == 2
     assert "not ISO 8601" in capsys.readouterr().err
+    assert main(["records", "export", "--db", str(tmp_path / "typo.sqlite")]) == 2
+    assert "typo.sqlite does not exist" in capsys.readouterr().err and not (tmp_path / "typo.sqlite").exists()
 
 
 def test_keys_add_prints_the_key_once_and_stores_its_hash(tmp_path, capsys):

@@ -468,7 +468,7 @@ def cmd_serve(args) -> None:
 
 def cmd_records(args) -> None:
     from .records import Filters, Records, parse_time
-    records = Records(args.db)
+    records = Records(args.db, create=False)
     filters = Filters(since=parse_time(args.since) if args.since else None,
                       until=parse_time(args.until) if args.until else None,
                       station=args.station, verdict=args.verdict)

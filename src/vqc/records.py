@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import logging
+import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -177,19 +178,20 @@ def engine_for(url: str | Path) -> sa.Engine:
     try:
         parsed = sa.engine.make_url(url)
     except (sa.exc.ArgumentError, ValueError):
-        raise VqcError(f"database {url!r} is not a URL such as sqlite:///records.sqlite or "
+        hidden = re.sub(r"//([^:/@]*):[^@]*@", r"//\1:***@", url)  # no password in a message
+        raise VqcError(f"database {hidden!r} is not a URL such as sqlite:///records.sqlite or "
                        "postgresql://user@host/dbname") from None
     if parsed.drivername in ("postgresql", "postgres"):
         parsed = parsed.set(drivername="postgresql+psycopg")
     shown = parsed.render_as_string(hide_password=True)
     try:
         if parsed.get_backend_name() == "sqlite":
-            if parsed.database and parsed.database != ":memory:":
-                Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
             engine = sa.create_engine(parsed, connect_args={"timeout": 30})
             sa.event.listen(engine, "connect", _sqlite_pragmas)
         else:
-            engine = sa.create_engine(parsed, pool_pre_ping=True, pool_size=8, max_overflow=8)
+            # pre-ping: a restarted database server costs a reconnect, not a failed inspection
+            timeout = {"connect_timeout": 10} if parsed.get_backend_name() == "postgresql" else {}
+            engine = sa.create_engine(parsed, pool_pre_ping=True, pool_size=8, max_overflow=8, connect_args=timeout)
     except (sa.exc.NoSuchModuleError, ModuleNotFoundError) as exc:
         raise VqcError(f"database {shown}: no driver ({exc}); for PostgreSQL: pip install 'psycopg[binary]'") from None
     return engine
@@ -244,11 +246,18 @@ class Records:
     """Inspection rows in a database; images of defective parts (and a sample of good ones) with
     their overlays in `image_store`, each file named by the image's SHA-256 and referenced from its row."""
 
-    def __init__(self, url: str | Path, image_store: str | Path | None = None, keep_good: float = 0.0):
+    def __init__(self, url: str | Path, image_store: str | Path | None = None, keep_good: float = 0.0,
+                 create: bool = True):
+        """create=False: a SQLite file must exist already (a mistyped path is an error, not a new database)."""
         if not 0 <= keep_good <= 1:
             raise VqcError(f"keep-good is the share of good images kept, between 0 and 1 (got {keep_good})")
         self.engine = engine_for(url)
         self.url = self.engine.url.render_as_string(hide_password=True)
+        database = self.engine.url.database
+        if self.engine.dialect.name == "sqlite" and database and database != ":memory:" and not Path(database).exists():
+            if not create:
+                raise VqcError(f"database file {database} does not exist")
+            Path(database).parent.mkdir(parents=True, exist_ok=True)
         migrate(self.engine)
         self.image_store = Path(image_store) if image_store else None
         self.keep_good = keep_good
