@@ -39,3 +39,23 @@ def demo_model(demo_root):
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A throwaway PostgreSQL server for the session (see throwaway_postgres.py)."""
+    from .throwaway_postgres import binaries, throwaway_postgres
+    if binaries() is None:
+        pytest.skip("no PostgreSQL binaries (initdb, pg_ctl) on this machine: apt-get install postgresql "
+                    "(.ci/run installs it)")
+    with throwaway_postgres() as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path) -> str:
+    """An empty records database: a SQLite file, then a database on the throwaway PostgreSQL server."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'records.sqlite'}"
+    from .throwaway_postgres import fresh_database
+    return fresh_database(request.getfixturevalue("postgres_server"))

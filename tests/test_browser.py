@@ -6,6 +6,7 @@ import time
 
 import pytest
 
+from vqc.access import add_key
 from vqc.data import read_split
 from vqc.serve import create_app
 from vqc.thresholds import choose_threshold
@@ -22,18 +23,21 @@ def server(demo_model, demo_root, tmp_path_factory):
     model = demo_model
     saved = model.threshold
     model.threshold = choose_threshold(model, "f1", demo_root)  # a threshold that separates the demo set
-    path = model.save(tmp_path_factory.mktemp("page") / "tiles.safetensors")
+    folder = tmp_path_factory.mktemp("page")
+    path = model.save(folder / "tiles.safetensors")
     model.threshold = saved
+    key = add_key(folder / "keys.txt", "operator")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(path), host="127.0.0.1", port=port, log_level="warning"))
+    app = create_app(path, api_key_file=str(folder / "keys.txt"))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.time() + 60
     while not server.started and time.time() < deadline:
         time.sleep(0.1)
-    yield f"http://127.0.0.1:{port}", path
+    yield f"http://127.0.0.1:{port}", path, key
     server.should_exit = True
     thread.join(timeout=10)
 
@@ -42,7 +46,7 @@ def test_operator_page_shows_verdicts_for_good_and_defective_images(server, demo
     from playwright.sync_api import sync_playwright
 
     import vqc
-    url, path = server
+    url, path, key = server
     model = vqc.load(path)
     samples = read_split(demo_root, "test")
     scored = list(zip(samples, model.predict([s.path for s in samples])))
@@ -54,7 +58,14 @@ def test_operator_page_shows_verdicts_for_good_and_defective_images(server, demo
             "--disable-sync", "--no-first-run"])
         page = browser.new_page()
         page.goto(url)
+        page.wait_for_selector("#keyform.shown")  # the service asks for a key: the page asks the operator
+        page.fill("#key", "not-the-key")
+        page.click("#keyform button")
+        page.wait_for_function("document.getElementById('keyerror').textContent.includes('refused')")
+        page.fill("#key", key)
+        page.click("#keyform button")
         page.wait_for_function("document.getElementById('model').textContent.includes('knn')")
+        assert "scores: ok" in page.inner_text("#drift")
         for sample, verdict in ((good, "OK"), (bad, "DEFECTIVE")):
             page.set_input_files("#file", str(sample.path))
             page.wait_for_function(f"document.getElementById('verdict').textContent === '{verdict}'", timeout=60000)
@@ -64,4 +75,8 @@ def test_operator_page_shows_verdicts_for_good_and_defective_images(server, demo
         assert "defective" in rows.nth(0).inner_text() and "ok" in rows.nth(1).inner_text()
         page.set_input_files("#file", str(demo_root / "SOURCE.md"))  # not an image
         page.wait_for_function("document.getElementById('error').textContent.includes('SOURCE.md')")
+        page.wait_for_function("document.getElementById('drift').textContent.includes('2 of 20')")
+        page.reload()  # asked once: the key is kept
+        page.wait_for_function("document.getElementById('model').textContent.includes('knn')")
+        assert not page.is_visible("#keyform")
         browser.close()

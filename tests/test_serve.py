@@ -60,6 +60,8 @@ def test_model_info_docs_and_page(client, demo_model):
     info = client.get("/v1/model").json()
     assert info["backbone"] == "efficientnet_lite0" and info["head"] == "knn"
     assert info["threshold"]["policy"] == demo_model.threshold["policy"]
-    assert client.get("/openapi.json").json()["paths"].keys() >= {"/v1/inspect", "/v1/inspect/batch", "/health"}
+    assert client.get("/openapi.json").json()["paths"].keys() >= {
+        "/v1/inspect", "/v1/inspect/batch", "/health", "/metrics", "/v1/inspections", "/v1/inspections/{inspection_id}",
+        "/v1/stats"}
     page = client.get("/")
     assert page.status_code == 200 and "vqc inspection" in page.text

@@ -38,6 +38,13 @@ def _add_engine(parser) -> None:
     parser.add_argument("--compile", action="store_true", help="torch engine: torch.compile the Detector")
 
 
+def _add_image_store(parser) -> None:
+    parser.add_argument("--image-store", metavar="DIR", help="folder for the images of defective parts and their "
+                        "overlays (default: MODEL-images/ beside the model)")
+    parser.add_argument("--keep-good", type=float, default=0.01, metavar="FRACTION",
+                        help="share of good images kept in the image store too (default 0.01)")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vqc", description="Visual quality control from defect-free images.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log details")
@@ -76,6 +83,10 @@ def _parser() -> argparse.ArgumentParser:
     _add_engine(predict)
     predict.add_argument("--watch", action="store_true", help="keep watching the folder for new images")
     predict.add_argument("--interval", type=float, default=1.0, help="seconds between looks at a watched folder")
+    predict.add_argument("--db", metavar="URL", help="also record each inspection in this database (SQLite path or "
+                         "URL, postgresql://...), as vqc serve does")
+    predict.add_argument("--station", help="--db: station / camera id to record")
+    _add_image_store(predict)
 
     evaluate = sub.add_parser("evaluate", help="metrics on a labelled test split")
     evaluate.add_argument("model")
@@ -122,6 +133,32 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8000)
     _add_engine(serve)
     serve.add_argument("--max-upload-mb", type=float, default=20.0)
+    serve.add_argument("--db", metavar="URL", help="records database: SQLite path or URL, postgresql://user@host/db "
+                       "(default: MODEL.records.sqlite beside the model; 'none': keep no records)")
+    _add_image_store(serve)
+    serve.add_argument("--api-key-file", metavar="FILE", help="ask for one of these keys on /v1 (vqc keys add)")
+    serve.add_argument("--protect-monitoring", action="store_true", help="ask for a key on /health and /metrics too")
+    serve.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
+                       help="a browser origin allowed to call the API, e.g. https://dash.plant (repeatable; default none)")
+    serve.add_argument("--drift-window", type=int, default=200, metavar="N",
+                       help="last N scores compared with the model's validation scores (KS test)")
+
+    records = sub.add_parser("records", help="inspection records: export")
+    records_sub = records.add_subparsers(dest="records_command", required=True)
+    export_records = records_sub.add_parser("export", help="write recorded inspections to CSV or Parquet")
+    export_records.add_argument("--db", required=True, metavar="URL", help="SQLite path or database URL")
+    export_records.add_argument("--since", help="from this time on (ISO 8601; UTC unless it names a zone)")
+    export_records.add_argument("--until", help="before this time")
+    export_records.add_argument("--station")
+    export_records.add_argument("--verdict", choices=["ok", "defective"])
+    export_records.add_argument("--format", choices=["csv", "parquet"], default="csv")
+    export_records.add_argument("--out", help="file to write (default: inspections.csv or .parquet)")
+
+    keys = sub.add_parser("keys", help="API keys for vqc serve --api-key-file")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    add_key = keys_sub.add_parser("add", help="make a key, store its hash in FILE and print the key once")
+    add_key.add_argument("file")
+    add_key.add_argument("--name", required=True, help="who or what uses the key, e.g. line3-camera")
 
     threshold = sub.add_parser("threshold", help="choose and store the model's decision threshold")
     threshold.add_argument("model")
@@ -141,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return {"fit": cmd_fit, "predict": cmd_predict, "evaluate": cmd_evaluate, "demo": cmd_demo,
                 "backbones": cmd_backbones, "benchmark": cmd_benchmark, "threshold": cmd_threshold,
-                "serve": cmd_serve, "export": cmd_export}[args.command](args) or 0
+                "serve": cmd_serve, "export": cmd_export, "records": cmd_records,
+                "keys": cmd_keys}[args.command](args) or 0
     except VqcError as exc:
         print(f"vqc: error: {exc}", file=sys.stderr)
         return 2
@@ -181,7 +219,8 @@ def cmd_predict(args) -> None:
     from .model import load
     model = load(args.model).use_engine(args.engine, threads=args.threads, precision=args.precision, compile=args.compile)
     out = Path(args.out)
-    writer = _ScoreWriter(out / "scores.csv", model, overlays=not args.no_overlays)
+    recorder = _Recorder(args, model) if args.db else None
+    writer = _ScoreWriter(out / "scores.csv", model, overlays=not args.no_overlays, recorder=recorder)
     try:
         if args.watch:
             folder = Path(args.images[0])
@@ -195,20 +234,54 @@ def cmd_predict(args) -> None:
             print(f"scored {len(images)} images -> {writer.path}")
     finally:
         writer.close()
+        if recorder is not None:
+            recorder.records.close()
+
+
+class _Recorder:
+    """`predict --db`: one committed row per scored image, as `vqc serve` records them."""
+
+    def __init__(self, args, model):
+        from .records import ModelIdentity, Records, default_locations
+        self.model, self.station = model, args.station
+        self.identity = ModelIdentity.of(args.model, model.engine_name)
+        self.records = Records(args.db, args.image_store or default_locations(args.model)[1], args.keep_good)
+
+    def record(self, pred, latency_ms: float) -> int:
+        from datetime import datetime, timezone
+        from .data import decode_image
+        from .records import inspection_row
+        from .viz import overlay
+        data = pred.path.read_bytes()
+        row = inspection_row(self.identity, self.model, pred, data, pred.plan.original, latency_ms,
+                             datetime.now(timezone.utc), pred.path.name, self.station)
+        floor, top = self.model.normal_range()
+        try:
+            return self.records.add([row], [(data, lambda: overlay(decode_image(data, str(pred.path)),
+                                                                     pred.anomaly_map, floor, top))])[0]
+        except Exception as exc:  # the image is not on record: say so, name it
+            raise VqcError(f"{pred.path} was scored but not recorded in {self.records.url}: "
+                           f"{type(exc).__name__}: {str(exc).splitlines()[0]}") from None
 
 
 class _ScoreWriter:
     """Appends one CSV row per scored image as soon as it is scored (whole lines, flushed), and its
-    overlay; the file is only created once the first image has been scored."""
+    overlay; the file is only created once the first image has been scored. With a recorder, the
+    image is recorded in the database first."""
 
-    def __init__(self, path: Path, model, overlays: bool):
-        self.path, self.model, self.overlays, self.file = path, model, overlays, None
+    def __init__(self, path: Path, model, overlays: bool, recorder: _Recorder | None = None):
+        self.path, self.model, self.overlays, self.file, self.recorder = path, model, overlays, None, recorder
 
     def write(self, predictions) -> int:
+        import time
         from .data import decode_image
         from .viz import overlay, save_png
         count = 0
+        last = time.perf_counter()
         for pred in predictions:
+            latency_ms, last = (time.perf_counter() - last) * 1000, time.perf_counter()  # per image, as delivered
+            if self.recorder is not None:
+                self.recorder.record(pred, latency_ms)
             if self.file is None:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 fresh = not self.path.exists()
@@ -386,9 +459,32 @@ def cmd_export(args) -> None:
 
 
 def cmd_serve(args) -> None:
-    from .serve import serve
-    serve(args.model, args.host, args.port, args.engine, args.max_upload_mb, args.threads, args.precision,
-          args.compile)
+    from .serve import ServeConfig, serve
+    if args.drift_window < 2:
+        raise VqcError(f"--drift-window needs at least 2 inspections (got {args.drift_window})")
+    serve(args.model, args.host, args.port, ServeConfig(
+        engine=args.engine, threads=args.threads, precision=args.precision, compile=args.compile,
+        max_upload_mb=args.max_upload_mb, db=args.db, image_store=args.image_store, keep_good=args.keep_good,
+        api_key_file=args.api_key_file, protect_monitoring=args.protect_monitoring,
+        cors_origins=tuple(args.cors_origin), drift_window=args.drift_window))
+
+
+def cmd_records(args) -> None:
+    from .records import Filters, Records, parse_time
+    records = Records(args.db, create=False)
+    filters = Filters(since=parse_time(args.since) if args.since else None,
+                      until=parse_time(args.until) if args.until else None,
+                      station=args.station, verdict=args.verdict)
+    out = args.out or f"inspections.{args.format}"
+    count = records.export(out, args.format, filters)
+    print(f"exported {count} inspections from {records.url} -> {out}")
+
+
+def cmd_keys(args) -> None:
+    from .access import add_key
+    key = add_key(args.file, args.name)
+    print(f"key {args.name} (only its hash is kept in {args.file}; this is the one time it is shown):")
+    print(key)
 
 
 def cmd_threshold(args) -> None:

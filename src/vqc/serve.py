@@ -1,29 +1,65 @@
 """`vqc serve`: an HTTP inspection service (FastAPI) and a web page for operators.
 
 One model instance per process; inference calls are serialised by a lock (the Detector is not
-re-entrant on one device), decoding and encoding happen outside it. Bad uploads are answered
-4xx with a one-line reason and never reach the model.
+re-entrant on one device), decoding, encoding and recording happen outside it. Bad uploads are
+answered 4xx with a one-line reason and never reach the model. Every inspection is committed to
+the records database before it is answered; if the database refuses it, the answer is 503, never
+200 (see vqc.records). API keys (vqc.access) guard everything under /v1; /health and /metrics
+(vqc.monitoring) are open unless protect_monitoring is set.
 """
 from __future__ import annotations
 
 import base64
-import hashlib
 import io
+import logging
 import threading
 import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from functools import partial
 from importlib.resources import files
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
-from fastapi import FastAPI, HTTPException, Request
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from PIL import Image
 
 from . import __version__
+from .access import ApiKeys, presented_key
 from .data import decode_image
 from .errors import VqcError
 from .model import load
+from .monitoring import DriftMonitor, Metrics
+from .records import Filters, ModelIdentity, Records, default_locations, inspection_row
 from .viz import overlay
+
+log = logging.getLogger(__name__)
+
+FIELD_LIMIT = 100  # characters of a station or part id (the column's size)
+
+
+@dataclass
+class ServeConfig:
+    engine: str = "auto"
+    threads: int | None = None
+    precision: str = "fp32"
+    compile: bool = False
+    max_upload_mb: float = 20
+    max_batch: int = 32
+    db: str | None = None  # URL or SQLite path; None: MODEL.records.sqlite beside the model; "none": no records
+    image_store: str | None = None  # None: MODEL-images/ beside the model
+    keep_good: float = 0.01  # share of good images kept in the image store (defective ones always are)
+    api_key_file: str | None = None  # None: no keys asked (a warning says so)
+    protect_monitoring: bool = False  # also ask for a key on /health and /metrics
+    cors_origins: tuple[str, ...] = ()  # browser origins allowed to call the API; none by default
+    drift_window: int = 200  # inspections compared with the model's validation scores
+
+
+class NotRecorded(Exception):
+    """The records database did not take an inspection: it is answered 503, not 200."""
 
 
 def _png_base64(image: np.ndarray) -> str:
@@ -32,47 +68,94 @@ def _png_base64(image: np.ndarray) -> str:
     return base64.b64encode(buffer.getvalue()).decode()
 
 
-class Inspector:
-    """The model behind the service: decode, score under a lock, describe the result."""
+def open_records(model_path: str | Path, config: ServeConfig) -> Records | None:
+    if config.db == "none":
+        return None
+    default_db, default_store = default_locations(model_path)
+    return Records(config.db or default_db, config.image_store or default_store, config.keep_good)
 
-    def __init__(self, model_path: str | Path, engine: str = "auto", threads: int | None = None,
-                 precision: str = "fp32", compile: bool = False):
+
+class Inspector:
+    """The model behind the service: decode, score under a lock, record, describe the result."""
+
+    def __init__(self, model_path: str | Path, config: ServeConfig | None = None):
+        config = config or ServeConfig()
         self.path = Path(model_path)
-        self.model = load(self.path).use_engine(engine, threads=threads, precision=precision, compile=compile)
+        self.model = load(self.path).use_engine(config.engine, threads=config.threads,
+                                                precision=config.precision, compile=config.compile)
         self.engine = self.model.engine_name
-        digest = hashlib.sha256(self.path.read_bytes()).hexdigest()
-        self.name, self.version = self.path.stem, digest[:12]
+        self.identity = ModelIdentity.of(self.path, self.engine)
+        self.name, self.version = self.identity.name, self.identity.version
         self.lock = threading.Lock()
+        self.records = open_records(self.path, config)
+        self.drift = DriftMonitor(self.model.info["normal_scores"], config.drift_window)
+        if self.records is not None:  # a restart picks up the window where it was
+            self.drift.add(self.records.recent_scores(self.identity.sha256, config.drift_window))
+        self.metrics = Metrics(self.identity)
 
     def describe(self) -> dict:
         m = self.model
         floor, top = m.normal_range()
-        return {"name": self.name, "version": self.version, "vqc_version": __version__, "engine": self.engine,
+        return {"name": self.name, "version": self.version, "sha256": self.identity.sha256,
+                "vqc_version": __version__, "engine": self.engine,
                 "backbone": m.config.backbone, "layers": list(m.config.layers), "head": m.config.head,
                 "image_size": m.config.image_size, "threshold": m.threshold,
                 "score_normalisation": {"floor": floor, "top": top, "formula": "(score - floor) / (top - floor)"},
                 "weights_source": m.info["weights_source"], "n_train": m.info["n_train"],
-                "validation": m.info.get("evaluation")}
+                "validation": m.info.get("evaluation"), "records": self.records.url if self.records else None}
 
-    def inspect(self, images: list[tuple[str, bytes]], heatmap: bool) -> list[dict]:
+    def inspect(self, images: list[tuple[str, bytes]], heatmap: bool, station: str | None = None,
+                part_ids: list[str | None] | None = None) -> list[dict]:
+        received = datetime.now(timezone.utc)
         decoded = [decode_image(data, name) for name, data in images]  # VqcError -> 422 before the lock
         start = time.perf_counter()
         with self.lock:
             predictions = self.model.predict(decoded)
         latency = (time.perf_counter() - start) * 1000 / len(images)
+        part_ids = part_ids or [None] * len(images)
+        rows = [inspection_row(self.identity, self.model, pred, data, image.shape, latency, received, name, station, part)
+                for (name, data), image, pred, part in zip(images, decoded, predictions, part_ids)]
+        ids = [None] * len(rows)
+        if self.records is not None:
+            floor, top = self.model.normal_range()
+            drawings = [(data, partial(overlay, image, pred.anomaly_map, floor, top))
+                        for (_, data), image, pred in zip(images, decoded, predictions)]
+            try:
+                ids = self.records.add(rows, drawings)
+            except Exception as exc:  # any failure to record must end in 503, never in a 200
+                self.metrics.unrecorded.inc(len(rows))
+                log.error("inspection not recorded (%s): %s", type(exc).__name__, str(exc).splitlines()[0])
+                raise NotRecorded(type(exc).__name__) from None
+        self.metrics.observe(rows, latency / 1000)
+        self.drift.add([row["score"] for row in rows])
         threshold = self.model.threshold
         results = []
-        for (name, data), image, pred in zip(images, decoded, predictions):
-            result = {"filename": name, "score": pred.score, "normalised_score": pred.normalised_score,
-                      "verdict": pred.verdict, "threshold": threshold["value"] if threshold else None,
+        for row, row_id, image, pred in zip(rows, ids, decoded, predictions):
+            result = {"id": row_id, "inspected_at": received.isoformat(), "filename": row["filename"],
+                      "station": row["station"], "part_id": row["part_id"], "score": row["score"],
+                      "normalised_score": row["normalised_score"], "verdict": row["verdict"],
+                      "threshold": row["threshold"],
                       "normalised_threshold": self.model.normalise(threshold["value"]) if threshold else None,
-                      "policy": threshold["policy"] if threshold else None, "model": self.name,
-                      "model_version": self.version, "width": image.shape[1], "height": image.shape[0],
-                      "latency_ms": round(latency, 2), "sha256": hashlib.sha256(data).hexdigest()}
+                      "policy": row["policy"], "model": self.name, "model_version": self.version,
+                      "engine": self.engine, "width": row["width"], "height": row["height"],
+                      "size_bytes": row["size_bytes"], "latency_ms": round(latency, 2), "sha256": row["sha256"]}
             if heatmap:
                 result["heatmap_png"] = _png_base64(overlay(image, pred.anomaly_map, *self.model.normal_range()))
             results.append(result)
         return results
+
+    def health(self) -> tuple[int, dict]:
+        drift = self.drift.check()
+        body = {"status": drift["status"], "model": self.name, "model_version": self.version, "drift": drift,
+                "database": None}
+        if self.records is not None:
+            try:
+                self.records.ping()
+                body["database"] = "ok"
+            except Exception as exc:
+                body.update(status="database unreachable", database=type(exc).__name__)
+                return 503, body
+        return 200, body
 
 
 async def _read_limited(request: Request, limit: int) -> bytes:
@@ -88,14 +171,18 @@ async def _read_limited(request: Request, limit: int) -> bytes:
     return bytes(body)
 
 
-async def _uploads(request: Request, limit: int) -> list[tuple[str, bytes]]:
-    """Images from multipart form files, or the raw body as one image."""
+async def _uploads(request: Request, limit: int) -> tuple[list[tuple[str, bytes]], dict[str, list[str]]]:
+    """Images from multipart form files, or the raw body as one image; and the text fields
+    (query parameters, then multipart fields)."""
     body = await _read_limited(request, limit)
+    fields: dict[str, list[str]] = {}
+    for key, value in request.query_params.multi_items():
+        fields.setdefault(key, []).append(value)
     content_type = request.headers.get("content-type", "")
     if not content_type.startswith("multipart/form-data"):
         if not body:
             raise HTTPException(400, "empty body: send an image as the body or as multipart field 'file'")
-        return [(request.query_params.get("filename", "upload"), body)]
+        return [(request.query_params.get("filename", "upload"), body)], fields
     from starlette.datastructures import Headers, UploadFile
     from starlette.formparsers import MultiPartParser
 
@@ -103,45 +190,138 @@ async def _uploads(request: Request, limit: int) -> list[tuple[str, bytes]]:
         yield body
     form = await MultiPartParser(Headers(scope=request.scope), replay(), max_part_size=limit).parse()
     uploads = [(v.filename or k, await v.read()) for k, v in form.multi_items() if isinstance(v, UploadFile)]
+    for key, value in form.multi_items():
+        if isinstance(value, str):
+            fields.setdefault(key, []).append(value)
     if not uploads:
         raise HTTPException(400, "no file in the form: send the image in a multipart field named 'file'")
-    return uploads
+    return uploads, fields
 
 
-def create_app(model_path: str | Path, engine: str = "auto", max_upload_mb: float = 20,
-               max_batch: int = 32, threads: int | None = None, precision: str = "fp32",
-               compile: bool = False) -> FastAPI:
-    inspector = Inspector(model_path, engine, threads, precision, compile)
-    limit = int(max_upload_mb * 2**20)
-    app = FastAPI(title="vqc inspection service", version=__version__,
-                  description="Score images of parts against a detector fitted on good parts.")
+def _station_and_parts(fields: dict[str, list[str]], n: int) -> tuple[str | None, list[str | None]]:
+    """`station` (one), `part_id` (one per image, in order; one for a single image)."""
+    stations = fields.get("station", [])
+    parts = fields.get("part_id", [])
+    if len(stations) > 1:
+        raise HTTPException(400, f"give one station per request ({len(stations)} given)")
+    if parts and len(parts) != n:
+        raise HTTPException(400, f"give one part_id per image: {len(parts)} part ids for {n} images")
+    for value in stations + parts:
+        if len(value) > FIELD_LIMIT:
+            raise HTTPException(400, f"station and part_id are at most {FIELD_LIMIT} characters "
+                                     f"(got {len(value)})")
+    return (stations[0] if stations else None), (parts or [None] * n)
+
+
+def create_app(model_path: str | Path, config: ServeConfig | None = None, **settings) -> FastAPI:
+    """The service for one model; `settings` are ServeConfig fields (create_app(path, db="none"))."""
+    config = config or ServeConfig(**settings)
+    keys = ApiKeys.from_file(config.api_key_file) if config.api_key_file else None  # a bad file fails first
+    inspector = Inspector(model_path, config)
+    limit = int(config.max_upload_mb * 2**20)
+    if keys is None:
+        log.warning("no --api-key-file: anyone who can reach this service can inspect and read the records")
+
+    def require_key(request: Request) -> None:
+        if keys is not None and keys.check(presented_key(request.headers)) is None:
+            raise HTTPException(401, "missing or invalid API key: send it as 'Authorization: Bearer KEY' "
+                                     "or 'X-API-Key: KEY'", headers={"WWW-Authenticate": "Bearer"})
+
+    keyed = [Depends(require_key)]
+    monitoring = keyed if config.protect_monitoring else []
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
+        if inspector.records is not None:
+            inspector.records.close()
+
+    app = FastAPI(title="vqc inspection service", version=__version__, lifespan=lifespan,
+                  description="Score images of parts against a detector fitted on good parts, and keep the record.")
     app.state.inspector = inspector
+    if config.cors_origins:  # off unless asked: a browser page elsewhere cannot call the API by default
+        from fastapi.middleware.cors import CORSMiddleware
+        app.add_middleware(CORSMiddleware, allow_origins=list(config.cors_origins), allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "X-API-Key", "Content-Type"])
 
     @app.exception_handler(VqcError)
-    async def bad_image(request: Request, exc: VqcError):
+    async def bad_input(request: Request, exc: VqcError):
         return JSONResponse({"detail": str(exc)}, status_code=422)
 
-    @app.get("/health")
-    def health() -> dict:
-        return {"status": "ok", "model": inspector.name, "model_version": inspector.version}
+    @app.exception_handler(NotRecorded)
+    async def not_recorded(request: Request, exc: NotRecorded):
+        return JSONResponse({"detail": f"inspection not recorded ({exc}): the records database did not take "
+                                       "it, so it is not on record; send it again"}, status_code=503)
 
-    @app.get("/v1/model")
+    @app.get("/health", dependencies=monitoring)
+    def health():
+        status, body = inspector.health()
+        return JSONResponse(body, status_code=status)
+
+    @app.get("/metrics", dependencies=monitoring, summary="Prometheus metrics")
+    def metrics() -> Response:
+        from prometheus_client import CONTENT_TYPE_LATEST
+        return Response(inspector.metrics.exposition(inspector.drift.check()), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/v1/model", dependencies=keyed)
     def model_info() -> dict:
         return inspector.describe()
 
-    @app.post("/v1/inspect", summary="Inspect one image (raw body or multipart field 'file')")
+    @app.post("/v1/inspect", dependencies=keyed,
+              summary="Inspect one image (raw body or multipart field 'file'); optional station, part_id")
     async def inspect(request: Request, heatmap: bool = False) -> dict:
-        uploads = await _uploads(request, limit)
+        start = time.perf_counter()
+        uploads, fields = await _uploads(request, limit)
         if len(uploads) != 1:
             raise HTTPException(400, f"send one image here ({len(uploads)} given); use /v1/inspect/batch for several")
-        return await _run(inspector, uploads, heatmap, single=True)
+        return (await _run(inspector, uploads, fields, heatmap, start))[0]
 
-    @app.post("/v1/inspect/batch", summary="Inspect several images (multipart, one field per image)")
+    @app.post("/v1/inspect/batch", dependencies=keyed,
+              summary="Inspect several images (multipart, one field per image); optional station, part_id per image")
     async def inspect_batch(request: Request, heatmap: bool = False) -> dict:
-        uploads = await _uploads(request, limit * max_batch)
-        if len(uploads) > max_batch:
-            raise HTTPException(413, f"{len(uploads)} images is over the batch limit of {max_batch}")
-        return await _run(inspector, uploads, heatmap, single=False)
+        start = time.perf_counter()
+        uploads, fields = await _uploads(request, limit * config.max_batch)
+        if len(uploads) > config.max_batch:
+            raise HTTPException(413, f"{len(uploads)} images is over the batch limit of {config.max_batch}")
+        return {"results": await _run(inspector, uploads, fields, heatmap, start)}
+
+    def records() -> Records:
+        if inspector.records is None:
+            raise HTTPException(404, "this service keeps no records (started with --db none)")
+        return inspector.records
+
+    def filters(since: datetime | None = None, until: datetime | None = None, station: str | None = None,
+                verdict: Literal["ok", "defective"] | None = None, min_score: float | None = None,
+                max_score: float | None = None) -> Filters:
+        return Filters(since, until, station, verdict, min_score, max_score)
+
+    @app.get("/v1/inspections", dependencies=keyed,
+             summary="Recorded inspections, newest first; next page: before=<next_before>")
+    def inspections(where: Filters = Depends(filters), limit: int = Query(100, ge=1, le=1000),
+                    before: int | None = None) -> dict:
+        items = records().find(where, limit, before)
+        return {"items": items, "next_before": items[-1]["id"] if len(items) == limit else None}
+
+    @app.get("/v1/inspections/{inspection_id}", dependencies=keyed,
+             summary="One recorded inspection, with its stored overlay (overlay_png) when kept")
+    def inspection(inspection_id: int) -> dict:
+        store = records()
+        row = store.get(inspection_id)
+        if row is None:
+            raise HTTPException(404, f"no inspection {inspection_id} on record")
+        stored = store.stored_file(row["overlay_path"])
+        row["overlay_png"] = base64.b64encode(stored.read_bytes()).decode() if stored else None
+        return row
+
+    @app.get("/v1/stats", dependencies=keyed, summary="Counts and reject rate per hour or per shift")
+    def stats(where: Filters = Depends(filters), by: Literal["hour", "shift"] = "hour",
+              shifts: str = Query("6,14,22", description="shift start hours, local to tz"),
+              tz: str = "UTC") -> dict:
+        try:
+            starts = [int(h) for h in shifts.split(",")]
+        except ValueError:
+            raise HTTPException(422, f"shifts are comma-separated hours, e.g. 6,14,22 (got {shifts!r})") from None
+        return {"by": by, "tz": tz, "buckets": records().stats(where, by, starts, tz)}
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def page() -> str:
@@ -150,15 +330,14 @@ def create_app(model_path: str | Path, engine: str = "auto", max_upload_mb: floa
     return app
 
 
-async def _run(inspector: Inspector, uploads, heatmap: bool, single: bool) -> dict:
+async def _run(inspector: Inspector, uploads, fields, heatmap: bool, start: float) -> list[dict]:
     from starlette.concurrency import run_in_threadpool
-    results = await run_in_threadpool(inspector.inspect, uploads, heatmap)
-    return results[0] if single else {"results": results}
+    station, part_ids = _station_and_parts(fields, len(uploads))
+    results = await run_in_threadpool(inspector.inspect, uploads, heatmap, station, part_ids)
+    inspector.metrics.request_seconds.observe(time.perf_counter() - start)
+    return results
 
 
-def serve(model_path: str, host: str = "127.0.0.1", port: int = 8000, engine: str = "auto",
-          max_upload_mb: float = 20, threads: int | None = None, precision: str = "fp32",
-          compile: bool = False) -> None:
+def serve(model_path: str, host: str = "127.0.0.1", port: int = 8000, config: ServeConfig | None = None) -> None:
     import uvicorn
-    uvicorn.run(create_app(model_path, engine, max_upload_mb, threads=threads, precision=precision,
-                           compile=compile), host=host, port=port, log_level="info")
+    uvicorn.run(create_app(model_path, config), host=host, port=port, log_level="info")

@@ -1,0 +1,85 @@
+"""API keys for the service: random keys, kept only as hashes, checked in constant time.
+
+Key file: one `NAME sha256:HEX` line per key (`#` comments), written by `vqc keys add FILE --name NAME`,
+which prints the key once. A plain SHA-256 is enough at rest because the keys are 256-bit random
+strings, not passwords a person chose: slow password hashes guard guessable secrets. Requests send
+the key as `Authorization: Bearer KEY` or `X-API-Key: KEY`, never in the URL (URLs are logged).
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import re
+import secrets
+from pathlib import Path
+
+from .errors import VqcError
+from .files import write_text_atomic
+
+LINE = re.compile(r"^(?P<name>[A-Za-z0-9_.@-]+)\s+sha256:(?P<hash>[0-9a-f]{64})$")
+
+
+def key_hash(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+class ApiKeys:
+    def __init__(self, hashes: dict[str, str]):
+        if not hashes:
+            raise VqcError("an API key file needs at least one key (vqc keys add FILE --name NAME)")
+        self.hashes = hashes
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "ApiKeys":
+        path = Path(path)
+        try:
+            lines = path.read_text().splitlines()
+        except OSError as exc:
+            raise VqcError(f"cannot read API key file {path}: {exc.strerror}") from None
+        hashes = {}
+        for number, line in enumerate(lines, 1):
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            match = LINE.match(line)
+            if not match:  # the line is not echoed: it may be a key pasted in by mistake
+                raise VqcError(f"API key file {path}, line {number} is not 'NAME sha256:HEX'; "
+                               "the file holds hashes, not keys: make them with vqc keys add")
+            hashes[match["name"]] = match["hash"]
+        return cls(hashes)
+
+    def check(self, key: str | None) -> str | None:
+        """The name of the key, or None. Every stored hash is compared, in constant time, so the
+        time taken says nothing about how close a guess came."""
+        if not key:
+            return None
+        presented = key_hash(key).encode()
+        found = None
+        for name, stored in self.hashes.items():
+            if hmac.compare_digest(presented, stored.encode()):
+                found = name
+        return found
+
+
+def presented_key(headers) -> str | None:
+    authorization = headers.get("authorization", "")
+    scheme, _, credentials = authorization.partition(" ")
+    if scheme.lower() == "bearer" and credentials.strip():
+        return credentials.strip()
+    return headers.get("x-api-key") or None
+
+
+def add_key(path: str | Path, name: str) -> str:
+    """Append a new key's hash to the key file (created owner-only) and return the key itself."""
+    path = Path(path)
+    if not re.fullmatch(r"[A-Za-z0-9_.@-]+", name):
+        raise VqcError(f"key name {name!r}: use letters, digits and _ . @ - only")
+    existing = path.read_text() if path.exists() else ""
+    if existing.strip() and name in ApiKeys.from_file(path).hashes:  # reading it also refuses a broken file
+        raise VqcError(f"API key file {path} already has a key named {name}")
+    key = "vqc_" + secrets.token_urlsafe(32)
+    text = existing + ("" if not existing or existing.endswith("\n") else "\n") + f"{name} sha256:{key_hash(key)}\n"
+    write_text_atomic(path, text)
+    os.chmod(path, 0o600)
+    return key

@@ -1,0 +1,1 @@
+"""Alembic migrations of the inspection records schema (run by vqc.records.migrate)."""

@@ -1,0 +1,94 @@
+"""Monitoring the service: Prometheus metrics and a drift check on the score distribution.
+
+Drift test: two-sample Kolmogorov-Smirnov between the scores of the last N inspections and the
+scores of the held-out good images stored in the model at fit time (info["normal_scores"]). KS
+and not the population stability index because the reference is small (10 % of the good
+training images, often 20 or so): PSI needs bins with enough reference images in each, KS needs
+no bins, makes no assumption about the shape of the scores and comes with a p-value, so "how
+sure" is stated rather than tuned. The alarm is p < 0.001: the check is repeated on a sliding
+window, so a small alpha keeps false alarms rare. A normal share of defective parts moves few
+scores and does not trip it; a line whose good parts score differently (new lighting, another
+product, a dirty lens) does.
+"""
+from __future__ import annotations
+
+import threading
+from collections import deque
+from typing import Sequence
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client.exposition import generate_latest
+
+from . import __version__
+
+ALARM_P = 0.001
+
+
+class DriftMonitor:
+    """Scores of the last `window` inspections against the model's validation scores."""
+
+    def __init__(self, reference: Sequence[float], window: int = 200, min_scores: int = 20):
+        if window < 2:
+            raise ValueError("the drift window needs at least 2 inspections")
+        self.reference = list(reference)
+        self.min_scores = min(min_scores, window)
+        self.recent: deque[float] = deque(maxlen=window)
+        self.lock = threading.Lock()
+
+    def add(self, scores: Sequence[float]) -> None:
+        with self.lock:
+            self.recent.extend(scores)
+
+    def check(self) -> dict:
+        """{"status": "ok" | "drifting", "statistic", "p_value", ...}; ok until min_scores are in."""
+        from scipy.stats import ks_2samp
+        with self.lock:
+            recent = list(self.recent)
+        result = {"test": "two-sample Kolmogorov-Smirnov, last inspections vs the model's validation scores",
+                  "window": len(recent), "window_size": self.recent.maxlen, "reference": len(self.reference),
+                  "alarm_p_value": ALARM_P, "statistic": None, "p_value": None, "status": "ok"}
+        if len(recent) < self.min_scores or len(self.reference) < 2:
+            result["note"] = f"collecting: {len(recent)} of {self.min_scores} inspections needed"
+            return result
+        test = ks_2samp(recent, self.reference)
+        result.update(statistic=round(float(test.statistic), 4), p_value=float(f"{test.pvalue:.3g}"),
+                      status="drifting" if test.pvalue < ALARM_P else "ok")
+        return result
+
+
+class Metrics:
+    """The service's Prometheus metrics, in a registry of its own (one per app, so tests can make many)."""
+
+    def __init__(self, identity):
+        self.registry = registry = CollectorRegistry()
+        self.inspections = Counter("vqc_inspections", "Inspections recorded, by verdict", ["verdict"],
+                                   registry=registry)
+        self.unrecorded = Counter("vqc_inspections_unrecorded", "Inspections answered 503 because the "
+                                  "database write failed", registry=registry)
+        self.model_seconds = Histogram("vqc_model_latency_seconds", "Model time per image", registry=registry,
+                                       buckets=(.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5))
+        self.request_seconds = Histogram("vqc_inspect_request_seconds", "Inspect requests end to end: upload, "
+                                         "decode, queue, model, record", registry=registry,
+                                         buckets=(.01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30))
+        self.scores = Histogram("vqc_normalised_score", "Normalised scores (1 = worst held-out good image)",
+                                registry=registry, buckets=(.25, .5, .75, 1, 1.25, 1.5, 2, 3, 5, 10))
+        self.drift_statistic = Gauge("vqc_score_drift_ks_statistic", "KS statistic, last inspections vs "
+                                     "validation scores", registry=registry)
+        self.drift_p = Gauge("vqc_score_drift_p_value", "KS p-value (drifting below 0.001)", registry=registry)
+        self.drifting = Gauge("vqc_score_drifting", "1 when the score distribution has drifted", registry=registry)
+        Info("vqc_model", "The model being served", registry=registry).info(
+            {"name": identity.name, "version": identity.version, "sha256": identity.sha256,
+             "engine": identity.engine, "vqc_version": __version__})
+
+    def observe(self, results: list[dict], model_seconds: float) -> None:
+        for result in results:
+            self.inspections.labels(result["verdict"] or "none").inc()
+            self.scores.observe(result["normalised_score"])
+            self.model_seconds.observe(model_seconds)
+
+    def exposition(self, drift: dict) -> bytes:
+        if drift["statistic"] is not None:
+            self.drift_statistic.set(drift["statistic"])
+            self.drift_p.set(drift["p_value"])
+        self.drifting.set(drift["status"] == "drifting")
+        return generate_latest(self.registry)

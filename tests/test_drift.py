@@ -1,0 +1,63 @@
+"""Drift: the KS check on recent scores, and /health on real images of the right and of another product."""
+import pytest
+from fastapi.testclient import TestClient
+
+from vqc.data import read_split
+from vqc.monitoring import DriftMonitor
+from vqc.serve import create_app
+
+from .conftest import shared_set
+
+
+def test_drift_monitor_flags_a_shifted_distribution_only(rng):
+    reference = rng.normal(10, 1, 21)
+    monitor = DriftMonitor(reference, window=50, min_scores=20)
+    monitor.add(rng.normal(10, 1, 19))
+    assert monitor.check()["status"] == "ok" and monitor.check()["statistic"] is None  # still collecting
+    monitor.add(rng.normal(10, 1, 31))
+    same = monitor.check()
+    assert same["status"] == "ok" and same["window"] == 50 and same["p_value"] > 0.001
+    monitor.add(rng.normal(13, 1, 50))  # the window now holds only shifted scores
+    shifted = monitor.check()
+    assert shifted["status"] == "drifting" and shifted["statistic"] > 0.8 and shifted["p_value"] < 0.001
+    monitor.add(list(reference) * 3)  # back to normal: the alarm clears as the window slides
+    assert monitor.check()["status"] == "ok"
+
+
+def test_drift_window_survives_a_restart(demo_model, demo_root, tmp_path):
+    path = demo_model.save(tmp_path / "tiles.safetensors")
+    images = [s.path.read_bytes() for s in read_split(demo_root, "test")[:5]]
+    with TestClient(create_app(path, engine="torch", drift_window=30)) as client:
+        for image in images:
+            assert client.post("/v1/inspect", content=image).status_code == 200
+    with TestClient(create_app(path, engine="torch", drift_window=30)) as client:  # the same records file
+        assert client.get("/health").json()["drift"]["window"] == 5
+
+
+@pytest.fixture(scope="module")
+def bottle_model(tmp_path_factory):
+    import vqc
+    data = shared_set("mvtec_bottle")
+    model = vqc.AnomalyModel(backbone="efficientnet_lite0", head="knn").fit(data, progress=False)
+    return model.save(tmp_path_factory.mktemp("drift") / "bottle.safetensors"), data
+
+
+def test_health_turns_drifting_on_another_product_and_stays_ok_on_good_bottles(bottle_model):
+    path, bottle = bottle_model
+    metal_plate = shared_set("mpdd_metal_plate")
+    good_bottles = sorted((bottle / "test" / "good").glob("*.png"))
+    plates = sorted((metal_plate / "test" / "good").glob("*.png"))[:20]
+    assert len(good_bottles) == 20
+    with TestClient(create_app(path, engine="torch", db="none", drift_window=20)) as client:
+        for image in good_bottles:
+            assert client.post("/v1/inspect", content=image.read_bytes()).status_code == 200
+        ok = client.get("/health").json()
+        assert ok["status"] == "ok" and ok["drift"]["window"] == 20 and ok["drift"]["p_value"] >= 0.001
+        for image in plates:  # the window slides until it holds metal plates only
+            assert client.post("/v1/inspect", content=image.read_bytes()).status_code == 200
+        drifting = client.get("/health").json()
+        assert drifting["status"] == "drifting" and drifting["drift"]["p_value"] < 0.001
+        assert drifting["drift"]["statistic"] > ok["drift"]["statistic"]
+        assert "vqc_score_drifting 1.0" in client.get("/metrics").text
+    print(f"\ngood bottles: KS D {ok['drift']['statistic']}, p {ok['drift']['p_value']}; "
+          f"metal plates: KS D {drifting['drift']['statistic']}, p {drifting['drift']['p_value']}")
