@@ -36,7 +36,6 @@ from tqdm.auto import tqdm
 from .errors import VqcError
 from .files import atomic_path, write_text_atomic
 
-log = logging.getLogger(__name__)
 
 LIST_SUFFIXES = {".txt", ".lst", ".list"}  # a text file naming one image per line
 
@@ -68,7 +67,8 @@ def ray_session(address: str | None) -> Iterator:
     try:
         ray.init(address=address or "local", runtime_env=runtime_env, logging_level=logging.WARNING, **local)
     except (ConnectionError, ValueError, RuntimeError) as exc:
-        raise VqcError(f"cannot join the Ray cluster at {address}: {str(exc).splitlines()[0]}") from None
+        where = f"join the Ray cluster at {address}" if address else "start a local Ray instance"
+        raise VqcError(f"cannot {where}: {str(exc).splitlines()[0]}") from None
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False  # vqc draws one bar: images done, images/s
     context.print_on_execution_start = False
@@ -214,8 +214,8 @@ class BatchResult:
     already: int  # scored by an earlier run, skipped
     scored: int  # scored by this run
     unreadable: list[str] = field(default_factory=list)  # one message per image that could not be read
-    seconds: float = 0.0  # from connecting to the last row
-    first_row_seconds: float = 0.0  # from connecting to the first row: start-up of the workers
+    seconds: float = 0.0  # from starting the pipeline to the last row
+    first_row_seconds: float = 0.0  # from starting the pipeline to the first row: start-up of the workers
 
     @property
     def images_per_second(self) -> float:
@@ -280,7 +280,7 @@ def _score_on_ray(model, model_path: Path, pending: list[str], store: ScoreStore
                                                        "threads": max(1, int(options.cpus_per_worker))}))
         start = time.perf_counter()
         with tqdm(total=result.listed, initial=result.already, desc=f"predict on ray ({workers} workers)",
-                  unit="img", disable=not progress, file=sys.stderr) as bar:
+                  unit="img", disable=not progress, file=sys.stderr) as bar, _job_failure(ray, result):
             for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
                 for path, score, normalised, verdict, error in zip(
                         batch["path"], batch["score"], batch["normalised_score"], batch["verdict"], batch["error"]):
@@ -293,6 +293,16 @@ def _score_on_ray(model, model_path: Path, pending: list[str], store: ScoreStore
                     result.first_row_seconds = time.perf_counter() - start
                 bar.update(len(batch["path"]))
         result.seconds = time.perf_counter() - start
+
+
+@contextlib.contextmanager
+def _job_failure(ray, result: BatchResult) -> Iterator:
+    """A job Ray gives up on (its retries spent) ends in one line; what was scored is kept."""
+    try:
+        yield
+    except ray.exceptions.RayError as exc:
+        raise VqcError(f"the Ray job stopped: {_one_line(exc)} ({result.scored} images scored before that are "
+                       f"stored; a rerun goes on from there)") from None
 
 
 def _decode_plans(batch: dict, geometry) -> dict:
@@ -361,9 +371,10 @@ def _images_in(data: str | Path, splits: tuple[str, ...]) -> int:
 
 
 def _one_line(exc: BaseException) -> str:
-    """The last line of a task's failure: the exception the task raised, not Ray's traceback."""
-    cause = getattr(exc, "cause", None) or exc
-    lines = str(cause).strip().splitlines() or [type(cause).__name__]
+    """The last line of a task's failure: the exception the task raised, not Ray's wrappers."""
+    while (inner := getattr(exc, "cause", None) or exc.__cause__) is not None:
+        exc = inner
+    lines = str(exc).strip().splitlines() or [type(exc).__name__]
     return lines[-1]
 
 
