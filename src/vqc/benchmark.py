@@ -155,24 +155,38 @@ def run_matrix(cells: list[Cell], out: Path, costs: dict, progress: bool = True,
     """Run every cell not stored yet (each in a subprocess); return all cells' records."""
     from tqdm.auto import tqdm
     out.mkdir(parents=True, exist_ok=True)
-    online = None
+    stored = {cell: stored_record(cell, out) for cell in cells}
+    problems = weights_problems([cell for cell in cells if stored[cell] is None])
     records = []
     for cell in tqdm(cells, desc="benchmark", unit="cell", disable=not progress):
-        path = out / "cells" / f"{cell.key}.json"
-        stored = json.loads(path.read_text()) if path.exists() else None
-        if stored and stored["status"] == "ok":  # failed cells are tried again
-            records.append(stored)
-            continue
-        if online is None and any(not offline_weights(BACKBONES[c.backbone]) and not c.weights for c in cells):
-            online = hub_reachable()
-        problem = weights_problem(cell.backbone, cell.weights, bool(online))
-        record = _error_record(cell, problem, "missing") if problem else _run_subprocess(cell, out, costs)
-        if problem or record["status"] != "ok":
-            write_text_atomic(path, json.dumps(record, indent=1))
-        say(f"{cell.model_name} on {cell.category}: " + (
-            f"image AUROC {record['image_auroc']:.4f}" if record["status"] == "ok" else record["error"]))
+        record = stored[cell]
+        if record is None:
+            problem = problems.get(cell)
+            record = _error_record(cell, problem, "missing") if problem else _run_subprocess(cell, out, costs)
+            if record["status"] != "ok":  # a cell that finished wrote its own record
+                write_text_atomic(out / "cells" / f"{cell.key}.json", json.dumps(record, indent=1))
+            say(cell_summary(cell, record))
         records.append(record)
     return records
+
+
+def stored_record(cell: Cell, out: Path) -> dict | None:
+    """The cell's stored record if it finished; None if it must run (failed cells are tried again)."""
+    path = out / "cells" / f"{cell.key}.json"
+    stored = json.loads(path.read_text()) if path.exists() else None
+    return stored if stored and stored["status"] == "ok" else None
+
+
+def weights_problems(cells: list[Cell]) -> dict[Cell, str]:
+    """Cells that cannot get their backbone's weights here, and why (the hub is asked only if needed)."""
+    online = any(not offline_weights(BACKBONES[c.backbone]) and not c.weights for c in cells) and hub_reachable()
+    problems = {cell: weights_problem(cell.backbone, cell.weights, online) for cell in cells}
+    return {cell: problem for cell, problem in problems.items() if problem}
+
+
+def cell_summary(cell: Cell, record: dict) -> str:
+    return f"{cell.model_name} on {cell.category}: " + (
+        f"image AUROC {record['image_auroc']:.4f}" if record["status"] == "ok" else record["error"])
 
 
 def _error_record(cell: Cell, message: str, status: str = "error") -> dict:

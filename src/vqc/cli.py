@@ -45,6 +45,27 @@ def _add_image_store(parser) -> None:
                         help="share of good images kept in the image store too (default 0.01)")
 
 
+def _add_ray(parser, workers: bool = False) -> None:
+    parser.add_argument("--ray", action="store_true",
+                        help="run on Ray: a local instance started for the run, or the cluster at --ray-address")
+    parser.add_argument("--ray-address", metavar="ADDR", help="join this Ray cluster (HOST:PORT); implies --ray")
+    parser.add_argument("--cpus-per-worker", type=float, default=1.0,
+                        help="--ray: CPUs each worker declares and uses as threads (default 1)")
+    if workers:
+        parser.add_argument("--workers", type=int, default=0,
+                            help="--ray: scoring workers (default: one per GPU, else one per --cpus-per-worker CPUs)")
+
+
+def _ray_options(args):
+    if not (args.ray or args.ray_address):
+        return None
+    from .scale import RayOptions
+    if args.cpus_per_worker <= 0 or getattr(args, "workers", 0) < 0:
+        raise VqcError("--cpus-per-worker must be above 0 and --workers at least 0")
+    return RayOptions(address=args.ray_address, workers=getattr(args, "workers", 0),
+                      cpus_per_worker=args.cpus_per_worker)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vqc", description="Visual quality control from defect-free images.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log details")
@@ -73,12 +94,19 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("--threshold-data", help="labelled validation data for the threshold policy")
     fit.add_argument("--fp-cost", type=float, default=1.0, help="cost policy: cost of rejecting a good part")
     fit.add_argument("--fn-cost", type=float, default=10.0, help="cost policy: cost of an escaped defect")
-    fit.add_argument("--out", default="model.safetensors", help="model file to write")
+    fit.add_argument("--out", help="model file to write (default model.safetensors; --per-category: a folder, "
+                                   "default models)")
+    fit.add_argument("--per-category", action="store_true",
+                     help="DATA is a root of categories: fit one model per category into OUT/<category>.safetensors "
+                          "(resumable: fitted categories are skipped)")
+    _add_ray(fit)
 
     predict = sub.add_parser("predict", help="score images; write scores.csv and heat-map overlays")
     predict.add_argument("model")
-    predict.add_argument("images", nargs="+", help="image files, folders or globs")
-    predict.add_argument("--out", default="predictions", help="output folder")
+    predict.add_argument("images", nargs="+", help="image files, folders or globs; with --ray also .txt or .parquet "
+                         "lists of image paths")
+    predict.add_argument("--out", default="predictions", help="output folder (--ray: resumable, a rerun scores "
+                         "only the images not stored yet; scores only, no overlays)")
     predict.add_argument("--no-overlays", action="store_true")
     _add_engine(predict)
     predict.add_argument("--watch", action="store_true", help="keep watching the folder for new images")
@@ -87,6 +115,9 @@ def _parser() -> argparse.ArgumentParser:
                          "URL, postgresql://...), as vqc serve does")
     predict.add_argument("--station", help="--db: station / camera id to record")
     _add_image_store(predict)
+    _add_ray(predict, workers=True)
+    predict.add_argument("--csv", action="store_true",
+                         help="--ray: also write OUT/scores.csv from the Parquet parts in OUT/scores/")
 
     evaluate = sub.add_parser("evaluate", help="metrics on a labelled test split")
     evaluate.add_argument("model")
@@ -126,6 +157,7 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--engines", default="auto", help="--speed: comma-separated auto, torch, onnx")
     bench.add_argument("--batches", type=_layers, default=(32, 128, 256), help="--speed: throughput batch sizes")
     bench.add_argument("--json", help="--speed: also write the records to this JSON file")
+    _add_ray(bench)
 
     serve = sub.add_parser("serve", help="HTTP inspection service with an operator page at /")
     serve.add_argument("model")
@@ -193,28 +225,52 @@ def _console():
     return Console() if sys.stdout.isatty() else Console(width=200)  # logs and pipes: no truncation
 
 
-def cmd_fit(args) -> None:
-    from .model import AnomalyModel
+def _model_options(args) -> dict:
+    """AnomalyModel's keyword arguments from `vqc fit`'s options."""
     options = dict(args.option)
     if args.coreset is not None:
         options["coreset"] = args.coreset
-    geometry = "tile" if args.tile else args.geometry
-    model = AnomalyModel(backbone=args.backbone, head=args.head, layers=args.layers,
-                         image_size=args.tile or args.image_size, weights=args.weights, head_options=options,
-                         top_k=args.top_k, geometry=geometry, tile_stride=args.stride, tile_scale=args.scale)
+    return dict(backbone=args.backbone, head=args.head, layers=args.layers, image_size=args.tile or args.image_size,
+                weights=args.weights, head_options=options, top_k=args.top_k,
+                geometry="tile" if args.tile else args.geometry, tile_stride=args.stride, tile_scale=args.scale)
+
+
+def cmd_fit(args) -> int | None:
     from .thresholds import choose_threshold, parse_policy
-    if parse_policy(args.threshold)[0] != "false-reject-rate" and not args.threshold_data:
+    policy = parse_policy(args.threshold)[0]
+    if args.per_category:
+        return _fit_per_category(args, policy)
+    if _ray_options(args):
+        raise VqcError("fit --ray fits one model per category: add --per-category and give a data root")
+    from .model import AnomalyModel
+    model = AnomalyModel(**_model_options(args))
+    if policy != "false-reject-rate" and not args.threshold_data:
         raise VqcError(f"--threshold {args.threshold} needs --threshold-data with labelled images")
     model.fit(args.data)
     model.threshold = choose_threshold(model, args.threshold, args.threshold_data, args.fp_cost, args.fn_cost)
-    path = model.save(args.out)
+    path = model.save(args.out or "model.safetensors")
     info = model.info
     print(f"fitted {model.config.backbone} + {args.head} on {info['n_train']} images "
           f"({info['n_validation']} held out) in {info['fit_seconds']:.1f} s; weights {info['weights_source']}")
     print(f"threshold {model.threshold['value']:.6g} ({model.threshold['policy']}); saved {path}")
 
 
-def cmd_predict(args) -> None:
+def _fit_per_category(args, policy: str) -> int:
+    from .scale import FitSpec, fit_categories
+    if policy != "false-reject-rate" or args.threshold_data:
+        raise VqcError("--per-category sets the false-reject-rate policy on each category's held-out good images; "
+                       "choose f1 or cost thresholds per model afterwards with vqc threshold")
+    out = Path(args.out or "models")
+    failed = fit_categories(args.data, FitSpec(_model_options(args), args.threshold), out, _ray_options(args))
+    print(f"{len(failed)} categories failed" if failed else f"every category fitted -> {out}")
+    return 1 if failed else 0
+
+
+def cmd_predict(args) -> int | None:
+    if _ray_options(args):
+        if args.db or args.watch:
+            raise VqcError("--db and --watch run on the local path; leave out --ray for them")
+        return _predict_on_ray(args)
     from .data import list_images
     from .model import load
     model = load(args.model).use_engine(args.engine, threads=args.threads, precision=args.precision, compile=args.compile)
@@ -262,6 +318,18 @@ class _Recorder:
         except Exception as exc:  # the image is not on record: say so, name it
             raise VqcError(f"{pred.path} was scored but not recorded in {self.records.url}: "
                            f"{type(exc).__name__}: {str(exc).splitlines()[0]}") from None
+
+
+def _predict_on_ray(args) -> int:
+    from .scale import predict_on_ray
+    if args.watch:
+        raise VqcError("--watch scores a folder as images arrive, on this machine; it does not take --ray")
+    result = predict_on_ray(args.model, args.images, args.out, _ray_options(args), engine=args.engine,
+                            precision=args.precision, compile=args.compile, write_csv=args.csv)
+    print(f"scored {result.scored} images ({result.already} already scored, {len(result.unreadable)} unreadable) "
+          f"-> {Path(args.out) / 'scores'}" + (f" and {Path(args.out) / 'scores.csv'}" if args.csv else "") +
+          (f"; {result.images_per_second:.1f} images/s after start-up" if result.scored > 1 else ""))
+    return 1 if result.unreadable else 0
 
 
 class _ScoreWriter:
@@ -396,6 +464,8 @@ def cmd_backbones(args) -> None:
 def cmd_benchmark(args) -> int:
     from .benchmark import Matrix, load_matrix, paper_matrix, run_matrix, write_outputs
     if args.speed:
+        if _ray_options(args):
+            raise VqcError("--speed times models on this machine; it does not take --ray")
         return _speed(args)
     missing = []
     if args.config:
@@ -423,6 +493,9 @@ def cmd_benchmark(args) -> int:
         if not any(p.exists() for p in stored.values()):
             raise VqcError(f"no stored cells of this matrix in {out}")
         records = [json.loads(p.read_text()) if p.exists() else pending_record(cell) for cell, p in stored.items()]
+    elif _ray_options(args):
+        from .scale import run_matrix_on_ray
+        records = run_matrix_on_ray(cells, out, costs, _ray_options(args))
     else:
         records = run_matrix(cells, out, costs)
     write_outputs(records, out)

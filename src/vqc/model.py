@@ -9,7 +9,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -201,9 +201,12 @@ class AnomalyModel:
 
     def _canvases(self, images: Sequence[ImageInput]) -> Iterator[tuple[Plan, torch.Tensor, float]]:
         """(plan, smoothed map on the canvas, image score) per image, in order."""
+        return self._canvases_of(self._planned_chunks(images))
+
+    def _canvases_of(self, chunks: Iterable[list[Plan]]) -> Iterator[tuple[Plan, torch.Tensor, float]]:
         self._require_fitted()
         overlap = self.geometry.size - self.geometry.tile_stride if self.geometry.mode == "tile" else 0
-        for plans in self._planned_chunks(images):
+        for plans in chunks:
             maps = {}
             for keys, batch, valid in self._input_batches(plans):
                 batch_maps, _ = self._forward(batch, valid)
@@ -267,6 +270,12 @@ class AnomalyModel:
                 path = Path(image) if isinstance(image, (str, Path)) else None
                 yield Prediction(score, self.normalise(score), path, self.verdict(score), plan, canvas)
                 bar.update(1)
+
+    def predict_plans(self, plans: list[Plan]) -> list[Prediction]:
+        """Score images already decoded and planned with self.geometry.plan, e.g. by a separate
+        decoding stage (vqc.scale); the same path as predict_iter from there on."""
+        return [Prediction(score, self.normalise(score), None, self.verdict(score), plan, canvas)
+                for plan, canvas, score in self._canvases_of([plans])]
 
     def predict(self, images: Sequence[ImageInput] | ImageInput, progress: bool = False) -> list[Prediction]:
         if isinstance(images, (str, Path)) and Path(images).is_dir():
