@@ -318,7 +318,8 @@ def _mean(values):
     return sum(values) / len(values) if values else None
 
 
-def _summary(record: dict | None) -> str:
+def _accuracy_and_fit(record: dict | None) -> str:
+    """One cell of the first results table: image AUROC / pixel AUROC / fit seconds."""
     if record is None:
         return "-"
     pixel = record.get("pixel_auroc")
@@ -334,7 +335,7 @@ def markdown_tables(records: list[dict]) -> str:
     lines = ["### image AUROC / pixel AUROC / fit seconds", "", "| model | " + " | ".join(cats) + " |",
              "|---|" + "---|" * len(cats)]
     for m in models:
-        cells = [_summary(by.get((m, c))) for c in cats]
+        cells = [_accuracy_and_fit(by.get((m, c))) for c in cats]
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     parts = ["\n".join(lines)]
     for key, title in METRICS:
