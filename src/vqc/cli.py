@@ -259,7 +259,7 @@ def _predict_on_ray(args) -> int:
                             precision=args.precision, compile=args.compile, write_csv=args.csv)
     print(f"scored {result.scored} images ({result.already} already scored, {len(result.unreadable)} unreadable) "
           f"-> {Path(args.out) / 'scores'}" + (f" and {Path(args.out) / 'scores.csv'}" if args.csv else "") +
-          (f"; {result.images_per_second:.1f} images/s after start-up" if result.scored > 1 else ""))
+          (f" in {result.seconds:.1f} s, the first after {result.first_row_seconds:.1f} s" if result.scored else ""))
     return 1 if result.unreadable else 0
 
 
