@@ -4,6 +4,7 @@ as tasks)."""
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -159,6 +160,7 @@ def ray_cluster():
         finally:
             for node in reversed(nodes):
                 stop_node(node)
+            shutil.rmtree(temp, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
