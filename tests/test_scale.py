@@ -4,6 +4,7 @@ as tasks)."""
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -159,11 +160,19 @@ def ray_cluster():
         finally:
             for node in reversed(nodes):
                 stop_node(node)
+            shutil.rmtree(temp, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
 def model_file(demo_model, tmp_path_factory) -> Path:
     return demo_model.save(tmp_path_factory.mktemp("ray") / "demo.safetensors")
+
+
+def test_an_unreachable_cluster_is_one_line(model_file, demo_root, tmp_path, capsys):
+    address = f"127.0.0.1:{free_port()}"  # nothing listens there
+    assert main(["predict", str(model_file), str(demo_root / "test" / "good"), "--ray-address", address,
+                 "--out", str(tmp_path)]) == 2
+    assert f"vqc: error: cannot reach the Ray cluster at {address}" in capsys.readouterr().err
 
 
 def vqc_command(*args: str) -> list[str]:
@@ -244,7 +253,7 @@ def test_a_killed_worker_costs_nothing_every_image_scored_once(ray_cluster, mode
     while images_done() < 40 and job.poll() is None and time.time() < deadline:
         time.sleep(0.2)
     scorers = scorer_processes(ray_cluster["temp"])
-    assert job.poll() is None and len(scorers) == 2, f"no job to interrupt: {''.join(stderr)[-2000:]}"
+    assert job.poll() is None and scorers, f"no job to interrupt: {''.join(stderr)[-2000:]}"
     done_at_kill = images_done()
     os.kill(scorers[0], signal.SIGKILL)  # one scoring worker, midway through the job
 

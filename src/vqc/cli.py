@@ -322,13 +322,11 @@ class _Recorder:
 
 def _predict_on_ray(args) -> int:
     from .scale import predict_on_ray
-    if args.watch:
-        raise VqcError("--watch scores a folder as images arrive, on this machine; it does not take --ray")
     result = predict_on_ray(args.model, args.images, args.out, _ray_options(args), engine=args.engine,
                             precision=args.precision, compile=args.compile, write_csv=args.csv)
     print(f"scored {result.scored} images ({result.already} already scored, {len(result.unreadable)} unreadable) "
           f"-> {Path(args.out) / 'scores'}" + (f" and {Path(args.out) / 'scores.csv'}" if args.csv else "") +
-          (f"; {result.images_per_second:.1f} images/s after start-up" if result.scored > 1 else ""))
+          (f" in {result.seconds:.1f} s, the first after {result.first_row_seconds:.1f} s" if result.scored else ""))
     return 1 if result.unreadable else 0
 
 

@@ -61,6 +61,8 @@ def ray_session(address: str | None) -> Iterator:
     """Connected to a Ray cluster for the block: a new local instance, or the cluster at `address`.
     Workers import this very vqc (shipped as a py_module), so driver and cluster never differ."""
     ray = import_ray()
+    if address:
+        _check_reachable(address)
     import vqc
     runtime_env = {"py_modules": [str(Path(vqc.__file__).parent)], "excludes": ["__pycache__", "*.pyc"]}
     local = {} if address else {"include_dashboard": False}
@@ -73,10 +75,23 @@ def ray_session(address: str | None) -> Iterator:
     context.enable_progress_bars = False  # vqc draws one bar: images done, images/s
     context.print_on_execution_start = False
     logging.getLogger("ray.data").setLevel(logging.WARNING)
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # "progress bars disabled": we know
     try:
         yield ray
     finally:
         ray.shutdown()
+
+
+def _check_reachable(address: str) -> None:
+    """A wrong HOST:PORT fails here in seconds, where Ray would retry for minutes."""
+    import socket
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or "://" in address:
+        return  # another form Ray understands (auto, ray://...): Ray's own errors
+    try:
+        socket.create_connection((host, int(port)), timeout=10).close()
+    except OSError as exc:
+        raise VqcError(f"cannot reach the Ray cluster at {address}: {exc.strerror or exc}") from None
 
 
 # ---------------------------------------------------------------- sources
@@ -420,8 +435,6 @@ def run_matrix_on_ray(cells: list, out: Path, costs: dict, options: RayOptions, 
 def _cell_task(cell, costs: dict) -> tuple[dict, dict[str, bytes]]:
     """Ray task: one cell, as the local cell process runs it, into a scratch folder on the worker;
     returns the record and the overlay files, for the driver to store."""
-    import json
-
     from .benchmark import _error_record, run_cell
     with tempfile.TemporaryDirectory(prefix="vqc-cell-") as tmp:
         try:
@@ -429,8 +442,7 @@ def _cell_task(cell, costs: dict) -> tuple[dict, dict[str, bytes]]:
         except VqcError as exc:
             record = _error_record(cell, str(exc))
         files = {str(p.relative_to(tmp)): p.read_bytes() for p in Path(tmp).rglob("*") if p.is_file()}
-    files.pop(f"cells/{cell.key}.json", None)
-    json.dumps(record)  # fail here, in the task, if the record cannot be stored
+    files.pop(f"cells/{cell.key}.json", None)  # the driver stores the record, last
     return record, files
 
 
