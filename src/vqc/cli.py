@@ -401,13 +401,15 @@ def _fmt(value: float) -> str:
 def print_metrics(result: dict, title: str) -> None:
     from rich.table import Table
     table = Table(title=title)
-    for column in ("set", "images", "defective", "image AUROC", "image AP", "F1-max", "pixel AUROC", "AUPRO@0.3"):
+    for column in ("set", "images", "defective", "image AUROC", "image AP", "F1-max", "pixel AUROC", "AUPRO@0.3",
+                   "defect pixels"):
         table.add_column(column, justify="left" if column == "set" else "right")
     table.add_row("all", str(result["n_images"]), str(result["n_defective"]), _fmt(result["image_auroc"]),
                   _fmt(result["image_ap"]), _fmt(result["image_f1_max"]), _fmt(result["pixel_auroc"]),
-                  _fmt(result["aupro"]))
+                  _fmt(result["aupro"]), "100%")
     for defect, row in result["per_defect"].items():
-        table.add_row(f"  {defect}", "", str(row["n_images"]), _fmt(row["image_auroc"]), "", "", "", "")
+        table.add_row(f"  {defect}", "", str(row["n_images"]), _fmt(row["image_auroc"]), "", "",
+                      _fmt(row["pixel_auroc"]), "", f"{row['pixel_share']:.1%}")
     _console().print(table)
 
 

@@ -18,7 +18,7 @@ def evaluate(model: AnomalyModel, data: str | Path, progress: bool = True, keep_
     at the masks' own resolution.
     """
     samples = read_split(data, "test")
-    labels, scores, maps, masks, predictions = [], [], [], [], []
+    labels, scores, maps, masks, map_defects, predictions = [], [], [], [], [], []
     start = time.perf_counter()
     for sample, pred in zip(samples, model.predict_iter([s.path for s in samples], progress=progress)):
         labels.append(sample.label)
@@ -28,15 +28,23 @@ def evaluate(model: AnomalyModel, data: str | Path, progress: bool = True, keep_
                     else np.zeros(pred.anomaly_map.shape, bool))
             maps.append(pred.anomaly_map)
             masks.append(mask)
+            map_defects.append(sample.defect)
         if keep_predictions:
             predictions.append((sample, pred))
     seconds = time.perf_counter() - start  # decoding, scoring and reading masks: the end-to-end rate
     labels, scores = np.array(labels), np.array(scores)
     defects = sorted({s.defect for s in samples if s.label})
+    defect_pixels = {defect: sum(int(m.sum()) for m, d in zip(masks, map_defects) if d == defect) for defect in defects}
     per_defect = {}
-    for defect in defects:
+    for defect in defects:  # each defect type against the good images, as for the whole set
         keep = np.array([s.defect in (defect, "good") for s in samples])
-        per_defect[defect] = {"image_auroc": auroc(labels[keep], scores[keep]), "n_images": int((labels[keep]).sum())}
+        pick = [i for i, d in enumerate(map_defects) if d in (defect, "good")]
+        per_defect[defect] = {
+            "image_auroc": auroc(labels[keep], scores[keep]), "n_images": int((labels[keep]).sum()),
+            "pixel_auroc": pixel_auroc([masks[i] for i in pick], [maps[i] for i in pick]) if pick else float("nan"),
+            # its share of all defect pixels: how much this type weighs in the whole set's pixel AUROC
+            "pixel_share": defect_pixels[defect] / max(1, sum(defect_pixels.values())),
+        }
     f1, f1_thr = f1_max(labels, scores)
     result = {
         "image_auroc": auroc(labels, scores),
