@@ -16,8 +16,8 @@ Two pairs of detectors, both at 224 x 224 input, random weights (speed does not 
   are 8 steps, ratio 1.0). NOT the same backbone: anomalib's Fastflow accepts only resnet18,
   wide_resnet50_2, cait_m48_448 and deit_base_distilled_patch16_384, so it runs resnet18 (the closest:
   the smallest), with a flow on each of its stride 4, 8 and 16 levels (64, 128, 256 channels), where
-  vqc runs two flows on lite0's stride 8 and 16 levels. This pair compares whole detectors, not the
-  same network.
+  vqc runs its default for lite0: three flows, on the stride 8, 16 and 32 levels (40, 112, 320
+  channels). This pair compares whole detectors, not the same network.
 
 Both tools fit on the same first --train good training images (vqc holds 10 % of them out to learn
 its normal score range), the flows for --epochs epochs: enough to score, not to detect well; only
@@ -285,7 +285,7 @@ def main() -> None:
     print(f"\nfit on {len(train)} images (flows {args.epochs} epochs). model only: vqc gets uint8 channels-last, "
           f"anomalib float NCHW, as each pipeline hands batches to its model.")
     if "nf" in heads:
-        print("nf vs Fastflow: different backbones (lite0 vs resnet18, 2 vs 3 flows): whole detectors compared.")
+        print("nf vs Fastflow: different backbones (lite0 vs resnet18, 3 flows each, on different levels): whole detectors compared.")
     if args.json:
         args.json.write_text(json.dumps({"machine": machine, "train_images": len(train), "test_images": len(test),
                                          "flow_epochs": args.epochs, "batch": BATCH, "repeats": args.repeats,
