@@ -25,14 +25,34 @@ class GaussianBlur(nn.Module):
         self.register_buffer("kernel", kernel / kernel.sum(), persistent=False)
         self.radius = radius
 
+    def _kernel(self, height: int, width: int) -> tuple[int, torch.Tensor]:
+        r = min(self.radius, width - 1, height - 1)  # reflect needs pad < size
+        k = self.kernel[self.radius - r: self.radius + r + 1]
+        return r, k / k.sum()  # a map smaller than the kernel: truncate further, keep the weights summing to 1
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [B, 1, H, W]
         if self.radius == 0:
             return x
-        r = min(self.radius, x.shape[-1] - 1, x.shape[-2] - 1)  # reflect needs pad < size
-        k = self.kernel[self.radius - r: self.radius + r + 1]
-        k = k / k.sum()  # a map smaller than the kernel: truncate further, keep the weights summing to 1
+        r, k = self._kernel(x.shape[-2], x.shape[-1])
         x = F.conv2d(F.pad(x, (r, r, 0, 0), mode="reflect"), k.view(1, 1, 1, -1))
         return F.conv2d(F.pad(x, (0, 0, r, r), mode="reflect"), k.view(1, 1, -1, 1))
+
+    def upsample(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """forward(bilinear upsampling of x to size), computed as rows @ x @ columns.
+
+        Bilinear resizing and this blur are both linear and separable, so together they are one
+        small matrix per axis. Two matmuls on the patch map replace a full-size resize and two
+        convolutions over every output pixel: several times less work, the same numbers."""
+        (h, w), (height, width) = x.shape[-2:], size
+        r, k = self._kernel(height, width)
+        rows = F.interpolate(torch.eye(h, dtype=x.dtype, device=x.device).view(1, 1, h, h), size=(height, h),
+                             mode="bilinear", align_corners=False)  # [1, 1, height, h]: the resize of each row
+        columns = F.interpolate(torch.eye(w, dtype=x.dtype, device=x.device).view(1, 1, w, w), size=(w, width),
+                                mode="bilinear", align_corners=False)  # [1, 1, w, width]
+        if self.radius:
+            rows = F.conv2d(F.pad(rows, (0, 0, r, r), mode="reflect"), k.view(1, 1, -1, 1))
+            columns = F.conv2d(F.pad(columns, (r, r, 0, 0), mode="reflect"), k.view(1, 1, 1, -1))
+        return rows[0, 0] @ x @ columns[0, 0]
 
 
 class Detector(nn.Module):
@@ -64,11 +84,11 @@ class Detector(nn.Module):
         """`valid` [B, 1, H, W] (1 = image, 0 = letterbox padding): the padding is left out of the
         smoothing (a normalised convolution) and of the score, and reads 0 in the map."""
         patch_map = self.head(self.features(images))
-        maps = F.interpolate(patch_map, size=images.shape[-2:], mode="bilinear", align_corners=False)
         if valid is None:
-            maps = self.blur(maps)
+            maps = self.blur.upsample(patch_map, images.shape[-2:])
             flat = maps.flatten(1)
         else:
+            maps = F.interpolate(patch_map, size=images.shape[-2:], mode="bilinear", align_corners=False)
             maps = self.blur(maps * valid) / self.blur(valid).clamp_min(1e-6)
             maps = torch.where(valid > 0, maps, torch.zeros_like(maps))
             flat = torch.where(valid > 0, maps, torch.full_like(maps, -torch.inf)).flatten(1)

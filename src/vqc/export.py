@@ -28,6 +28,7 @@ SIDECAR_FORMAT = "vqc-onnx"
 SIDECAR_VERSION = 1
 SCORE_RTOL = 1e-4  # image scores: relative difference allowed between ONNX Runtime and PyTorch
 MAP_TOL = 1e-3  # maps: difference allowed, relative to the largest map value (a scale-free bound)
+GRAPH_REVISION = 2  # raised whenever the Detector's graph changes for the same model, so cached exports are redone
 
 
 def parity(reference: tuple[np.ndarray, np.ndarray], candidate: tuple[np.ndarray, np.ndarray]) -> dict:
@@ -123,7 +124,7 @@ def model_digest(model) -> str:
     """A hash of everything the exported graph depends on: config, tensors and tool versions."""
     import onnxruntime
     digest = hashlib.sha256(json.dumps(_jsonable(model.config), sort_keys=True).encode())
-    digest.update(f"{__version__} {torch.__version__} {onnxruntime.__version__}".encode())
+    digest.update(f"{__version__} {GRAPH_REVISION} {torch.__version__} {onnxruntime.__version__}".encode())
     for name, tensor in sorted(model.detector.state_dict().items()):
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
