@@ -1,6 +1,7 @@
 """Speed of vqc against anomalib on the same images, backbone and CPU threads: images per second.
 
-    flock /tmp/cpu.lock python bench/anomalib_compare.py [--json PATH] [--vqc-engine auto|torch|onnx]
+    flock /tmp/cpu.lock python bench/anomalib_compare.py [--json PATH] [--vqc-engine auto|torch|onnx|openvino]
+                                                         [--vqc-precision fp32|bf16]
 
 Two pairs of detectors, both at 224 x 224 input, random weights (speed does not depend on their values):
 
@@ -98,14 +99,14 @@ def ready_batch(paths: list[str]) -> torch.Tensor:
 
 # ------------------------------------------------------------------ vqc (this interpreter)
 
-def run_vqc(head: str, train: list[str], test: list[str], job: dict, engine: str) -> dict:
+def run_vqc(head: str, train: list[str], test: list[str], job: dict, engine: str, precision: str) -> dict:
     from vqc.model import AnomalyModel
 
     options = {"coreset": CORESET} if head == "knn" else \
         {"steps": FLOW_STEPS, "hidden_ratio": HIDDEN_RATIO, "max_epochs": job["epochs"]}
     model = AnomalyModel(backbone="efficientnet_lite0", head=head, weights="random", head_options=options,
                          batch_size=BATCH, device="cpu").fit(train, progress=False)
-    model.use_engine(engine, threads=job["threads"])
+    model.use_engine(engine, threads=job["threads"], precision=precision)
     batch = ready_batch(test)
 
     def model_only():
@@ -231,8 +232,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per measurement; the fastest counts")
     parser.add_argument("--threads", type=int, default=2, help="torch threads, both tools")
     parser.add_argument("--pairs", default="knn,nf", help="vqc heads to compare: knn (Patchcore), nf (Fastflow)")
-    parser.add_argument("--vqc-engine", default="auto", choices=["auto", "torch", "onnx"],
+    parser.add_argument("--vqc-engine", default="auto", choices=["auto", "torch", "onnx", "openvino"],
                         help="vqc's engine (auto: what `vqc predict` uses, ONNX Runtime on a CPU)")
+    parser.add_argument("--vqc-precision", default="fp32", choices=["fp32", "bf16"],
+                        help="vqc's precision (bf16: OpenVINO on CPUs with bf16 units; anomalib stays fp32)")
     parser.add_argument("--anomalib-python", type=Path, default=ANOMALIB_VENV / "bin" / "python")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--anomalib-job", nargs=2, metavar=("PHASE", "FOLDER"), help=argparse.SUPPRESS)
@@ -256,13 +259,13 @@ def main() -> None:
     print(f"fit on {len(train)} good images of {args.data} (flows: {args.epochs} epochs), random weights; "
           f"timed on {len(test)} test PNGs; batch {BATCH}, {args.threads} threads, best of {args.repeats}",
           flush=True)
-    ours = {head: run_vqc(head, train, test, job, args.vqc_engine) for head in heads}
+    ours = {head: run_vqc(head, train, test, job, args.vqc_engine, args.vqc_precision) for head in heads}
     theirs = run_anomalib(anomalib_python(args.anomalib_python), job)
 
     machine = {"platform": platform.platform(), "cpu": cpu_name(), "cpu_count": os.cpu_count(),
                "threads": args.threads, "date": datetime.date.today().isoformat(),
                "vqc": {"version": vqc.__version__, "torch": torch.__version__, "python": platform.python_version(),
-                       "engine": args.vqc_engine},
+                       "engine": args.vqc_engine, "precision": args.vqc_precision},
                "anomalib": theirs["versions"]}
     print(f"\nmachine: {machine['cpu']}, {machine['cpu_count']} CPUs, {machine['platform']}, {machine['date']}")
     versions = theirs["versions"]

@@ -8,7 +8,7 @@ from vqc import VqcError
 from vqc.cli import main
 from vqc.data import read_split
 from vqc.evaluation import evaluate
-from vqc.export import OnnxEngine, check_batches, export_onnx, parity
+from vqc.export import OnnxEngine, OpenVinoEngine, check_batches, export_onnx, parity
 
 
 @pytest.fixture(scope="module")
@@ -33,10 +33,14 @@ def test_exported_model_matches_pytorch(head, options, small_train, demo_root, t
     assert sidecar["parity"]["map_max_diff_rel_to_scale"] <= 1e-3
     side = json.loads((tmp_path / f"{head}.onnx.json").read_text())
     assert side["format_version"] == 1 and side["input"]["dtype"] == "uint8" and side["threshold"] == model.threshold
-    engine = OnnxEngine(tmp_path / f"{head}.onnx")
-    for size in (1, 5):  # the batch dimension is dynamic
-        maps, scores = engine.run(check_batches(model, images)[0][0][:size])
-        assert maps.shape == (size, 1, 224, 224) and scores.shape == (size,)
+    batch = check_batches(model, images)[0][0]
+    reference_maps, reference_scores = OnnxEngine(tmp_path / f"{head}.onnx").run(batch)
+    for engine in (OnnxEngine(tmp_path / f"{head}.onnx"), OpenVinoEngine(tmp_path / f"{head}.onnx")):
+        for size in (1, 5):  # the batch dimension is dynamic; OpenVINO splits it across its requests
+            maps, scores = engine.run(batch[:size])
+            assert maps.shape == (size, 1, 224, 224) and scores.shape == (size,)
+            np.testing.assert_allclose(scores, reference_scores[:size], rtol=1e-4)
+            np.testing.assert_allclose(maps, reference_maps[:size], rtol=0, atol=1e-4 * np.abs(reference_maps).max())
 
 
 def test_onnx_engine_gives_the_same_auroc_on_the_demo_set(demo_model, demo_root):
@@ -65,6 +69,8 @@ def test_export_command_and_bad_onnx_file(demo_model, tmp_path, demo_root, capsy
     (tmp_path / "junk.onnx").write_bytes(b"nope")
     with pytest.raises(VqcError, match="junk.onnx"):
         OnnxEngine(tmp_path / "junk.onnx")
+    with pytest.raises(VqcError, match="junk.onnx"):
+        OpenVinoEngine(tmp_path / "junk.onnx")
 
 
 def test_letterbox_model_exports_with_its_padding_mask(small_train, demo_root, tmp_path):
@@ -73,6 +79,7 @@ def test_letterbox_model_exports_with_its_padding_mask(small_train, demo_root, t
     sidecar = export_onnx(model, tmp_path / "box.onnx", images)
     assert sidecar["input"]["geometry"] == "letterbox" and sidecar["input"]["valid"]
     torch_scores = [p.score for p in model.predict(images)]
-    model.use_engine("onnx", tmp_path / "box.onnx")
-    onnx_scores = [p.score for p in model.predict(images)]
-    np.testing.assert_allclose(onnx_scores, torch_scores, rtol=1e-4)
+    for engine in ("onnx", "openvino"):
+        model.use_engine(engine, tmp_path / "box.onnx")
+        engine_scores = [p.score for p in model.predict(images)]
+        np.testing.assert_allclose(engine_scores, torch_scores, rtol=1e-4, err_msg=engine)

@@ -30,11 +30,12 @@ def _option(text: str) -> tuple[str, object]:
 
 
 def _add_engine(parser) -> None:
-    parser.add_argument("--engine", choices=["auto", "torch", "onnx"], default="auto",
-                        help="auto (default): ONNX Runtime on a CPU, PyTorch on a GPU; or force torch / onnx")
+    parser.add_argument("--engine", choices=["auto", "torch", "onnx", "openvino"], default="auto",
+                        help="auto (default): OpenVINO on a CPU (else ONNX Runtime), PyTorch on a GPU; or force one")
     parser.add_argument("--threads", type=int, help="CPU threads for the model (default: one per core)")
     parser.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
-                        help="torch engine: the backbone under autocast in this precision (GPU; check AUROC first)")
+                        help="bf16: the whole graph in bfloat16 (openvino, CPUs with bf16 units) or the backbone "
+                        "under autocast (torch); fp16: torch only (GPU). Check AUROC with evaluate first")
     parser.add_argument("--compile", action="store_true", help="torch engine: torch.compile the Detector")
 
 
@@ -154,7 +155,9 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--report-only", action="store_true", help="write the outputs from stored cells; run none")
     bench.add_argument("--speed", action="store_true",
                        help="time each backbone x head instead (latency, throughput, end to end) on one --data root")
-    bench.add_argument("--engines", default="auto", help="--speed: comma-separated auto, torch, onnx")
+    bench.add_argument("--engines", default="auto", help="--speed: comma-separated auto, torch, onnx, openvino")
+    bench.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
+                       help="--speed: the engines' precision (see predict --precision)")
     bench.add_argument("--batches", type=_layers, default=(32, 128, 256), help="--speed: throughput batch sizes")
     bench.add_argument("--json", help="--speed: also write the records to this JSON file")
     _add_ray(bench)
@@ -510,7 +513,7 @@ def _speed(args) -> int:
     if len(args.data) != 1:
         raise VqcError("--speed times on one data set root: pass --data ROOT")
     cases = speed_cases(args.backbones.split(","), args.heads.split(","), args.data[0], args.engines.split(","),
-                        batches=args.batches)
+                        batches=args.batches, precision=args.precision)
     about = machine()
     print(f"{len(cases)} cases on {args.data[0]}; " + ", ".join(f"{k} {v}" for k, v in about.items()))
     records = run_speed(cases)

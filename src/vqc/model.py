@@ -207,11 +207,15 @@ class AnomalyModel:
         self._require_fitted()
         overlap = self.geometry.size - self.geometry.tile_stride if self.geometry.mode == "tile" else 0
         for plans in chunks:
-            maps = {}
+            maps, scores = {}, {}
             for keys, batch, valid in self._input_batches(plans):
-                batch_maps, _ = self._forward(batch, valid)
+                batch_maps, batch_scores = self._forward(batch, valid)
                 maps.update(zip(keys, batch_maps.cpu()))
+                scores.update(zip(keys, batch_scores.tolist()))
             for i, plan in enumerate(plans):
+                if len(plan.inputs) == 1:  # the Detector's own score: the same map, no second pass over it
+                    yield plan, assemble(plan, maps[i, 0][None]), scores[i, 0]
+                    continue
                 canvas = assemble(plan, torch.stack([maps[i, j] for j in range(len(plan.inputs))]), overlap)
                 yield plan, canvas, canvas_score(canvas, self.config.top_k)
 
@@ -226,37 +230,55 @@ class AnomalyModel:
 
     def use_engine(self, name: str = "auto", onnx_path: str | Path | None = None, threads: int | None = None,
                    precision: str = "fp32", compile: bool = False) -> AnomalyModel:
-        """Score with "torch" (the Detector), "onnx" (ONNX Runtime on the exported Detector) or
-        "auto": ONNX Runtime on a CPU, where it is the faster engine (see `vqc benchmark --speed`),
+        """Score with "torch" (the Detector), "onnx" (ONNX Runtime on the exported Detector),
+        "openvino" (OpenVINO on that same exported graph) or "auto": on a CPU, ONNX Runtime for
+        fp32 and OpenVINO for bf16, the fastest of each there (see `vqc benchmark --speed`);
         PyTorch on a GPU or where the export fails. The export is parity-checked and cached (see
-        export.cached_onnx), unless an exported file is given. threads: CPU threads for either engine.
-        PyTorch only: precision bf16/fp16 runs the backbone under autocast (check AUROC with
-        `vqc evaluate` first); compile wraps the Detector in torch.compile."""
+        export.cached_onnx), unless an exported file is given. threads: CPU threads for any engine.
+        precision bf16 (openvino, torch) or fp16 (torch): the whole graph in bfloat16 (openvino, on
+        CPUs with bf16 units) or the backbone under autocast (torch); check AUROC with
+        `vqc evaluate` first. compile: the torch engine's Detector wrapped in torch.compile."""
         self._require_fitted()
-        if name not in ("auto", "torch", "onnx"):
-            raise VqcError(f"unknown engine {name!r}; use auto, torch or onnx")
+        if name not in ("auto", "torch", "onnx", "openvino"):
+            raise VqcError(f"unknown engine {name!r}; use auto, torch, onnx or openvino")
         if precision not in PRECISIONS:
             raise VqcError(f"unknown precision {precision!r}; use {', '.join(PRECISIONS)}")
         if name == "onnx" and (precision != "fp32" or compile):
-            raise VqcError("precision and compile apply to the torch engine; the ONNX graph is fp32")
+            raise VqcError("the onnx engine runs the fp32 graph: precision and compile apply to the torch and openvino engines")
+        if name == "openvino" and (precision == "fp16" or compile):
+            raise VqcError("the openvino engine runs fp32 or bf16; fp16 and compile apply to the torch engine")
         if threads:
             torch.set_num_threads(threads)
         self.engine, self.engine_name = None, "torch"
-        self.detector.trunk_dtype = PRECISIONS[precision]
+        self.detector.trunk_dtype = None
         self._compiled = None
-        if name == "torch" or (name == "auto" and (self.device.type != "cpu" or precision != "fp32" or compile)):
+        on_cpu = self.device.type == "cpu"
+        if name == "torch" or (name == "auto" and (not on_cpu or precision == "fp16" or compile)):
+            self.detector.trunk_dtype = PRECISIONS[precision]
             if self.device.type == "cuda":
                 self.detector.to(memory_format=torch.channels_last)
             if compile:
                 self._compiled = torch.compile(self.detector)
             return self
-        from .export import OnnxEngine, cached_onnx
+        from .export import OnnxEngine, OpenVinoEngine, cached_onnx
         try:
-            self.engine = OnnxEngine(onnx_path or cached_onnx(self), threads)
+            graph = onnx_path or cached_onnx(self)
+            if name == "openvino" or (name == "auto" and precision == "bf16"):
+                try:
+                    self.engine = OpenVinoEngine(graph, threads, precision)
+                    self.engine_name = "openvino" if precision == "fp32" else f"openvino-{precision}"
+                    return self
+                except VqcError as exc:
+                    if name == "openvino":
+                        raise
+                    log.warning("OpenVINO engine unavailable, bf16 on the torch engine: %s", exc)
+                    return self.use_engine("torch", threads=threads, precision=precision)
+            self.engine = OnnxEngine(graph, threads)
         except VqcError as exc:
-            if name == "onnx":
+            if name != "auto":
                 raise
-            log.warning("ONNX Runtime engine unavailable, scoring with PyTorch: %s", exc)
+            log.warning("exported engines unavailable, scoring with PyTorch: %s", exc)
+            self.detector.trunk_dtype = PRECISIONS[precision]
             return self
         self.engine_name = "onnx"
         return self

@@ -3,7 +3,8 @@
 For each model, engine and device: batch-1 latency (median and p99 after warm-up), throughput
 at batch 32/128/256 on ready uint8 tensors, the head's share of the model's time (for knn: the
 nearest-neighbour search), decoding + geometry alone, end-to-end images/s from image files
-(decoding overlapped with the model, exactly as `predict` runs), fit seconds and peak memory.
+(decoding overlapped with the model, exactly as `predict` runs; the fastest of three passes),
+fit seconds and peak memory.
 Each case runs in its own process, so its peak memory is its own.
 
 Speed does not depend on weight values, so the trained heads (nf, mdn, ae) are fitted for one
@@ -31,11 +32,13 @@ class SpeedCase:
     backbone: str
     head: str
     data: str  # a data set root: its train split is fitted, its test split is scored
-    engine: str = "auto"  # auto | torch | onnx
+    engine: str = "auto"  # auto | torch | onnx | openvino
     device: str = "cpu"
+    precision: str = "fp32"
     image_size: int = 224
     batches: tuple[int, ...] = BATCHES
     end_to_end_images: int = 256  # the test images, repeated to this many
+    end_to_end_passes: int = 3  # the fastest pass counts: the one least disturbed by other work on the machine
 
 
 def machine() -> dict:
@@ -47,11 +50,11 @@ def machine() -> dict:
             "date": time.strftime("%Y-%m-%d")}
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
-    try:
-        import onnxruntime
-        info["onnxruntime"] = onnxruntime.__version__
-    except ImportError:
-        pass
+    for package in ("onnxruntime", "openvino"):
+        try:
+            info[package] = __import__(package).__version__.split("-")[0]
+        except ImportError:
+            pass
     return info
 
 
@@ -81,7 +84,7 @@ def measure_case(case: SpeedCase) -> dict:
                          head_options=ONE_EPOCH.get(case.head, {}), device=case.device)
     model.fit(case.data, progress=False)
     start = time.perf_counter()
-    model.use_engine(case.engine)
+    model.use_engine(case.engine, precision=case.precision)
     engine_seconds = time.perf_counter() - start
     record = {**asdict(case), "engine_used": model.engine_name, "fit_seconds": model.info["fit_seconds"],
               "engine_setup_seconds": round(engine_seconds, 2)}
@@ -114,9 +117,8 @@ def measure_case(case: SpeedCase) -> dict:
         record["head_share"] = round(max(0.0, 1 - trunk / whole), 3)
 
     list(model.predict_iter(paths[:model.batch_size]))  # warm-up
-    start = time.perf_counter()
-    scores = [p.score for p in model.predict_iter(paths)]
-    record["end_to_end_images_per_second"] = round(len(scores) / (time.perf_counter() - start), 1)
+    passes = _timed(lambda: [p.score for p in model.predict_iter(paths)], case.end_to_end_passes, sync)
+    record["end_to_end_images_per_second"] = round(len(paths) / min(passes), 1)
     record["peak_memory_mb"] = round(peak_memory_mb(device), 1)
     record["status"] = "ok"
     return record
@@ -162,12 +164,13 @@ def speed_table(records: list[dict]) -> str:
 
 
 def speed_cases(backbones: list[str], heads: list[str], data: str, engines: list[str],
-                devices: list[str] | None = None, batches: tuple[int, ...] = BATCHES) -> list[SpeedCase]:
+                devices: list[str] | None = None, batches: tuple[int, ...] = BATCHES,
+                precision: str = "fp32") -> list[SpeedCase]:
     import torch
     if not Path(data, "train").is_dir() or not Path(data, "test").is_dir():
         raise VqcError(f"--speed needs one data set root with train/ and test/ (got {data})")
     devices = devices or ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
-    return [SpeedCase(backbone, head, str(data), engine, device, batches=tuple(batches))
+    return [SpeedCase(backbone, head, str(data), engine, device, precision, batches=tuple(batches))
             for backbone in backbones for head in heads for device in devices
             for engine in (engines if device == "cpu" else ["torch"])]
 
