@@ -78,6 +78,11 @@ def test_the_fast_cpu_engine_keeps_auroc_on_bottle(head, options):
         assert model.engine_name == name
         fast = evaluate(model, bottle, progress=False)
         assert abs(fast["image_auroc"] - reference["image_auroc"]) <= 0.002, model.engine_name
+        if head == "nf" and precision == "bf16":
+            # Not claimed: the flows turn bf16's feature rounding into visibly different maps.
+            # Fully trained (60 epochs), nf's pixel AUROC on bottle falls from 0.966 to 0.943
+            # in bf16 (README, Speed); a 3-epoch flow here would not show it.
+            continue
         assert abs(fast["pixel_auroc"] - reference["pixel_auroc"]) <= 0.002, model.engine_name
 
 

@@ -31,7 +31,7 @@ def _option(text: str) -> tuple[str, object]:
 
 def _add_engine(parser) -> None:
     parser.add_argument("--engine", choices=["auto", "torch", "onnx", "openvino"], default="auto",
-                        help="auto (default): OpenVINO on a CPU (else ONNX Runtime), PyTorch on a GPU; or force one")
+                        help="auto (default): on a CPU ONNX Runtime (fp32) or OpenVINO (bf16), on a GPU PyTorch; or force one")
     parser.add_argument("--threads", type=int, help="CPU threads for the model (default: one per core)")
     parser.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
                         help="bf16: the whole graph in bfloat16 (openvino, CPUs with bf16 units) or the backbone "
