@@ -149,7 +149,25 @@ def _jsonable(config) -> dict:
     return json.loads(json.dumps(asdict(config)))
 
 
-class OnnxEngine:
+class Engine:
+    """What the engines share: the graph's inputs from a batch, and torch tensors in and out
+    (each engine has run(images, valid) -> (maps, scores) on numpy arrays)."""
+
+    inputs: list[str]
+
+    def feed(self, images: np.ndarray, valid: np.ndarray | None) -> dict[str, np.ndarray]:
+        feed = {"images": np.ascontiguousarray(images, dtype=np.uint8)}
+        if "valid" in self.inputs:  # a letterbox graph: no mask means all image
+            feed["valid"] = np.ones((len(images), 1, *images.shape[2:]), np.float32) if valid is None \
+                else np.ascontiguousarray(valid, dtype=np.float32)
+        return feed
+
+    def __call__(self, images: torch.Tensor, valid: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        maps, scores = self.run(images.cpu().numpy(), None if valid is None else valid.cpu().numpy())
+        return torch.from_numpy(maps), torch.from_numpy(scores)
+
+
+class OnnxEngine(Engine):
     """Runs an exported Detector with ONNX Runtime (CUDA when available, else CPU)."""
 
     def __init__(self, path: str | Path, threads: int | None = None):
@@ -169,19 +187,11 @@ class OnnxEngine:
         self.inputs = [i.name for i in self.session.get_inputs()]
 
     def run(self, images: np.ndarray, valid: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        feed = {"images": np.ascontiguousarray(images, dtype=np.uint8)}
-        if "valid" in self.inputs:  # a letterbox graph: no mask means all image
-            feed["valid"] = np.ones((len(images), 1, *images.shape[2:]), np.float32) if valid is None \
-                else np.ascontiguousarray(valid, dtype=np.float32)
-        maps, scores = self.session.run(["maps", "scores"], feed)
+        maps, scores = self.session.run(["maps", "scores"], self.feed(images, valid))
         return maps, scores
 
-    def __call__(self, images: torch.Tensor, valid: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        maps, scores = self.run(images.cpu().numpy(), None if valid is None else valid.cpu().numpy())
-        return torch.from_numpy(maps), torch.from_numpy(scores)
 
-
-class OpenVinoEngine:
+class OpenVinoEngine(Engine):
     """Runs the same exported graph with OpenVINO on a CPU: oneDNN's kernels and, with precision
     "bf16", the CPU's bfloat16 units (AMX, AVX-512 BF16) for the whole graph.
 
@@ -201,7 +211,7 @@ class OpenVinoEngine:
             raise VqcError("the OpenVINO engine needs openvino (pip install openvino)") from None
         if precision not in self.PRECISIONS:
             raise VqcError(f"the OpenVINO engine runs fp32 or bf16, not {precision}")
-        self.core, self.path = openvino.Core(), path
+        self.core = openvino.Core()
         if precision == "bf16" and "BF16" not in self.core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
             raise VqcError("this CPU has no bfloat16 units: use precision fp32")
         self.config = {"INFERENCE_PRECISION_HINT": self.PRECISIONS[precision]}
@@ -232,11 +242,7 @@ class OpenVinoEngine:
         return self.compiled[key]
 
     def run(self, images: np.ndarray, valid: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        n = len(images)
-        feed = {"images": np.ascontiguousarray(images, dtype=np.uint8)}
-        if "valid" in self.inputs:
-            feed["valid"] = np.ones((n, 1, *images.shape[2:]), np.float32) if valid is None \
-                else np.ascontiguousarray(valid, dtype=np.float32)
+        n, feed = len(images), self.feed(images, valid)
         if not self.fixed_size:
             requests = self.dynamic[:n]
             parts = np.array_split(np.arange(n), len(requests))
@@ -252,7 +258,3 @@ class OpenVinoEngine:
             request.wait()
         maps = np.concatenate([r.get_tensor("maps").data for r in requests])[:n]
         return maps, np.concatenate([r.get_tensor("scores").data for r in requests])[:n]
-
-    def __call__(self, images: torch.Tensor, valid: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        maps, scores = self.run(images.cpu().numpy(), None if valid is None else valid.cpu().numpy())
-        return torch.from_numpy(maps), torch.from_numpy(scores)
