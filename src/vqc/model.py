@@ -252,8 +252,7 @@ class AnomalyModel:
         self.engine, self.engine_name = None, "torch"
         self.detector.trunk_dtype = None
         self._compiled = None
-        on_cpu = self.device.type == "cpu"
-        if name == "torch" or (name == "auto" and (not on_cpu or precision == "fp16" or compile)):
+        if name == "torch" or (name == "auto" and (self.device.type != "cpu" or precision == "fp16" or compile)):
             self.detector.trunk_dtype = PRECISIONS[precision]
             if self.device.type == "cuda":
                 self.detector.to(memory_format=torch.channels_last)
@@ -261,26 +260,19 @@ class AnomalyModel:
                 self._compiled = torch.compile(self.detector)
             return self
         from .export import OnnxEngine, OpenVinoEngine, cached_onnx
+        openvino = name == "openvino" or (name == "auto" and precision == "bf16")
         try:
             graph = onnx_path or cached_onnx(self)
-            if name == "openvino" or (name == "auto" and precision == "bf16"):
-                try:
-                    self.engine = OpenVinoEngine(graph, threads, precision)
-                    self.engine_name = "openvino" if precision == "fp32" else f"openvino-{precision}"
-                    return self
-                except VqcError as exc:
-                    if name == "openvino":
-                        raise
-                    log.warning("OpenVINO engine unavailable, bf16 on the torch engine: %s", exc)
-                    return self.use_engine("torch", threads=threads, precision=precision)
-            self.engine = OnnxEngine(graph, threads)
+            if openvino:
+                self.engine = OpenVinoEngine(graph, threads, precision)
+                self.engine_name = "openvino" if precision == "fp32" else f"openvino-{precision}"
+            else:
+                self.engine, self.engine_name = OnnxEngine(graph, threads), "onnx"
         except VqcError as exc:
             if name != "auto":
                 raise
-            log.warning("exported engines unavailable, scoring with PyTorch: %s", exc)
-            self.detector.trunk_dtype = PRECISIONS[precision]
-            return self
-        self.engine_name = "onnx"
+            log.warning("%s engine unavailable, scoring with PyTorch: %s", "OpenVINO" if openvino else "exported", exc)
+            return self.use_engine("torch", threads=threads, precision=precision)
         return self
 
     def predict_iter(self, images: Sequence[ImageInput], progress: bool = False) -> Iterator[Prediction]:
