@@ -139,3 +139,28 @@ def test_precisions_an_engine_cannot_run_are_refused(demo_model):
         demo_model.use_engine("openvino", precision="fp16")
     with pytest.raises(vqc.VqcError, match="precision"):
         demo_model.use_engine("torch", precision="int4")
+
+
+def test_auto_falls_back_to_torch_at_the_same_precision_and_forced_engines_raise(demo_model, demo_root, monkeypatch,
+                                                                                caplog):
+    import vqc.export
+
+    def export_fails(model):
+        raise vqc.VqcError("export failed (forced by the test)")
+
+    monkeypatch.setattr(vqc.export, "cached_onnx", export_fails)
+    image = _images(demo_root)[0]
+    reference = demo_model.predict(image)[0].score
+    try:
+        demo_model.use_engine("auto")
+        assert (demo_model.engine_name, demo_model.engine, demo_model.detector.trunk_dtype) == ("torch", None, None)
+        assert "scoring with PyTorch: export failed" in caplog.text
+        assert demo_model.predict(image)[0].score == pytest.approx(reference, rel=1e-6)
+        demo_model.use_engine("auto", precision="bf16")  # OpenVINO's route; torch keeps the bf16 asked for
+        assert (demo_model.engine_name, demo_model.detector.trunk_dtype) == ("torch", torch.bfloat16)
+        for forced in ("onnx", "openvino"):
+            with pytest.raises(vqc.VqcError, match="export failed"):
+                demo_model.use_engine(forced)
+    finally:
+        demo_model.use_engine("torch")
+    assert demo_model.detector.trunk_dtype is None
