@@ -23,7 +23,7 @@ VARIANTS = [  # (label, AnomalyModel keyword arguments)
     ("tile 224, stride 192, scale 1.0", {"geometry": "tile", "tile_stride": 192}),
     ("resize 224, layers 3,4", {"layers": (3, 4)}),
     ("tile 224, stride 192, layers 3,4", {"geometry": "tile", "tile_stride": 192, "layers": (3, 4)}),
-    # Each knn patch averaged over 13 x 13 positions (a third of the 40 x 40 grid): a texture
+    # Each knn patch averaged over 13 x 13 positions (a third of the 40 x 40 grid's side): a texture
     # descriptor for defects that are a region of the surface finished differently (magnetic_tile's uneven).
     ("resize 320, layers 2,3, pool 13", {"image_size": 320, "layers": (2, 3), "head_options": {"pool": 13}}),
 ]
