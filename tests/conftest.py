@@ -36,6 +36,17 @@ def demo_model(demo_root):
     return vqc.AnomalyModel(backbone="efficientnet_lite0", head="knn").fit(demo_root, progress=False)
 
 
+@pytest.fixture(scope="session")
+def bottle_knn():
+    """The default efficientnet_lite0 + knn fitted on the shared bottle set, and its PyTorch evaluation
+    (fitted once: the acceptance test and the fast-engine test both start from it)."""
+    import vqc
+    from vqc.evaluation import evaluate
+    root = shared_set("mvtec_bottle")
+    model = vqc.AnomalyModel(backbone="efficientnet_lite0", head="knn").fit(root, progress=False)
+    return model, evaluate(model, root, progress=False)
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)

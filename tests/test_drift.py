@@ -35,11 +35,9 @@ def test_drift_window_survives_a_restart(demo_model, demo_root, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def bottle_model(tmp_path_factory):
-    import vqc
-    data = shared_set("mvtec_bottle")
-    model = vqc.AnomalyModel(backbone="efficientnet_lite0", head="knn").fit(data, progress=False)
-    return model.save(tmp_path_factory.mktemp("drift") / "bottle.safetensors"), data
+def bottle_model(bottle_knn, tmp_path_factory):
+    model, _ = bottle_knn
+    return model.save(tmp_path_factory.mktemp("drift") / "bottle.safetensors"), shared_set("mvtec_bottle")
 
 
 def test_health_turns_drifting_on_another_product_and_stays_ok_on_good_bottles(bottle_model):

@@ -159,6 +159,8 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
                        help="--speed: the engines' precision (see predict --precision)")
     bench.add_argument("--batches", type=_layers, default=(32, 128, 256), help="--speed: throughput batch sizes")
+    bench.add_argument("--end-to-end-images", type=int, default=256,
+                       help="--speed: images per end-to-end pass (the test split, repeated to this many)")
     bench.add_argument("--json", help="--speed: also write the records to this JSON file")
     _add_ray(bench)
 
@@ -513,7 +515,7 @@ def _speed(args) -> int:
     if len(args.data) != 1:
         raise VqcError("--speed times on one data set root: pass --data ROOT")
     cases = speed_cases(args.backbones.split(","), args.heads.split(","), args.data[0], args.engines.split(","),
-                        batches=args.batches, precision=args.precision)
+                        batches=args.batches, precision=args.precision, end_to_end_images=args.end_to_end_images)
     about = machine()
     print(f"{len(cases)} cases on {args.data[0]}; " + ", ".join(f"{k} {v}" for k, v in about.items()))
     records = run_speed(cases)

@@ -165,12 +165,15 @@ def speed_table(records: list[dict]) -> str:
 
 def speed_cases(backbones: list[str], heads: list[str], data: str, engines: list[str],
                 devices: list[str] | None = None, batches: tuple[int, ...] = BATCHES,
-                precision: str = "fp32") -> list[SpeedCase]:
+                precision: str = "fp32", end_to_end_images: int = 256) -> list[SpeedCase]:
     import torch
     if not Path(data, "train").is_dir() or not Path(data, "test").is_dir():
         raise VqcError(f"--speed needs one data set root with train/ and test/ (got {data})")
     devices = devices or ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
-    return [SpeedCase(backbone, head, str(data), engine, device, precision, batches=tuple(batches))
+    if end_to_end_images < 1:
+        raise VqcError(f"--end-to-end-images must be at least 1, not {end_to_end_images}")
+    return [SpeedCase(backbone, head, str(data), engine, device, precision, batches=tuple(batches),
+                      end_to_end_images=end_to_end_images)
             for backbone in backbones for head in heads for device in devices
             for engine in (engines if device == "cpu" else ["torch"])]
 
