@@ -39,7 +39,7 @@ def demo_model(demo_root):
 @pytest.fixture(scope="session")
 def bottle_knn():
     """The default efficientnet_lite0 + knn fitted on the shared bottle set, and its PyTorch evaluation
-    (fitted once: the acceptance test and the fast-engine test both start from it)."""
+    (fitted once: the acceptance, drift and fast-engine tests all start from it)."""
     import vqc
     from vqc.evaluation import evaluate
     root = shared_set("mvtec_bottle")
