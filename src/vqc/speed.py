@@ -24,6 +24,7 @@ from pathlib import Path
 from .errors import VqcError
 
 BATCHES = (32, 128, 256)
+END_TO_END_IMAGES = 256  # the test images, repeated to this many
 ONE_EPOCH = {"nf": {"max_epochs": 1}, "mdn": {"max_epochs": 1}, "ae": {"max_epochs": 1}}
 
 
@@ -37,7 +38,7 @@ class SpeedCase:
     precision: str = "fp32"
     image_size: int = 224
     batches: tuple[int, ...] = BATCHES
-    end_to_end_images: int = 256  # the test images, repeated to this many
+    end_to_end_images: int = END_TO_END_IMAGES
     end_to_end_passes: int = 3  # the fastest pass counts: the one least disturbed by other work on the machine
 
 
@@ -165,7 +166,7 @@ def speed_table(records: list[dict]) -> str:
 
 def speed_cases(backbones: list[str], heads: list[str], data: str, engines: list[str],
                 devices: list[str] | None = None, batches: tuple[int, ...] = BATCHES,
-                precision: str = "fp32", end_to_end_images: int = 256) -> list[SpeedCase]:
+                precision: str = "fp32", end_to_end_images: int = END_TO_END_IMAGES) -> list[SpeedCase]:
     import torch
     if not Path(data, "train").is_dir() or not Path(data, "test").is_dir():
         raise VqcError(f"--speed needs one data set root with train/ and test/ (got {data})")
