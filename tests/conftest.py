@@ -37,6 +37,12 @@ def demo_model(demo_root):
 
 
 @pytest.fixture(scope="session")
+def demo_model_file(demo_model, tmp_path_factory) -> Path:
+    """The demo model saved once, for tests that run the command line or a service on a file."""
+    return demo_model.save(tmp_path_factory.mktemp("demo-model") / "tiles.safetensors")
+
+
+@pytest.fixture(scope="session")
 def bottle_knn():
     """The default efficientnet_lite0 + knn fitted on the shared bottle set, and its PyTorch evaluation
     (fitted once: the acceptance, drift and fast-engine tests all start from it)."""

@@ -66,6 +66,9 @@ def test_operator_page_shows_verdicts_for_good_and_defective_images(server, demo
         page.click("#keyform button")
         page.wait_for_function("document.getElementById('model').textContent.includes('knn')")
         assert "scores: ok" in page.inner_text("#drift")
+        # issue 20, item 7: before any result a placeholder, not a broken image; the colour legend is on the page
+        assert page.is_visible("#placeholder") and not page.is_visible("#heatmap")
+        assert page.is_visible("#legend") and "worst held-out good" in page.inner_text("#legend")
         for sample, verdict in ((good, "OK"), (bad, "DEFECTIVE")):
             page.set_input_files("#file", str(sample.path))
             page.wait_for_function(f"document.getElementById('verdict').textContent === '{verdict}'", timeout=60000)
@@ -75,6 +78,11 @@ def test_operator_page_shows_verdicts_for_good_and_defective_images(server, demo
         assert "defective" in rows.nth(0).inner_text() and "ok" in rows.nth(1).inner_text()
         page.set_input_files("#file", str(demo_root / "SOURCE.md"))  # not an image
         page.wait_for_function("document.getElementById('error').textContent.includes('SOURCE.md')")
+        # the failed upload leaves nothing of the previous (defective) part on screen
+        assert page.inner_text("#verdict") == "ERROR"
+        assert not page.is_visible("#heatmap") and page.get_attribute("#heatmap", "src") is None
+        assert page.evaluate("document.getElementById('fill').style.width") == "0%"
+        assert page.inner_text("#scoreline") == "score –" and "SOURCE.md" in page.inner_text("#placeholder")
         page.wait_for_function("document.getElementById('drift').textContent.includes('2 of 20')")
         page.reload()  # asked once: the key is kept
         page.wait_for_function("document.getElementById('model').textContent.includes('knn')")

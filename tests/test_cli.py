@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 
 from vqc.cli import main
+from vqc.viz import legend_height
 
 
 @pytest.fixture(scope="module")
@@ -24,8 +25,10 @@ def test_fit_predict_evaluate(fitted, demo_root, tmp_path, capsys):
     assert [r["path"] for r in rows] == [str(p) for p in images]
     assert all(float(r["score"]) > 0 for r in rows)
     assert sorted(p.name for p in (tmp_path / "p" / "overlays").iterdir()) == sorted(p.name for p in images)
+    assert [r["overlay"] for r in rows] == [f"overlays/{p.name}" for p in images]
     overlay = Image.open(tmp_path / "p" / "overlays" / images[0].name)
-    assert overlay.size == Image.open(images[0]).size
+    width, height = Image.open(images[0]).size
+    assert overlay.size == (width, height + legend_height(width))  # the colour legend beneath the image
 
     assert main(["evaluate", str(fitted), str(demo_root), "--json", str(tmp_path / "m.json"), "--record"]) == 0
     metrics = json.loads((tmp_path / "m.json").read_text())
@@ -75,7 +78,7 @@ def test_watch_scores_each_new_image_once_and_skips_bad_files(fitted, demo_root,
         shutil.copy(image, drop / image.name)
     (drop / "broken.png").write_bytes(b"\x89PNG half a file")
     model = vqc.load(fitted)
-    writer = _ScoreWriter(tmp_path / "out" / "scores.csv", model, overlays=False)
+    writer = _ScoreWriter(tmp_path / "out" / "scores.csv", model, drop, overlays=False)
     _watch(model, drop, writer, interval=0.01, rounds=5)  # five looks at the folder
     writer.close()
     rows = list(csv.DictReader(open(tmp_path / "out" / "scores.csv")))

@@ -56,15 +56,15 @@ def test_visa_layout_from_split_csv(tmp_path):
 
 
 def test_decode_grayscale_rgba_and_16_bit(tmp_path):
-    gray = _png(tmp_path / "g.png", np.arange(12, dtype=np.uint8).reshape(3, 4) * 20)
-    assert decode_image(gray).shape == (3, 4, 3)
-    rgba = np.zeros((2, 2, 4), np.uint8)
+    gray = _png(tmp_path / "g.png", np.tile(np.arange(16, dtype=np.uint8) * 15, (18, 1)))
+    assert decode_image(gray).shape == (18, 16, 3)
+    rgba = np.zeros((16, 16, 4), np.uint8)
     rgba[..., 0], rgba[..., 3] = 200, 255
     out = decode_image(_png(tmp_path / "a.png", rgba, "RGBA"))
-    assert out.shape == (2, 2, 3) and (out[..., 0] == 200).all()
+    assert out.shape == (16, 16, 3) and (out[..., 0] == 200).all()
     deep = tmp_path / "d.png"
-    Image.fromarray(np.array([[0, 65535], [32896, 257]], np.uint16)).save(deep)
-    assert decode_image(deep)[..., 0].tolist() == [[0, 255], [128, 1]]
+    Image.fromarray(np.tile(np.array([[0, 65535], [32896, 257]], np.uint16), (8, 8))).save(deep)
+    assert decode_image(deep)[:2, :2, 0].tolist() == [[0, 255], [128, 1]]
 
 
 def test_corrupt_and_truncated_images_name_the_file(tmp_path):

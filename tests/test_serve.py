@@ -7,6 +7,7 @@ from PIL import Image
 
 from vqc.data import read_split
 from vqc.serve import create_app
+from vqc.viz import legend_height
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +32,8 @@ def test_inspect_multipart_and_raw_give_the_model_score(client, demo_model, demo
     raw = client.post("/v1/inspect?heatmap=1", content=_png(sample.path), headers={"content-type": "image/png"})
     assert raw.json()["score"] == pytest.approx(want.score, rel=1e-6)
     heat = Image.open(io.BytesIO(base64.b64decode(raw.json()["heatmap_png"])))
-    assert heat.size == Image.open(sample.path).size
+    width, height = Image.open(sample.path).size
+    assert heat.size == (width, height + legend_height(width))  # the colour legend beneath
 
 
 def test_batch(client, demo_root):

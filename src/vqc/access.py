@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import os
 import re
 import secrets
@@ -16,6 +17,8 @@ from pathlib import Path
 
 from .errors import VqcError
 from .files import write_text_atomic
+
+log = logging.getLogger(__name__)
 
 LINE = re.compile(r"^(?P<name>[A-Za-z0-9_.@-]+)\s+sha256:(?P<hash>[0-9a-f]{64})$")
 
@@ -25,33 +28,35 @@ def key_hash(key: str) -> str:
 
 
 class ApiKeys:
-    def __init__(self, hashes: dict[str, str]):
+    """The keys of one file. A service re-reads the file when it changes, so `vqc keys revoke`
+    and `vqc keys add` take effect on the next request; a file broken meanwhile keeps the keys
+    it had in force (and says so in the log) rather than opening or closing the service."""
+
+    def __init__(self, hashes: dict[str, str], path: Path | None = None):
         if not hashes:
             raise VqcError("an API key file needs at least one key (vqc keys add FILE --name NAME)")
-        self.hashes = hashes
+        self.hashes, self.path = hashes, path
+        self.stamp = _stamp(path) if path else None
 
     @classmethod
     def from_file(cls, path: str | Path) -> "ApiKeys":
         path = Path(path)
+        return cls(_read_hashes(path), path)
+
+    def refresh(self) -> None:
+        stamp = _stamp(self.path) if self.path else None
+        if stamp == self.stamp:
+            return
+        self.stamp = stamp
         try:
-            lines = path.read_text().splitlines()
-        except OSError as exc:
-            raise VqcError(f"cannot read API key file {path}: {exc.strerror}") from None
-        hashes = {}
-        for number, line in enumerate(lines, 1):
-            line = line.strip()
-            if not line or line.startswith("#"):
-                continue
-            match = LINE.match(line)
-            if not match:  # the line is not echoed: it may be a key pasted in by mistake
-                raise VqcError(f"API key file {path}, line {number} is not 'NAME sha256:HEX'; "
-                               "the file holds hashes, not keys: make them with vqc keys add")
-            hashes[match["name"]] = match["hash"]
-        return cls(hashes)
+            self.hashes = _read_hashes(self.path)
+        except VqcError as exc:
+            log.error("API key file changed but was not taken (the keys before stay in force): %s", exc)
 
     def check(self, key: str | None) -> str | None:
         """The name of the key, or None. Every stored hash is compared, in constant time, so the
         time taken says nothing about how close a guess came."""
+        self.refresh()
         if not key:
             return None
         presented = key_hash(key).encode()
@@ -60,6 +65,34 @@ class ApiKeys:
             if hmac.compare_digest(presented, stored.encode()):
                 found = name
         return found
+
+
+def _read_hashes(path: Path) -> dict[str, str]:
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as exc:
+        raise VqcError(f"cannot read API key file {path}: {exc.strerror}") from None
+    hashes = {}
+    for number, line in enumerate(lines, 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        match = LINE.match(line)
+        if not match:  # the line is not echoed: it may be a key pasted in by mistake
+            raise VqcError(f"API key file {path}, line {number} is not 'NAME sha256:HEX'; "
+                           "the file holds hashes, not keys: make them with vqc keys add")
+        hashes[match["name"]] = match["hash"]
+    if not hashes:
+        raise VqcError(f"API key file {path} has no keys (vqc keys add {path} --name NAME)")
+    return hashes
+
+
+def _stamp(path: Path) -> tuple[int, int] | None:
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_mtime_ns, stat.st_size
 
 
 def presented_key(headers) -> str | None:
@@ -83,3 +116,20 @@ def add_key(path: str | Path, name: str) -> str:
     write_text_atomic(path, text)
     os.chmod(path, 0o600)
     return key
+
+
+def revoke_key(path: str | Path, name: str) -> int:
+    """Remove the key named `name` from the key file; returns how many keys are left. The last
+    key is not removed: a file with none would leave a service that asks for keys unusable."""
+    path = Path(path)
+    hashes = ApiKeys.from_file(path).hashes
+    if name not in hashes:
+        raise VqcError(f"API key file {path} has no key named {name} (it has: {', '.join(hashes)})")
+    if len(hashes) == 1:
+        raise VqcError(f"{name} is the last key in {path}: add another first (vqc keys add), or stop "
+                       "the service, which asks for a key while it has a key file")
+    lines = [line for line in path.read_text().splitlines(keepends=True)
+             if not ((m := LINE.match(line.strip())) and m["name"] == name)]
+    write_text_atomic(path, "".join(lines))
+    os.chmod(path, 0o600)
+    return len(hashes) - 1

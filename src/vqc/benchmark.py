@@ -219,7 +219,7 @@ def run_cell(cell: Cell, out: Path, costs: dict) -> dict:
     from .evaluation import evaluate
     from .metrics import cost_threshold, f1_max, false_reject_threshold
     from .model import AnomalyModel
-    from .viz import overlay, save_png
+    from .viz import prediction_overlay, save_png
 
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     torch.manual_seed(0)
@@ -256,9 +256,9 @@ def run_cell(cell: Cell, out: Path, costs: dict) -> dict:
     for sample, pred in filter(None, picks):
         image = decode_image(sample.path)
         mask = load_mask(sample.mask, image.shape[:2]) if sample.mask else None
-        picture = overlay(image, pred.anomaly_map, floor, top, mask)
+        picture = prediction_overlay(image, pred, floor, top, mask, max_side=256)
         name = f"{cell.key}/{sample.defect}_{sample.path.stem}.png"
-        save_png(out / "cells" / name, _thumbnail(picture, 256))
+        save_png(out / "cells" / name, picture)
         overlays.append({"file": f"cells/{name}", "defect": sample.defect, "score": round(pred.score, 6)})
 
     record = {**_error_record(cell, "", "ok"), "started_at": started, "device": str(model.device),
@@ -270,14 +270,6 @@ def run_cell(cell: Cell, out: Path, costs: dict) -> dict:
     record.pop("error")
     write_text_atomic(out / "cells" / f"{cell.key}.json", json.dumps(record, indent=1))
     return record
-
-
-def _thumbnail(image, side: int):
-    import numpy as np
-    from PIL import Image
-    picture = Image.fromarray(image)
-    picture.thumbnail((side, side))
-    return np.asarray(picture)
 
 
 def _finite(value):

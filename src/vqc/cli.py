@@ -9,14 +9,54 @@ import math
 import sys
 from pathlib import Path
 
+from . import choices
 from .errors import VqcError
 
 
-def _layers(text: str) -> tuple[int, ...]:
+def _integers(what: str, example: str):
+    def parse(text: str) -> tuple[int, ...]:
+        try:
+            return tuple(int(part) for part in text.split(","))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{what} must be comma-separated integers, e.g. {example} "
+                                             f"(got {text!r})") from None
+    return parse
+
+
+_layers = _integers("layers", "2,3")
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 0 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is a number from 0 to 65535 (got {text!r})")
+    return int(text)
+
+
+def _pixels(text: str) -> int:
     try:
-        return tuple(int(part) for part in text.split(","))
+        value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"layers must be comma-separated integers, e.g. 2,3 (got {text!r})")
+        value = -1
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"--max-pixels is a positive number of pixels, e.g. 5e7 (got {text!r})")
+    return int(value)
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Every option's default in its help line, unless the line already says it."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if ("default" not in text and action.default not in (None, False, [], argparse.SUPPRESS)
+                and action.option_strings):
+            text += " (default: %(default)s)"
+        return text
+
+
+class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
 
 
 def _option(text: str) -> tuple[str, object]:
@@ -30,13 +70,16 @@ def _option(text: str) -> tuple[str, object]:
 
 
 def _add_engine(parser) -> None:
-    parser.add_argument("--engine", choices=["auto", "torch", "onnx", "openvino"], default="auto",
+    parser.add_argument("--engine", choices=choices.ENGINES, default="auto",
                         help="auto (default): on a CPU ONNX Runtime (fp32) or OpenVINO (bf16), on a GPU PyTorch; or force one")
     parser.add_argument("--threads", type=int, help="CPU threads for the model (default: one per core)")
-    parser.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
+    parser.add_argument("--precision", choices=choices.PRECISIONS, default="fp32",
                         help="bf16: the whole graph in bfloat16 (openvino, CPUs with bf16 units) or the backbone "
                         "under autocast (torch); fp16: torch only (GPU). Check AUROC with evaluate first")
     parser.add_argument("--compile", action="store_true", help="torch engine: torch.compile the Detector")
+    parser.add_argument("--max-pixels", type=_pixels, metavar="N",
+                        help="refuse images of more pixels, by name, before decoding them (default: 1000 x the "
+                             "network input, held between 16 and 64 megapixels: 50.2 MP at 224)")
 
 
 def _add_image_store(parser) -> None:
@@ -57,6 +100,15 @@ def _add_ray(parser, workers: bool = False) -> None:
                             help="--ray: scoring workers (default: one per GPU, else one per --cpus-per-worker CPUs)")
 
 
+def _scoring_model(args):
+    """The model file, on the engine and with the image limit the options ask for."""
+    from .model import load
+    model = load(args.model).use_engine(args.engine, threads=args.threads, precision=args.precision, compile=args.compile)
+    if args.max_pixels is not None:
+        model.max_pixels = args.max_pixels
+    return model
+
+
 def _ray_options(args):
     if not (args.ray or args.ray_address):
         return None
@@ -68,18 +120,22 @@ def _ray_options(args):
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vqc", description="Visual quality control from defect-free images.")
+    from . import __version__
+    parser = _Parser(prog="vqc", description="Visual quality control from defect-free images.")
+    parser.add_argument("--version", action="version", version=f"vqc {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log details")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     fit = sub.add_parser("fit", help="fit a detector on defect-free images")
     fit.add_argument("data", help="data set root (MVTec AD, BTAD, VisA layout: its train split) or a folder of good images")
     fit.add_argument("--backbone", help="see `vqc backbones` (default: efficientnet_lite0; none for --head ae)")
-    fit.add_argument("--head", default="knn")
+    fit.add_argument("--head", default="knn", choices=choices.HEADS,
+                     help="knn: nearest neighbour (PatchCore); nf: normalizing flow; gmm: Gaussian mixture; "
+                          "mdn: mixture density network; ae: auto-encoder on pixels")
     fit.add_argument("--layers", type=_layers, help="feature layers, e.g. 2,3 (stages) or 7,11 (ViT blocks)")
     fit.add_argument("--image-size", type=int, default=224,
                      help="network input side (geometry native: the short side)")
-    fit.add_argument("--geometry", default="resize",
+    fit.add_argument("--geometry", default="resize", choices=choices.GEOMETRIES,
                      help="resize: squash to a square; letterbox: keep aspect, pad (masked out); "
                           "native: keep aspect, short side = --image-size; tile: see --tile")
     fit.add_argument("--tile", type=int, metavar="N", help="tile the image with N x N tiles (sets --geometry tile)")
@@ -156,9 +212,10 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--speed", action="store_true",
                        help="time each backbone x head instead (latency, throughput, end to end) on one --data root")
     bench.add_argument("--engines", default="auto", help="--speed: comma-separated auto, torch, onnx, openvino")
-    bench.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
+    bench.add_argument("--precision", choices=choices.PRECISIONS, default="fp32",
                        help="--speed: the engines' precision (see predict --precision)")
-    bench.add_argument("--batches", type=_layers, default=(32, 128, 256), help="--speed: throughput batch sizes")
+    bench.add_argument("--batches", type=_integers("--batches", "32,128"), default=(32, 128, 256),
+                       help="--speed: throughput batch sizes")
     bench.add_argument("--end-to-end-images", type=int, default=256,
                        help="--speed: images per end-to-end pass (the test split, repeated to this many)")
     bench.add_argument("--json", help="--speed: also write the records to this JSON file")
@@ -167,9 +224,9 @@ def _parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="HTTP inspection service with an operator page at /")
     serve.add_argument("model")
     serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--port", type=_port, default=8000)
     _add_engine(serve)
-    serve.add_argument("--max-upload-mb", type=float, default=20.0)
+    serve.add_argument("--max-upload-mb", type=float, default=20.0, help="largest accepted upload, in MiB")
     serve.add_argument("--db", metavar="URL", help="records database: SQLite path or URL, postgresql://user@host/db "
                        "(default: MODEL.records.sqlite beside the model; 'none': keep no records)")
     _add_image_store(serve)
@@ -196,6 +253,11 @@ def _parser() -> argparse.ArgumentParser:
     add_key = keys_sub.add_parser("add", help="make a key, store its hash in FILE and print the key once")
     add_key.add_argument("file")
     add_key.add_argument("--name", required=True, help="who or what uses the key, e.g. line3-camera")
+    list_keys = keys_sub.add_parser("list", help="the names of the keys in FILE (the keys themselves are not kept)")
+    list_keys.add_argument("file")
+    revoke_key = keys_sub.add_parser("revoke", help="remove a key from FILE; a running service reads FILE at start")
+    revoke_key.add_argument("file")
+    revoke_key.add_argument("--name", required=True)
 
     threshold = sub.add_parser("threshold", help="choose and store the model's decision threshold")
     threshold.add_argument("model")
@@ -277,26 +339,59 @@ def cmd_predict(args) -> int | None:
             raise VqcError("--db and --watch run on the local path; leave out --ray for them")
         return _predict_on_ray(args)
     from .data import list_images
-    from .model import load
-    model = load(args.model).use_engine(args.engine, threads=args.threads, precision=args.precision, compile=args.compile)
     out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise VqcError(f"--out {out} is a file: give a folder for scores.csv and the overlays")
+    if args.watch and (len(args.images) != 1 or not Path(args.images[0]).is_dir()):
+        raise VqcError("--watch takes one folder to watch")
+    images = [] if args.watch else list_images(args.images)
+    model = _scoring_model(args)
     recorder = _Recorder(args, model) if args.db else None
-    writer = _ScoreWriter(out / "scores.csv", model, overlays=not args.no_overlays, recorder=recorder)
+    base = Path(args.images[0]) if args.watch else _common_folder(images)
+    writer = _ScoreWriter(out / "scores.csv", model, base, overlays=not args.no_overlays, recorder=recorder)
     try:
         if args.watch:
-            folder = Path(args.images[0])
-            if len(args.images) != 1 or not folder.is_dir():
-                raise VqcError("--watch takes one folder to watch")
-            print(f"watching {folder} for new images (Ctrl-C to stop); rows go to {writer.path}")
-            _watch(model, folder, writer, args.interval)
-        else:
-            images = list_images(args.images)
-            writer.write(model.predict_iter(images, progress=True))
-            print(f"scored {len(images)} images -> {writer.path}")
+            print(f"watching {base} for new images (Ctrl-C to stop); rows go to {writer.path}")
+            _watch(model, base, writer, args.interval)
+            return None
+        unreadable: list[tuple[Path, str]] = []
+        scored = writer.write(model.predict_iter(images, progress=True,
+                                                 on_unreadable=lambda path, exc: unreadable.append((path, str(exc)))))
     finally:
         writer.close()
         if recorder is not None:
             recorder.records.close()
+    if not unreadable:
+        print(f"scored {scored} images -> {writer.path}")
+        return None
+    if not scored and len(unreadable) == 1:
+        raise VqcError(unreadable[0][1])
+    listing = _write_unreadable(out / "unreadable.csv", unreadable)
+    for path, reason in unreadable:
+        print(f"  unreadable: {reason}", file=sys.stderr)
+    if not scored:
+        raise VqcError(f"none of the {len(unreadable)} images could be read (listed above and in {listing})")
+    print(f"scored {scored} of {scored + len(unreadable)} images -> {writer.path}; "
+          f"{len(unreadable)} could not be read (listed above and in {listing})")
+    return 1
+
+
+def _common_folder(images: list[Path]) -> Path:
+    """The deepest folder that holds every image: overlays keep their paths below it, so two
+    inputs of one name in different folders never share an overlay."""
+    import os
+    return Path(os.path.commonpath([str(p.resolve().parent) for p in images]))
+
+
+def _write_unreadable(path: Path, unreadable: list[tuple[Path, str]]) -> Path:
+    import io
+    from .files import write_text_atomic
+    text = io.StringIO()
+    table = csv.writer(text)
+    table.writerow(["path", "error"])
+    table.writerows(unreadable)
+    write_text_atomic(path, text.getvalue())
+    return path
 
 
 class _Recorder:
@@ -312,14 +407,14 @@ class _Recorder:
         from datetime import datetime, timezone
         from .data import decode_image
         from .records import inspection_row
-        from .viz import overlay
+        from .viz import prediction_overlay
         data = pred.path.read_bytes()
         row = inspection_row(self.identity, self.model, pred, data, pred.plan.original, latency_ms,
                              datetime.now(timezone.utc), pred.path.name, self.station)
         floor, top = self.model.normal_range()
         try:
-            return self.records.add([row], [(data, lambda: overlay(decode_image(data, str(pred.path)),
-                                                                     pred.anomaly_map, floor, top))])[0]
+            return self.records.add([row], [(data, lambda: prediction_overlay(
+                decode_image(data, str(pred.path), self.model.max_pixels), pred, floor, top))])[0]
         except Exception as exc:  # the image is not on record: say so, name it
             raise VqcError(f"{pred.path} was scored but not recorded in {self.records.url}: "
                            f"{type(exc).__name__}: {str(exc).splitlines()[0]}") from None
@@ -337,16 +432,28 @@ def _predict_on_ray(args) -> int:
 
 class _ScoreWriter:
     """Appends one CSV row per scored image as soon as it is scored (whole lines, flushed), and its
-    overlay; the file is only created once the first image has been scored. With a recorder, the
-    image is recorded in the database first."""
+    overlay at the image's path below `base` (its name, .png); the file is only created once the
+    first image has been scored. With a recorder, the image is recorded in the database first."""
 
-    def __init__(self, path: Path, model, overlays: bool, recorder: _Recorder | None = None):
-        self.path, self.model, self.overlays, self.file, self.recorder = path, model, overlays, None, recorder
+    COLUMNS = ["path", "score", "normalised_score", "verdict", "overlay", "warning"]
+
+    def __init__(self, path: Path, model, base: Path, overlays: bool, recorder: _Recorder | None = None):
+        self.path, self.model, self.base, self.overlays = path, model, base.resolve(), overlays
+        self.file, self.recorder = None, recorder
+
+    def overlay_path(self, image: Path) -> Path:
+        """overlays/<path below base>, ending .png (a.png -> a.png, a.jpg -> a.jpg.png: never shared)."""
+        try:
+            relative = image.resolve().relative_to(self.base)
+        except ValueError:  # outside the base (a watched folder's link): its name alone
+            relative = Path(image.name)
+        name = relative.name if relative.suffix.lower() == ".png" else relative.name + ".png"
+        return Path("overlays") / relative.parent / name
 
     def write(self, predictions) -> int:
         import time
         from .data import decode_image
-        from .viz import overlay, save_png
+        from .viz import prediction_overlay, save_png
         count = 0
         last = time.perf_counter()
         for pred in predictions:
@@ -359,11 +466,16 @@ class _ScoreWriter:
                 self.file = open(self.path, "a", newline="")
                 self.csv = csv.writer(self.file)
                 if fresh:
-                    self.csv.writerow(["path", "score", "normalised_score", "verdict"])
+                    self.csv.writerow(self.COLUMNS)
+            overlay = ""
             if self.overlays:
-                picture = overlay(decode_image(pred.path), pred.anomaly_map, *self.model.normal_range())
-                save_png(self.path.parent / "overlays" / f"{pred.path.stem}.png", picture)
-            self.csv.writerow([pred.path, f"{pred.score:.6g}", f"{pred.normalised_score:.4f}", pred.verdict or ""])
+                overlay = self.overlay_path(pred.path)
+                image = decode_image(pred.path, max_pixels=self.model.max_pixels)
+                save_png(self.path.parent / overlay, prediction_overlay(image, pred, *self.model.normal_range()))
+            if pred.warning:
+                print(f"vqc: warning: {pred.path}: {pred.warning}", file=sys.stderr)
+            self.csv.writerow([pred.path, f"{pred.score:.6g}", f"{pred.normalised_score:.4f}", pred.verdict or "",
+                               overlay, pred.warning or ""])
             self.file.flush()
             count += 1
         return count
@@ -373,29 +485,44 @@ class _ScoreWriter:
             self.file.close()
 
 
+EMPTY_FILE_GRACE_S = 5.0  # a camera writing in two steps leaves a zero-byte file for a moment, not longer
+
+
 def _watch(model, folder: Path, writer: _ScoreWriter, interval: float, rounds: int | None = None) -> None:
     """Score images that appear in `folder`, once each; a file counts as complete once its size
-    has stayed the same for one polling interval (a camera may still be writing it)."""
+    has stayed the same for one polling interval (a camera may still be writing it). A file still
+    empty after EMPTY_FILE_GRACE_S (or five looks) is reported once, and scored if it fills later."""
     import time
     from .data import IMAGE_SUFFIXES
     seen: set[Path] = set()
     sizes: dict[Path, int] = {}
-    while rounds is None or rounds > 0:
+    empty_since: dict[Path, tuple[float, int]] = {}  # first seen empty: time, look number
+    reported_empty: set[Path] = set()
+    look = 0
+
+    def skip(path, exc):
+        print(f"vqc: skipped: {exc}", file=sys.stderr)  # one bad file must not stop the line
+
+    while rounds is None or look < rounds:
         ready = []
+        now = time.monotonic()
         for path in sorted(folder.iterdir()):
             if path in seen or path.suffix.lower() not in IMAGE_SUFFIXES or not path.is_file():
                 continue
             size = path.stat().st_size
-            if sizes.get(path) == size and size > 0:
+            if size == 0:
+                since, first_look = empty_since.setdefault(path, (now, look))
+                if path not in reported_empty and (now - since >= EMPTY_FILE_GRACE_S or look - first_look >= 5):
+                    reported_empty.add(path)
+                    print(f"vqc: skipped: {path} is empty (0 bytes) since {now - since:.0f} s; "
+                          "it is scored if it gets written", file=sys.stderr)
+            elif sizes.get(path) == size:
                 ready.append(path)
             sizes[path] = size
         for path in ready:
             seen.add(path)
-            try:
-                writer.write(model.predict_iter([path]))
-            except VqcError as exc:  # one bad file must not stop the line
-                print(f"vqc: skipped: {exc}", file=sys.stderr)
-        rounds = None if rounds is None else rounds - 1
+            writer.write(model.predict_iter([path], on_unreadable=skip))
+        look += 1
         time.sleep(interval)
 
 
@@ -429,8 +556,7 @@ def _metrics_json(result: dict) -> str:
 def cmd_evaluate(args) -> None:
     from .evaluation import evaluate
     from .files import write_text_atomic
-    from .model import load
-    model = load(args.model).use_engine(args.engine, threads=args.threads, precision=args.precision, compile=args.compile)
+    model = _scoring_model(args)
     result = evaluate(model, args.data)
     print_metrics(result, f"{model.config.backbone} + {model.config.head} on {args.data}")
     if args.json:
@@ -542,7 +668,7 @@ def cmd_serve(args) -> None:
         raise VqcError(f"--drift-window needs at least 2 inspections (got {args.drift_window})")
     serve(args.model, args.host, args.port, ServeConfig(
         engine=args.engine, threads=args.threads, precision=args.precision, compile=args.compile,
-        max_upload_mb=args.max_upload_mb, db=args.db, image_store=args.image_store, keep_good=args.keep_good,
+        max_upload_mb=args.max_upload_mb, max_pixels=args.max_pixels, db=args.db, image_store=args.image_store, keep_good=args.keep_good,
         api_key_file=args.api_key_file, protect_monitoring=args.protect_monitoring,
         cors_origins=tuple(args.cors_origin), drift_window=args.drift_window))
 
@@ -559,10 +685,19 @@ def cmd_records(args) -> None:
 
 
 def cmd_keys(args) -> None:
-    from .access import add_key
-    key = add_key(args.file, args.name)
-    print(f"key {args.name} (only its hash is kept in {args.file}; this is the one time it is shown):")
-    print(key)
+    from .access import ApiKeys, add_key, revoke_key
+    if args.keys_command == "list":
+        names = list(ApiKeys.from_file(args.file).hashes)
+        print(f"{len(names)} keys in {args.file}:")
+        for name in names:
+            print(f"  {name}")
+    elif args.keys_command == "revoke":
+        left = revoke_key(args.file, args.name)
+        print(f"revoked key {args.name} in {args.file} ({left} left); restart vqc serve for it to take effect")
+    else:
+        key = add_key(args.file, args.name)
+        print(f"key {args.name} (only its hash is kept in {args.file}; this is the one time it is shown):")
+        print(key)
 
 
 def cmd_threshold(args) -> None:

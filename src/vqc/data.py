@@ -4,6 +4,8 @@ from __future__ import annotations
 import csv
 import glob
 import io
+import re
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,17 +27,55 @@ class Sample:
 
 # ---------------------------------------------------------------- decoding
 
-def decode_image(source: str | Path | bytes, name: str | None = None) -> np.ndarray:
-    """Decode a file path or encoded bytes into uint8 H x W x 3 (grayscale, RGBA, 16-bit accepted)."""
+MIN_SIDE = 16  # pixels: below this an image holds nothing a model could judge
+DEFAULT_MAX_PIXELS = 50_000_000  # see default_max_pixels
+# What Pillow says for a file it cannot decode names its own stream object; say what it means.
+NOT_AN_IMAGE = "not an image file (PNG, JPEG, BMP, TIFF or WebP)"
+
+
+def default_max_pixels(input_side: int) -> int:
+    """The largest image decoded by default for a network input of `input_side` pixels: 1000
+    times the input (50.2 MP at 224), held between 16 and 64 megapixels. Decoding costs 3 bytes a
+    pixel and the full-resolution map 4 more, so the bound is what keeps one image's memory
+    bounded (about 0.5 GB at 64 MP); a larger image is refused by name, never half-scored."""
+    return int(min(64e6, max(16e6, 1000 * input_side * input_side)))
+
+
+def decode_image(source: str | Path | bytes, name: str | None = None,
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Decode a file path or encoded bytes into uint8 H x W x 3 (grayscale, RGBA, 16-bit accepted).
+
+    The size is read from the header first: an image with more than `max_pixels` pixels (None:
+    no limit but Pillow's bomb guard), or a side under MIN_SIDE, is refused before it is decoded."""
     label = name or ("upload" if isinstance(source, bytes) else str(source))
     try:
         with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
+            width, height = image.size
+            if max_pixels is not None and width * height > max_pixels:
+                raise VqcError(f"image {label} is {width} x {height} ({width * height / 1e6:.1f} megapixels), "
+                               f"over the limit of {max_pixels / 1e6:.1f} megapixels (--max-pixels)")
+            if min(width, height) < MIN_SIDE:
+                raise VqcError(f"image {label} is {width} x {height} pixels: too small to inspect "
+                               f"(each side at least {MIN_SIDE})")
             image.load()
             return _to_rgb8(image)
     except FileNotFoundError:
         raise VqcError(f"image {label} does not exist") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise VqcError(f"cannot read image {label}: {exc}") from None
+    except IsADirectoryError:
+        raise VqcError(f"image {label} is a folder, not a file") from None
+    except UnidentifiedImageError:
+        raise VqcError(f"cannot read image {label}: {NOT_AN_IMAGE}") from None
+    except Image.DecompressionBombError as exc:
+        raise VqcError(f"cannot read image {label}: over Pillow's decompression-bomb limit ({exc})") from None
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError, TypeError,
+            ZeroDivisionError, MemoryError) as exc:
+        # Pillow's plugins raise all of these on damaged files (truncated data, broken headers)
+        raise VqcError(f"cannot read image {label}: {_one_line(exc)}") from None
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return re.sub(r"<[^<>]* object at 0x[0-9a-f]+>", "the data", text)[:300]
 
 
 def _to_rgb8(image: Image.Image) -> np.ndarray:
@@ -44,6 +84,16 @@ def _to_rgb8(image: Image.Image) -> np.ndarray:
         peak = 65535.0 if array.max() > 255 or image.mode.startswith("I;16") else 255.0
         gray = np.clip(array * (255.0 / peak) + 0.5, 0, 255).astype(np.uint8)
         return np.repeat(gray[:, :, None], 3, axis=2)
+    # Pillow's pixels are freed (close) as soon as numpy has its copy: at 6000 x 6000 that keeps
+    # decoding near the size of the result
+    if image.mode == "L":  # most line cameras: one channel read out, then spread (no RGB copy in Pillow)
+        gray = np.asarray(image)
+        image.close()
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    if image.mode == "RGB":
+        rgb = np.asarray(image)
+        image.close()
+        return rgb
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         image = image.convert("RGBA").convert("RGB")  # alpha dropped: the camera saw these pixels
     return np.asarray(image.convert("RGB"), dtype=np.uint8)

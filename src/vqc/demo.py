@@ -7,7 +7,7 @@ from pathlib import Path
 from .data import decode_image, load_mask
 from .evaluation import evaluate
 from .model import AnomalyModel
-from .viz import overlay, save_png
+from .viz import prediction_overlay, save_png
 
 
 def demo_data() -> Path:
@@ -28,7 +28,7 @@ def run_demo(out: Path, print_metrics) -> dict:
         image = decode_image(sample.path)
         mask = load_mask(sample.mask, image.shape[:2]) if sample.mask else None
         save_png(out / "overlays" / f"{sample.defect}_{sample.path.stem}.png",
-                 overlay(image, pred.anomaly_map, floor, top, mask))
+                 prediction_overlay(image, pred, floor, top, mask))
     print(f"model: {model_path}\noverlays: {out / 'overlays'} ({result['n_images']} images; "
           f"green outlines are the ground truth)")
     return result

@@ -15,17 +15,21 @@ resized from the canvas to the original resolution.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .choices import GEOMETRIES
 from .errors import VqcError
 
-MODES = ("resize", "letterbox", "native", "tile")
+MODES = GEOMETRIES
 NATIVE_STRIDE = 32  # the coarsest feature stride of the CNN backbones
 PAD_VALUE = (124, 116, 104)  # ImageNet mean colour: zero after normalisation
+# resize() wraps read-only decoded images without a copy and never writes to them
+warnings.filterwarnings("ignore", message="The given buffer is not writable", category=UserWarning)
 
 
 @dataclass(frozen=True)
@@ -42,8 +46,11 @@ def resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
     (pixels within 1 of Image.resize(BILINEAR), tested) at about a third of its time."""
     if image.shape[:2] == (height, width):
         return image
-    image = image if image.flags.writeable and image.flags.c_contiguous else image.copy()  # torch needs both
-    chw = torch.from_numpy(image).permute(2, 0, 1)
+    if not image.flags.c_contiguous:
+        image = np.ascontiguousarray(image)
+    # a decoded image is read-only (it views Pillow's bytes); interpolate only reads it, so it is
+    # wrapped, not copied (a copy is 108 MB at 6000 x 6000)
+    chw = torch.frombuffer(memoryview(image).cast("B"), dtype=torch.uint8).view(image.shape).permute(2, 0, 1)
     with torch.inference_mode():
         out = F.interpolate(chw[None], size=(height, width), mode="bilinear", antialias=True, align_corners=False)
     return out[0].permute(1, 2, 0).contiguous().numpy()
@@ -145,6 +152,7 @@ def score(canvas: torch.Tensor, top_k: int) -> float:
     return float(flat.topk(min(top_k, flat.numel())).values.mean() if top_k else flat.max())
 
 
-def to_original(plan: Plan, canvas: torch.Tensor) -> np.ndarray:
-    full = F.interpolate(canvas[None, None], size=plan.original, mode="bilinear", align_corners=False)
+def to_original(plan: Plan, canvas: torch.Tensor, size: tuple[int, int] | None = None) -> np.ndarray:
+    """The canvas map at the image's resolution, or at `size` (h, w) for a smaller view of it."""
+    full = F.interpolate(canvas[None, None], size=size or plan.original, mode="bilinear", align_corners=False)
     return full[0, 0].cpu().numpy()

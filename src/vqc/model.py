@@ -6,7 +6,7 @@ import logging
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
@@ -17,7 +17,8 @@ from tqdm.auto import tqdm
 
 from . import __version__
 from .backbones import build_trunk, get_spec, normalisation
-from .data import decode_image, list_images, read_split
+from .data import decode_image, default_max_pixels, list_images, read_split
+from .choices import ENGINES
 from .detector import Detector
 from .errors import VqcError
 from .files import atomic_path
@@ -64,12 +65,18 @@ class Prediction:
     verdict: str | None = None  # "defective" when score >= the model's threshold, else "ok"; None without one
     plan: Plan | None = field(default=None, repr=False)
     canvas: torch.Tensor | None = field(default=None, repr=False)  # the smoothed map at network resolution
+    warning: str | None = None  # e.g. an image far smaller than the fitted ones: its score may mislead
 
     @cached_property
     def anomaly_map(self) -> np.ndarray:
         """float32, the input image's height x width; computed on first use (a run that only needs
         scores never pays for upsampling maps)."""
         return to_original(self.plan, self.canvas)
+
+    def map_at(self, height: int, width: int) -> np.ndarray:
+        """The anomaly map resized straight from the canvas to height x width (a bounded-size
+        overlay never needs the full-resolution map)."""
+        return to_original(self.plan, self.canvas, (height, width))
 
 
 class AnomalyModel:
@@ -92,6 +99,7 @@ class AnomalyModel:
                            f"windows): use geometry resize, letterbox or tile with size 224")
         self.weights = weights
         self.batch_size = batch_size
+        self.max_pixels = default_max_pixels(image_size)  # larger images are refused by name, not decoded
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.detector: Detector | None = None
         self.info: dict = {}  # weights source, fit statistics, the normal score range
@@ -126,8 +134,9 @@ class AnomalyModel:
         start = time.perf_counter()
         source = self._build(self.weights)
         torch.manual_seed(self.config.seed)
-        val_levels = list(self._feature_batches(val, progress=False))
-        fit_stats = self.detector.head.fit(self._feature_batches(train, progress), val_levels, progress=progress)
+        sizes: list[tuple[int, int]] = []
+        val_levels = list(self._feature_batches(val, progress=False, sizes=sizes))
+        fit_stats = self.detector.head.fit(self._feature_batches(train, progress, sizes), val_levels, progress=progress)
         self.detector.eval().requires_grad_(False)  # fitted: inference never needs gradients
         fit_seconds = time.perf_counter() - start
         start = time.perf_counter()
@@ -138,16 +147,19 @@ class AnomalyModel:
             "fit_seconds": round(fit_seconds, 3), "inference_ms_per_image": round(per_image * 1000, 2),
             "device": str(self.device), "head_fit": fit_stats,
             "normal_scores": [float(s) for s in val_scores], "map_floor": floor,
+            "smallest_image": [min(h for h, _ in sizes), min(w for _, w in sizes)],  # (h, w) over fit images
             "fitted_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         self.threshold = choose_threshold(self, "false-reject-rate=0.01")  # until a labelled choice is made
         return self
 
-    def _feature_batches(self, images: list, progress: bool) -> Iterator[list[torch.Tensor]]:
+    def _feature_batches(self, images: list, progress: bool, sizes: list | None = None) -> Iterator[list[torch.Tensor]]:
         """Feature levels of the images' network inputs (tiles, for tiling), batch by batch; a head
-        decides whether to keep them."""
+        decides whether to keep them. `sizes` collects each image's (h, w)."""
         with tqdm(total=len(images), desc="features", unit="img", disable=not progress) as bar:
             for plans in self._planned_chunks(images):
+                if sizes is not None:
+                    sizes.extend(plan.original for plan in plans)
                 for keys, batch, _ in self._input_batches(plans):
                     with torch.inference_mode():
                         levels = self.detector.features(batch.to(self.device))
@@ -171,20 +183,38 @@ class AnomalyModel:
             raise VqcError("model is not fitted: call fit() or vqc.load() first")
 
     def _planned_chunks(self, images: Sequence[ImageInput]) -> Iterator[list[Plan]]:
-        """Decode and plan (resize, pad, tile) batch_size images at a time in a thread pool
+        """Decode and plan (resize, pad, tile) batch_size images at a time; see _indexed_chunks."""
+        for chunk in self._indexed_chunks(images):
+            yield [plan for _, plan in chunk]
+
+    def _indexed_chunks(self, images: Sequence[ImageInput], on_unreadable=None) -> Iterator[list[tuple[int, Plan]]]:
+        """(index in images, plan) for batch_size images at a time, decoded in a thread pool
         (Pillow and numpy release the GIL). The next chunk is decoded while the caller runs the
-        model on this one, so end-to-end speed approaches model speed."""
+        model on this one, so end-to-end speed approaches model speed. An image that cannot be
+        decoded raises VqcError, or, with on_unreadable, is handed to it and left out."""
         def plan(item: ImageInput) -> Plan:
-            return self.geometry.plan(_as_array(item))
+            return self.geometry.plan(self._as_array(item))
+
+        def results(futures: list[tuple[int, Future]]) -> list[tuple[int, Plan]]:
+            done = []
+            for i, future in futures:
+                try:
+                    done.append((i, future.result()))
+                except VqcError as exc:
+                    if on_unreadable is None:
+                        raise
+                    on_unreadable(images[i], exc)
+            return done
 
         with ThreadPoolExecutor(max_workers=DECODE_THREADS) as pool:
-            pending: deque[list[Future]] = deque()
+            pending: deque[list[tuple[int, Future]]] = deque()
             for start in range(0, len(images), self.batch_size):
-                pending.append([pool.submit(plan, item) for item in images[start:start + self.batch_size]])
+                pending.append([(i, pool.submit(plan, images[i]))
+                                for i in range(start, min(start + self.batch_size, len(images)))])
                 if len(pending) > 1:
-                    yield [future.result() for future in pending.popleft()]
+                    yield results(pending.popleft())
             while pending:
-                yield [future.result() for future in pending.popleft()]
+                yield results(pending.popleft())
 
     def _input_batches(self, plans: list[Plan]) -> Iterator[tuple[list, torch.Tensor, torch.Tensor | None]]:
         """The plans' network inputs in batches of at most batch_size of one shape:
@@ -224,9 +254,14 @@ class AnomalyModel:
             return self.engine(batch, valid)
         if self.device.type == "cuda":  # pinned host memory: the copy overlaps with work already queued
             batch = batch.pin_memory().to(self.device, non_blocking=True)
-        detector = self._compiled or self.detector
+        detector = self.torch_module
         with torch.inference_mode():
             return detector(batch.to(self.device), None if valid is None else valid.to(self.device))
+
+    @property
+    def torch_module(self):
+        """What the torch engine runs: the torch.compile'd Detector when compile was asked, else the Detector."""
+        return self._compiled or self.detector
 
     def use_engine(self, name: str = "auto", onnx_path: str | Path | None = None, threads: int | None = None,
                    precision: str = "fp32", compile: bool = False) -> AnomalyModel:
@@ -239,8 +274,8 @@ class AnomalyModel:
         CPUs with bf16 units) or the backbone under autocast (torch); check AUROC with
         `vqc evaluate` first. compile: the torch engine's Detector wrapped in torch.compile."""
         self._require_fitted()
-        if name not in ("auto", "torch", "onnx", "openvino"):
-            raise VqcError(f"unknown engine {name!r}; use auto, torch, onnx or openvino")
+        if name not in ENGINES:
+            raise VqcError(f"unknown engine {name!r}; use {', '.join(ENGINES)}")
         if precision not in PRECISIONS:
             raise VqcError(f"unknown precision {precision!r}; use {', '.join(PRECISIONS)}")
         if name == "onnx" and (precision != "fp32" or compile):
@@ -275,20 +310,45 @@ class AnomalyModel:
             return self.use_engine("torch", threads=threads, precision=precision)
         return self
 
-    def predict_iter(self, images: Sequence[ImageInput], progress: bool = False) -> Iterator[Prediction]:
-        """Score images one batch at a time; maps come back at each image's own resolution."""
+    def predict_iter(self, images: Sequence[ImageInput], progress: bool = False,
+                     on_unreadable=None) -> Iterator[Prediction]:
+        """Score images one batch at a time; maps come back at each image's own resolution.
+
+        An image that cannot be decoded, or is over max_pixels, raises VqcError; with
+        on_unreadable(image, error) it is handed to that instead and the rest are scored."""
         self._require_fitted()
         images = list(images)
+        order: deque[int] = deque()  # the index of each plan on its way through the model
         with tqdm(total=len(images), desc="predict", unit="img", disable=not progress) as bar:
-            for image, (plan, canvas, score) in zip(images, self._canvases(images)):
-                path = Path(image) if isinstance(image, (str, Path)) else None
-                yield Prediction(score, self.normalise(score), path, self.verdict(score), plan, canvas)
+            def skipped(image, error):
                 bar.update(1)
+                on_unreadable(image, error)
+
+            def plans():
+                for chunk in self._indexed_chunks(images, skipped if on_unreadable else None):
+                    order.extend(i for i, _ in chunk)
+                    yield [plan for _, plan in chunk]
+
+            for plan, canvas, score in self._canvases_of(plans()):
+                image = images[order.popleft()]
+                path = Path(image) if isinstance(image, (str, Path)) else None
+                yield Prediction(score, self.normalise(score), path, self.verdict(score), plan, canvas,
+                                 self.size_warning(plan.original))
+                bar.update(1)
+
+    def size_warning(self, shape: tuple[int, int]) -> str | None:
+        """A line when an image is far smaller (a side under half) than the smallest fitted image."""
+        smallest = self.info.get("smallest_image")  # absent in files from before it was recorded
+        if not smallest or (shape[0] * 2 >= smallest[0] and shape[1] * 2 >= smallest[1]):
+            return None
+        return (f"image is {shape[1]} x {shape[0]} pixels, far smaller than the {smallest[1]} x {smallest[0]} "
+                f"of the smallest image the model was fitted on: its score may mislead")
 
     def predict_plans(self, plans: list[Plan]) -> list[Prediction]:
         """Score images already decoded and planned with self.geometry.plan, e.g. by a separate
         decoding stage (vqc.scale); the same path as predict_iter from there on."""
-        return [Prediction(score, self.normalise(score), None, self.verdict(score), plan, canvas)
+        return [Prediction(score, self.normalise(score), None, self.verdict(score), plan, canvas,
+                           self.size_warning(plan.original))
                 for plan, canvas, score in self._canvases_of([plans])]
 
     def predict(self, images: Sequence[ImageInput] | ImageInput, progress: bool = False) -> list[Prediction]:
@@ -297,6 +357,13 @@ class AnomalyModel:
         elif isinstance(images, (str, Path, np.ndarray)):
             images = [images]
         return list(self.predict_iter(images, progress))
+
+    def _as_array(self, item: ImageInput) -> np.ndarray:
+        if isinstance(item, np.ndarray):
+            if item.dtype != np.uint8:
+                raise VqcError(f"image arrays must be uint8, got {item.dtype}")
+            return np.repeat(item[:, :, None], 3, axis=2) if item.ndim == 2 else item[:, :, :3]
+        return decode_image(item, max_pixels=self.max_pixels)
 
     def verdict(self, score: float) -> str | None:
         if self.threshold is None:
@@ -345,7 +412,7 @@ def load(path: str | Path, device: str | None = None) -> AnomalyModel:
     if metadata.get("format_version") != str(FORMAT_VERSION):
         raise VqcError(f"model file {path} has format version {metadata.get('format_version')}; "
                        f"this vqc {__version__} reads version {FORMAT_VERSION}")
-    config = ModelConfig.from_dict(json.loads(metadata["config"]))
+    config = _config_of(path, metadata)
     if config.head == "nf":  # files from before nf's level_map option stored no value and meant "nll"
         config.head_options.setdefault("level_map", "nll")
     model = AnomalyModel(**{**asdict(config), "layers": config.layers}, weights="random", device=device)
@@ -358,10 +425,38 @@ def load(path: str | Path, device: str | None = None) -> AnomalyModel:
             setattr(model.detector.get_submodule(owner), attr, torch.empty_like(tensors[name]))
     model.detector.load_state_dict(tensors)
     model.detector.to(model.device).eval().requires_grad_(False)
-    model.info = json.loads(metadata["info"])
-    model.threshold = json.loads(metadata.get("threshold", "null"))
+    model.info = _header_json(path, metadata, "info", dict)
+    model.threshold = _header_json(path, metadata, "threshold", (dict, type(None)), "null")
     model.weights = None
     return model
+
+
+def _header_json(path: Path, metadata: dict, key: str, kind, default: str | None = None):
+    """One JSON field of a model file's header, or a one-line error naming the file and the field."""
+    text = metadata.get(key, default)
+    if text is None:
+        raise VqcError(f"model file {path} has no '{key}' in its header: it is damaged or not written by vqc")
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise VqcError(f"model file {path}: its '{key}' header is not valid JSON ({exc.msg} at character "
+                       f"{exc.pos}): the file is damaged") from None
+    if not isinstance(value, kind):
+        raise VqcError(f"model file {path}: its '{key}' header holds a {type(value).__name__}, not what vqc wrote")
+    return value
+
+
+def _config_of(path: Path, metadata: dict) -> ModelConfig:
+    data = _header_json(path, metadata, "config", dict)
+    known = {f.name for f in fields(ModelConfig)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise VqcError(f"model file {path}: its config has settings this vqc {__version__} does not know "
+                       f"({', '.join(unknown)}): it was written by another vqc version or edited")
+    try:
+        return ModelConfig.from_dict(data)
+    except (TypeError, ValueError) as exc:
+        raise VqcError(f"model file {path}: its config does not fit this vqc ({exc})") from None
 
 
 def default_backbone(head: str) -> str:
@@ -369,12 +464,6 @@ def default_backbone(head: str) -> str:
     return "none" if head == "ae" else "efficientnet_lite0"
 
 
-def _as_array(item: ImageInput) -> np.ndarray:
-    if isinstance(item, np.ndarray):
-        if item.dtype != np.uint8:
-            raise VqcError(f"image arrays must be uint8, got {item.dtype}")
-        return np.repeat(item[:, :, None], 3, axis=2) if item.ndim == 2 else item[:, :, :3]
-    return decode_image(item)
 
 
 def _training_images(data) -> list:

@@ -10,8 +10,10 @@ the records database before it is answered; if the database refuses it, the answ
 from __future__ import annotations
 
 import base64
+import functools
 import io
 import logging
+import re
 import threading
 import time
 from contextlib import asynccontextmanager
@@ -25,6 +27,7 @@ from typing import Literal
 import numpy as np
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi_offline import FastAPIOffline
 from PIL import Image
 
 from . import __version__
@@ -34,11 +37,13 @@ from .errors import VqcError
 from .model import load
 from .monitoring import DriftMonitor, Metrics
 from .records import Filters, ModelIdentity, Records, default_locations, inspection_row
-from .viz import overlay
+from .viz import prediction_overlay
 
 log = logging.getLogger(__name__)
 
 FIELD_LIMIT = 100  # characters of a station or part id (the column's size)
+FILENAME_LIMIT = 255  # characters of an upload's file name (the column's size)
+SECRET_QUERY = re.compile(r"(?i)([?&](?:api[_-]?key|key|token|access[_-]?token|password)=)[^&\s]*")
 
 
 @dataclass
@@ -48,6 +53,7 @@ class ServeConfig:
     precision: str = "fp32"
     compile: bool = False
     max_upload_mb: float = 20
+    max_pixels: int | None = None  # None: the model's default (vqc.data.default_max_pixels)
     max_batch: int = 32
     db: str | None = None  # URL or SQLite path; None: MODEL.records.sqlite beside the model; "none": no records
     image_store: str | None = None  # None: MODEL-images/ beside the model
@@ -83,6 +89,8 @@ class Inspector:
         self.path = Path(model_path)
         self.model = load(self.path).use_engine(config.engine, threads=config.threads,
                                                 precision=config.precision, compile=config.compile)
+        if config.max_pixels is not None:
+            self.model.max_pixels = config.max_pixels
         self.engine = self.model.engine_name
         self.identity = ModelIdentity.of(self.path, self.engine)
         self.name, self.version = self.identity.name, self.identity.version
@@ -107,7 +115,7 @@ class Inspector:
     def inspect(self, images: list[tuple[str, bytes]], heatmap: bool, station: str | None = None,
                 part_ids: list[str | None] | None = None) -> list[dict]:
         received = datetime.now(timezone.utc)
-        decoded = [decode_image(data, name) for name, data in images]  # VqcError -> 422 before the lock
+        decoded = [decode_image(data, name, self.model.max_pixels) for name, data in images]  # VqcError -> 422 before the lock
         start = time.perf_counter()
         with self.lock:
             predictions = self.model.predict(decoded)
@@ -116,12 +124,13 @@ class Inspector:
         rows = [inspection_row(self.identity, self.model, pred, data, image.shape, latency, received, name, station, part)
                 for (name, data), image, pred, part in zip(images, decoded, predictions, part_ids)]
         ids = [None] * len(rows)
+        floor, top = self.model.normal_range()
+        # drawn at most once per image, whether the record, the answer or both want it
+        overlays = [functools.cache(partial(prediction_overlay, image, pred, floor, top))
+                    for image, pred in zip(decoded, predictions)]
         if self.records is not None:
-            floor, top = self.model.normal_range()
-            drawings = [(data, partial(overlay, image, pred.anomaly_map, floor, top))
-                        for (_, data), image, pred in zip(images, decoded, predictions)]
             try:
-                ids = self.records.add(rows, drawings)
+                ids = self.records.add(rows, [(data, draw) for (_, data), draw in zip(images, overlays)])
             except Exception as exc:  # any failure to record must end in 503, never in a 200
                 self.metrics.unrecorded.inc(len(rows))
                 log.error("inspection not recorded (%s): %s", type(exc).__name__, str(exc).splitlines()[0])
@@ -130,7 +139,7 @@ class Inspector:
         self.drift.add([row["score"] for row in rows])
         threshold = self.model.threshold
         results = []
-        for row, row_id, image, pred in zip(rows, ids, decoded, predictions):
+        for row, row_id, pred, draw in zip(rows, ids, predictions, overlays):
             result = {"id": row_id, "inspected_at": received.isoformat(), "filename": row["filename"],
                       "station": row["station"], "part_id": row["part_id"], "score": row["score"],
                       "normalised_score": row["normalised_score"], "verdict": row["verdict"],
@@ -138,9 +147,10 @@ class Inspector:
                       "normalised_threshold": self.model.normalise(threshold["value"]) if threshold else None,
                       "policy": row["policy"], "model": self.name, "model_version": self.version,
                       "engine": self.engine, "width": row["width"], "height": row["height"],
-                      "size_bytes": row["size_bytes"], "latency_ms": round(latency, 2), "sha256": row["sha256"]}
+                      "size_bytes": row["size_bytes"], "latency_ms": round(latency, 2), "sha256": row["sha256"],
+                      "warning": pred.warning}
             if heatmap:
-                result["heatmap_png"] = _png_base64(overlay(image, pred.anomaly_map, *self.model.normal_range()))
+                result["heatmap_png"] = _png_base64(draw())
             results.append(result)
         return results
 
@@ -173,7 +183,7 @@ async def _read_limited(request: Request, limit: int) -> bytes:
 
 async def _uploads(request: Request, limit: int) -> tuple[list[tuple[str, bytes]], dict[str, list[str]]]:
     """Images from multipart form files, or the raw body as one image; and the text fields
-    (query parameters, then multipart fields)."""
+    (query parameters, then multipart fields). A body that is not well-formed is answered 400."""
     body = await _read_limited(request, limit)
     fields: dict[str, list[str]] = {}
     for key, value in request.query_params.multi_items():
@@ -182,20 +192,32 @@ async def _uploads(request: Request, limit: int) -> tuple[list[tuple[str, bytes]
     if not content_type.startswith("multipart/form-data"):
         if not body:
             raise HTTPException(400, "empty body: send an image as the body or as multipart field 'file'")
-        return [(request.query_params.get("filename", "upload"), body)], fields
+        uploads = [(request.query_params.get("filename", "upload"), body)]
+    else:
+        uploads = await _form_uploads(request, body, limit, fields)
+    for name, _ in uploads:
+        if len(name) > FILENAME_LIMIT:
+            raise HTTPException(400, f"file names are at most {FILENAME_LIMIT} characters (got {len(name)})")
+    return uploads, fields
+
+
+async def _form_uploads(request: Request, body: bytes, limit: int, fields: dict) -> list[tuple[str, bytes]]:
     from starlette.datastructures import Headers, UploadFile
-    from starlette.formparsers import MultiPartParser
+    from starlette.formparsers import MultiPartException, MultiPartParser
 
     async def replay():
         yield body
-    form = await MultiPartParser(Headers(scope=request.scope), replay(), max_part_size=limit).parse()
+    try:
+        form = await MultiPartParser(Headers(scope=request.scope), replay(), max_part_size=limit).parse()
+    except MultiPartException as exc:  # no or wrong boundary, a broken part header, a part over the limit
+        raise HTTPException(400, f"malformed multipart body: {exc.message}") from None
     uploads = [(v.filename or k, await v.read()) for k, v in form.multi_items() if isinstance(v, UploadFile)]
     for key, value in form.multi_items():
         if isinstance(value, str):
             fields.setdefault(key, []).append(value)
     if not uploads:
         raise HTTPException(400, "no file in the form: send the image in a multipart field named 'file'")
-    return uploads, fields
+    return uploads
 
 
 def _station_and_parts(fields: dict[str, list[str]], n: int) -> tuple[str | None, list[str | None]]:
@@ -236,9 +258,22 @@ def create_app(model_path: str | Path, config: ServeConfig | None = None, **sett
         if inspector.records is not None:
             inspector.records.close()
 
-    app = FastAPI(title="vqc inspection service", version=__version__, lifespan=lifespan,
-                  description="Score images of parts against a detector fitted on good parts, and keep the record.")
+    # Swagger UI from the package (fastapi-offline), not a CDN: /docs works on a plant network
+    app = FastAPIOffline(title="vqc inspection service", version=__version__, lifespan=lifespan, redoc_url=None,
+                         description="Score images of parts against a detector fitted on good parts, and keep the record.")
     app.state.inspector = inspector
+    allowed_origins = set(config.cors_origins)
+
+    @app.middleware("http")
+    async def refuse_cross_site_posts(request: Request, call_next):
+        """A page on another site can make an operator's browser POST a form here (no preflight
+        for form types) and, with no key configured, have it carried out. Such a request names
+        its origin; one from this service's own page, curl or a PLC names this host or none."""
+        if request.method not in ("GET", "HEAD", "OPTIONS") and not _same_origin(request, allowed_origins):
+            return JSONResponse({"detail": "cross-origin request refused: this service takes POSTs from its "
+                                           "own page, from clients that send no Origin, and from --cors-origin "
+                                           "origins"}, status_code=403)
+        return await call_next(request)
     if config.cors_origins:  # off unless asked: a browser page elsewhere cannot call the API by default
         from fastapi.middleware.cors import CORSMiddleware
         app.add_middleware(CORSMiddleware, allow_origins=list(config.cors_origins), allow_methods=["GET", "POST"],
@@ -330,6 +365,26 @@ def create_app(model_path: str | Path, config: ServeConfig | None = None, **sett
     return app
 
 
+def _same_origin(request: Request, allowed: set[str]) -> bool:
+    origin = request.headers.get("origin")
+    if request.headers.get("sec-fetch-site") == "cross-site" and origin not in allowed:
+        return False
+    if origin is None:
+        return True
+    host = request.headers.get("host", "")
+    return origin in allowed or origin in (f"http://{host}", f"https://{host}")
+
+
+class HideSecretsInUrls(logging.Filter):
+    """Access-log lines with the values of key-like query parameters (?api_key=...) blanked: keys
+    belong in headers, and one sent in a URL by mistake must not end up in a log file."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(SECRET_QUERY.sub(r"\1***", a) if isinstance(a, str) else a for a in record.args)
+        return True
+
+
 async def _run(inspector: Inspector, uploads, fields, heatmap: bool, start: float) -> list[dict]:
     from starlette.concurrency import run_in_threadpool
     station, part_ids = _station_and_parts(fields, len(uploads))
@@ -339,5 +394,11 @@ async def _run(inspector: Inspector, uploads, fields, heatmap: bool, start: floa
 
 
 def serve(model_path: str, host: str = "127.0.0.1", port: int = 8000, config: ServeConfig | None = None) -> None:
+    import copy
+
     import uvicorn
-    uvicorn.run(create_app(model_path, config), host=host, port=port, log_level="info")
+    from uvicorn.config import LOGGING_CONFIG
+    log_config = copy.deepcopy(LOGGING_CONFIG)
+    log_config.setdefault("filters", {})["hide_secrets"] = {"()": HideSecretsInUrls}
+    log_config["handlers"]["access"]["filters"] = ["hide_secrets"]
+    uvicorn.run(create_app(model_path, config), host=host, port=port, log_level="info", log_config=log_config)

@@ -59,7 +59,8 @@ def machine() -> dict:
     return info
 
 
-def _timed(fn, repeats: int, sync) -> list[float]:
+def timed(fn, repeats: int, sync) -> list[float]:
+    """Wall seconds of `repeats` calls of fn, each between two syncs (a device's queue drained)."""
     times = []
     for _ in range(repeats):
         sync()
@@ -93,7 +94,7 @@ def measure_case(case: SpeedCase) -> dict:
     paths = [s.path for s in read_split(case.data, "test")]
     paths = (paths * (case.end_to_end_images // len(paths) + 1))[:case.end_to_end_images]
     plans = [plan for chunk in model._planned_chunks(paths[:64]) for plan in chunk]
-    decode = _timed(lambda: [model.geometry.plan(decode_image(p)) for p in paths[:64]], 3, lambda: None)
+    decode = timed(lambda: [model.geometry.plan(decode_image(p)) for p in paths[:64]], 3, lambda: None)
     record["decode_ms_per_image"] = round(statistics.median(decode) / 64 * 1000, 3)
 
     inputs = np.stack([plan.inputs[0] for plan in plans])  # uint8 [n, H, W, 3], real images
@@ -102,23 +103,23 @@ def measure_case(case: SpeedCase) -> dict:
 
     one = batch_of(1)
     model._forward(one)  # warm-up
-    latency = sorted(_timed(lambda: model._forward(one), 30, sync))
+    latency = sorted(timed(lambda: model._forward(one), 30, sync))
     record["latency_ms"] = round(statistics.median(latency) * 1000, 3)
     record["latency_p99_ms"] = round(latency[min(len(latency) - 1, int(0.99 * len(latency)))] * 1000, 3)
     for n in case.batches:
         batch = batch_of(n)
         model._forward(batch)
-        seconds = statistics.median(_timed(lambda batch=batch: model._forward(batch), 3, sync))
+        seconds = statistics.median(timed(lambda batch=batch: model._forward(batch), 3, sync))
         record[f"images_per_second_b{n}"] = round(n / seconds, 1)
     if model.engine is None:  # the head's share: the whole model against the backbone alone
         batch = batch_of(case.batches[0]).to(device)
         with torch.inference_mode():
-            whole = statistics.median(_timed(lambda: model.detector(batch), 3, sync))
-            trunk = statistics.median(_timed(lambda: model.detector.features(batch), 3, sync))
+            whole = statistics.median(timed(lambda: model.detector(batch), 3, sync))
+            trunk = statistics.median(timed(lambda: model.detector.features(batch), 3, sync))
         record["head_share"] = round(max(0.0, 1 - trunk / whole), 3)
 
     list(model.predict_iter(paths[:model.batch_size]))  # warm-up
-    passes = _timed(lambda: [p.score for p in model.predict_iter(paths)], case.end_to_end_passes, sync)
+    passes = timed(lambda: [p.score for p in model.predict_iter(paths)], case.end_to_end_passes, sync)
     record["end_to_end_images_per_second"] = round(len(paths) / min(passes), 1)
     record["peak_memory_mb"] = round(peak_memory_mb(device), 1)
     record["status"] = "ok"
