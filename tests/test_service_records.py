@@ -16,6 +16,7 @@ from vqc.data import read_split
 from vqc.records import Records
 from vqc.serve import create_app
 from vqc.thresholds import choose_threshold
+from vqc.viz import legend_height
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +80,8 @@ def test_every_answer_is_on_record_and_can_be_queried(service, samples):
         assert row["engine"] == "torch" and row["latency_ms"] > 0 and row["policy"] == "f1"
         if answer["verdict"] == "defective":  # kept with its overlay; good ones not (keep_good=0)
             overlay = Image.open(io.BytesIO(base64.b64decode(row["overlay_png"])))
-            assert overlay.size == (row["width"], row["height"]) == Image.open(sample.path).size
+            assert (row["width"], row["height"]) == Image.open(sample.path).size
+            assert overlay.size == (row["width"], row["height"] + legend_height(row["width"]))  # legend beneath
         else:
             assert row["overlay_png"] is None and row["image_path"] is None
     assert answers[5][1]["part_id"] == "B-2" and answers[0][1]["part_id"] == "P-0"
