@@ -153,6 +153,11 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("--fn-cost", type=float, default=10.0, help="cost policy: cost of an escaped defect")
     fit.add_argument("--out", help="model file to write (default model.safetensors; --per-category: a folder, "
                                    "default models)")
+    fit.add_argument("--auto", action="store_true",
+                     help="choose backbone, input size, geometry, head and image score from the good images alone: "
+                          "each candidate judged on held-out good images with synthetic defects (see README)")
+    fit.add_argument("--time-budget", type=float, default=600.0, metavar="SECONDS",
+                     help="--auto: stop trying candidates once this would be passed")
     fit.add_argument("--per-category", action="store_true",
                      help="DATA is a root of categories: fit one model per category into OUT/<category>.safetensors "
                           "(resumable: fitted categories are skipped)")
@@ -310,16 +315,46 @@ def cmd_fit(args) -> int | None:
     if _ray_options(args):
         raise VqcError("fit --ray fits one model per category: add --per-category and give a data root")
     from .model import AnomalyModel
-    model = AnomalyModel(**_model_options(args))
     if policy != "false-reject-rate" and not args.threshold_data:
         raise VqcError(f"--threshold {args.threshold} needs --threshold-data with labelled images")
+    model, auto = _auto_model(args) if args.auto else (AnomalyModel(**_model_options(args)), None)
     model.fit(args.data)
+    if auto is not None:
+        model.info["auto"] = auto  # every candidate's numbers and the choice, kept with the model
     model.threshold = choose_threshold(model, args.threshold, args.threshold_data, args.fp_cost, args.fn_cost)
     path = model.save(args.out or "model.safetensors")
     info = model.info
     print(f"fitted {model.config.backbone} + {args.head} on {info['n_train']} images "
           f"({info['n_validation']} held out) in {info['fit_seconds']:.1f} s; weights {info['weights_source']}")
     print(f"threshold {model.threshold['value']:.6g} ({model.threshold['policy']}); saved {path}")
+
+
+def _auto_model(args) -> tuple:
+    from .model import AnomalyModel
+    from .selection import chosen_options, choose
+    from .thresholds import parse_policy
+    name, rate = parse_policy(args.threshold)
+    print(f"--auto: judging candidates on held-out good images of {args.data} with synthetic defects "
+          f"(budget {args.time_budget:.0f} s)")
+    result = choose(args.data, rate if name == "false-reject-rate" else 0.01, args.time_budget)
+    print_candidates(result)
+    return AnomalyModel(**chosen_options(result)), result
+
+
+def print_candidates(result: dict) -> None:
+    from rich.table import Table
+    table = Table(title=f"--auto: {result['fit_images']} images fitted, {result['held_out_good']} held out, "
+                        f"{result['synthetic_defects']} synthetic defects, {result['seconds']:.0f} s")
+    for column in ("candidate", "synthetic image AUROC", "synthetic pixel AUROC", "false rejects", "score", "s"):
+        table.add_column(column, justify="left" if column == "candidate" else "right")
+    for i, r in enumerate(result["candidates"]):
+        mark = " <- chosen" if i == result["chosen"] else ""
+        if r["status"] != "ok":
+            table.add_row(r["name"], r["status"], "", "", "", "")
+            continue
+        table.add_row(r["name"] + mark, f"{r['image_auroc']:.4f}", f"{r['pixel_auroc']:.4f}",
+                      f"{r['false_reject_rate']:.1%}", f"{r['selection_score']:.4f}", f"{r['seconds']:.0f}")
+    _console().print(table)
 
 
 def _fit_per_category(args, policy: str) -> int:

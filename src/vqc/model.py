@@ -126,10 +126,9 @@ class AnomalyModel:
         images = _training_images(data)
         if len(images) < 2:
             raise VqcError(f"need at least 2 good training images, found {len(images)} in {data}")
-        order = np.random.default_rng(self.config.seed).permutation(len(images))
-        n_val = int(round(len(images) * self.config.validation_fraction)) if len(images) >= 5 else 0
-        val = [images[i] for i in sorted(order[:n_val])]
-        train = [images[i] for i in sorted(order[n_val:])]
+        train_index, val_index = validation_split(len(images), self.config.validation_fraction, self.config.seed)
+        val = [images[i] for i in val_index]
+        train = [images[i] for i in train_index]
 
         start = time.perf_counter()
         source = self._build(self.weights)
@@ -457,6 +456,14 @@ def _config_of(path: Path, metadata: dict) -> ModelConfig:
         return ModelConfig.from_dict(data)
     except (TypeError, ValueError) as exc:
         raise VqcError(f"model file {path}: its config does not fit this vqc ({exc})") from None
+
+
+def validation_split(n: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """(fitted, held out) indexes of n good images: the held-out ones set the normal score range
+    and the false-reject threshold (none below 5 images)."""
+    order = np.random.default_rng(seed).permutation(n)
+    n_val = int(round(n * fraction)) if n >= 5 else 0
+    return sorted(order[n_val:].tolist()), sorted(order[:n_val].tolist())
 
 
 def default_backbone(head: str) -> str:

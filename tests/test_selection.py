@@ -1,0 +1,75 @@
+"""Issue 21: synthetic defects, and `vqc fit --auto` choosing from good images alone."""
+import numpy as np
+import pytest
+
+from vqc.data import decode_image, read_split
+from vqc.synthetic import KINDS, SIZES, defect_set, perlin_noise, synthetic_defect
+
+
+@pytest.fixture(scope="module")
+def good_images(demo_root):
+    return [decode_image(s.path) for s in read_split(demo_root, "train")[:6]]
+
+
+def test_every_kind_and_size_paints_only_inside_its_mask(good_images):
+    rng = np.random.default_rng(0)
+    image, source = good_images[0], good_images[1]
+    for kind in KINDS:
+        for size in SIZES:
+            for contrast in (0.3, 1.0):
+                out, mask, what = synthetic_defect(image, rng, kind, size, contrast,
+                                                   source if source.shape == image.shape else None)
+                assert out.shape == image.shape and out.dtype == np.uint8 and mask.shape == image.shape[:2]
+                assert what == {"kind": kind, "size": size, "contrast": contrast}
+                changed = (out != image).any(axis=2)
+                assert mask.any() and changed.any(), (kind, size, contrast)
+                assert not (changed & ~mask).any(), (kind, size)  # nothing painted outside the mask
+                assert mask.mean() < 0.5  # a defect, not a new image
+    assert not (good_images[0] != image).any()  # the input is never changed
+
+
+def test_defects_are_seeded_and_repeatable(good_images):
+    first, again, other = defect_set(good_images, 7), defect_set(good_images, 7), defect_set(good_images, 8)
+    assert len(first) == 2 * len(good_images)
+    assert sorted({what["kind"] for _, _, what in first}) == sorted(KINDS)
+    for (a, ma, wa), (b, mb, wb) in zip(first, again):
+        assert np.array_equal(a, b) and np.array_equal(ma, mb) and wa == wb
+    assert any(not np.array_equal(ma, mb) for (_, ma, _), (_, mb, _) in zip(first, other))
+
+
+def test_perlin_noise_is_smooth_and_bounded():
+    noise = perlin_noise((64, 96), 4, np.random.default_rng(0))
+    assert noise.shape == (64, 96) and np.abs(noise).max() <= 1.0 + 1e-9
+    assert np.abs(np.diff(noise, axis=1)).max() < 0.2  # gradient noise: no jumps between neighbours
+    assert noise.std() > 0.1
+
+
+def test_auto_picks_the_better_of_two_candidates(demo_root):
+    """A constructed case: the same detector with ImageNet weights and with random ones. On the
+    real test split the ImageNet one is better; --auto, seeing only good images, must pick it."""
+    from vqc.selection import Candidate, choose, chosen_options
+    pool = [Candidate("random weights", {"weights": "random"}), Candidate("imagenet weights", {})]
+    result = choose(demo_root, pool=pool, test_data=demo_root, progress=False, say=lambda line: None)
+    records = result["candidates"]
+    assert [r["status"] for r in records] == ["ok"] * 4  # two fits, two image scores each
+    chosen = records[result["chosen"]]
+    assert chosen["name"].startswith("imagenet weights")
+    by_name = {r["name"]: r for r in records}
+    assert by_name["imagenet weights"]["test_image_auroc"] > by_name["random weights"]["test_image_auroc"]
+    assert chosen_options(result)["top_k"] == chosen["top_k"] and "weights" not in chosen_options(result)
+    assert result["held_out_good"] >= 5 and result["synthetic_defects"] == 2 * result["held_out_good"]
+
+
+def test_auto_candidates_follow_the_images_shape(tmp_path):
+    from PIL import Image
+
+    from vqc.selection import candidates
+    for name, size in (("square", (256, 256)), ("long", (200, 512)), ("large", (900, 900))):
+        folder = tmp_path / name
+        folder.mkdir()
+        for i in range(3):
+            Image.new("L", size).save(folder / f"{i}.png")
+        names = [c.name for c in candidates(sorted(folder.glob("*.png")))]
+        assert names[0] == "lite0 knn 224"
+        assert any("letterbox" in n for n in names) == (name == "long")
+        assert any("tiles" in n for n in names) == (name == "large")
