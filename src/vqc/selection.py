@@ -119,7 +119,7 @@ def test_numbers(model, test_data: str | Path) -> dict[int, dict]:
 
 def choose(data: str | Path, policy_rate: float = 0.01, budget_s: float = DEFAULT_BUDGET_S, seed: int = 0,
            pool: list[Candidate] | None = None, test_data: str | Path | None = None,
-           progress: bool = True, say=print) -> dict:
+           progress: bool = True, say=tqdm.write) -> dict:
     """Judge the candidates on `data`'s good images; returns {"candidates": [...], "chosen": i, ...}.
     With test_data (the benchmark's regret table), each fitted candidate is also evaluated on the
     real test split."""

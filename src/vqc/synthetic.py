@@ -46,10 +46,17 @@ def perlin_noise(shape: tuple[int, int], cells: int, rng: np.random.Generator) -
     return (top * (1 - v) + bottom * v) * np.sqrt(2)
 
 
-def _jitter(patch: np.ndarray, rng: np.random.Generator, contrast: float) -> np.ndarray:
-    """Brightness and per-channel colour shift, scaled by contrast (0: none, 1: strong)."""
-    shift = rng.uniform(-60, 60, 3) * contrast + rng.choice([-1, 1]) * 25 * contrast
+def _jitter(patch: np.ndarray, rng: np.random.Generator, contrast: float, spread: float) -> np.ndarray:
+    """A brightness shift of 0.5-2 times `spread` (the part's own standard deviation) x contrast,
+    up or down, and a smaller per-channel colour shift: a defect stands out against its part's
+    texture as much on a busy commutator as on a plain bottle."""
+    level = rng.choice([-1, 1]) * rng.uniform(0.5, 2.0) * spread * contrast
+    shift = level + rng.uniform(-0.3, 0.3, 3) * spread * contrast
     return np.clip(patch.astype(np.float32) + shift, 0, 255).astype(np.uint8)
+
+
+def _spread(image: np.ndarray) -> float:
+    return max(12.0, float(image.std()))
 
 
 def cutpaste(image: np.ndarray, rng: np.random.Generator, size: float, contrast: float) -> tuple[np.ndarray, np.ndarray]:
@@ -60,7 +67,7 @@ def cutpaste(image: np.ndarray, rng: np.random.Generator, size: float, contrast:
     sy, sx = rng.integers(0, h - ph + 1), rng.integers(0, w - pw + 1)
     patch = image[sy:sy + ph, sx:sx + pw]
     patch = np.rot90(patch, int(rng.integers(4))) if ph == pw else patch[::int(rng.choice([-1, 1])), ::int(rng.choice([-1, 1]))]
-    patch = _jitter(np.ascontiguousarray(patch), rng, contrast)
+    patch = _jitter(np.ascontiguousarray(patch), rng, contrast, _spread(image))
     ph, pw = patch.shape[:2]
     ty, tx = rng.integers(0, h - ph + 1), rng.integers(0, w - pw + 1)
     out, mask = image.copy(), np.zeros((h, w), bool)
@@ -86,7 +93,8 @@ def scar(image: np.ndarray, rng: np.random.Generator, size: float, contrast: flo
     if not mask.any():  # a stripe that fell between pixels: one pixel wide at its centre
         mask[int(cy), int(cx)] = True
     usable = source is not None and source.shape == image.shape
-    fill = _jitter(source if usable else np.roll(image, (h // 2, w // 2), (0, 1)), rng, max(contrast, 0.3))
+    fill = _jitter(source if usable else np.roll(image, (h // 2, w // 2), (0, 1)), rng, max(contrast, 0.5),
+                   _spread(image))
     out = image.copy()
     out[mask] = fill[mask]
     return out, mask
@@ -108,7 +116,9 @@ def perlin(image: np.ndarray, rng: np.random.Generator, size: float, contrast: f
     mask = np.zeros((h, w), bool)
     mask[top:top + bh, left:left + bw] = blob
     texture = source if source is not None and source.shape == image.shape else np.roll(image, (h // 3, w // 3), (0, 1))
-    texture = _jitter(texture, rng, contrast * 0.5)
+    if rng.random() < 0.5:  # another material: the texture's tones inverted (DRAEM takes foreign textures)
+        texture = 255 - texture
+    texture = _jitter(texture, rng, contrast, _spread(image))
     beta = float(np.clip(rng.uniform(0.4, 0.9) * (0.5 + contrast), 0.2, 1.0))
     out = image.copy()
     blended = image[mask].astype(np.float32) * (1 - beta) + texture[mask].astype(np.float32) * beta

@@ -11,7 +11,7 @@ from .files import atomic_path
 
 OVERLAY_MAX_SIDE = 2048  # pixels on the longer side: a 36 MP part still gives a few-MB picture
 BLEND_ROWS = 256  # rows blended at once: about 10 MB of float work at 2048 wide
-LEGEND_LABELS = ("typical good", "worst held-out good", "2x")  # at levels 0, 1 and 2 of overlay()'s scale
+LEGEND_LABELS = ("typical good", "worst good", "2x")  # levels 0, 1 (the worst held-out good image), 2
 
 
 def overlay(image: np.ndarray, anomaly_map: np.ndarray, floor: float, top: float,
@@ -87,7 +87,7 @@ def with_legend(picture: np.ndarray) -> np.ndarray:
     font = _font(strip - bar - 2)
     for (x, anchor), label in zip(((1, "la"), (w // 2, "ma"), (w - 2, "ra")), LEGEND_LABELS):
         draw.line([(x, h), (x, h + bar)], fill=(0, 0, 0))
-        if w >= 160:  # narrower pictures keep the bar; the labels would overlap
+        if w >= 200:  # narrower pictures keep the bar; the labels would overlap
             draw.text((x, h + bar + 1), label, fill=(0, 0, 0), font=font, anchor=anchor)
     return np.asarray(canvas)
 
