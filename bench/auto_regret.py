@@ -22,7 +22,8 @@ from pathlib import Path
 
 from scipy.stats import spearmanr
 
-from vqc.selection import DEFAULT_BUDGET_S, choose
+from vqc.choices import AUTO_BUDGET_S
+from vqc.selection import choose
 
 SHARED = Path(os.environ.get("VQC_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 SETS = ("mvtec_bottle", "mpdd_metal_plate", "magnetic_tile", "mvtec3d_tire", "kolektorsdd")
@@ -45,7 +46,7 @@ def summary(name: str, result: dict) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sets", default=",".join(SETS))
-    parser.add_argument("--budget", type=float, default=DEFAULT_BUDGET_S, help="seconds per set, as fit --auto")
+    parser.add_argument("--budget", type=float, default=AUTO_BUDGET_S, help="seconds per set, as fit --auto")
     parser.add_argument("--json", help="write every set's candidates and summary here")
     args = parser.parse_args()
     results, rows = {}, []

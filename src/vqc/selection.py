@@ -23,13 +23,13 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
+from .choices import AUTO_BUDGET_S
 from .data import decode_image, read_split
 from .errors import VqcError
 from .geometry import score as canvas_score
 from .metrics import auroc, false_reject_threshold, pixel_auroc
 from .synthetic import defect_set
 
-DEFAULT_BUDGET_S = 600.0
 TOP_K = 10  # the second image score tried on every fit: the mean of the 10 highest map positions
 HELD_OUT = (5, 0.2, 40)  # held-out good images: at least 5, a fifth of them, at most 40
 
@@ -117,7 +117,7 @@ def test_numbers(model, test_data: str | Path) -> dict[int, dict]:
                 "test_pixel_auroc": real["pixel_auroc"], "test_aupro": real["aupro"]} for k in (0, TOP_K)}
 
 
-def choose(data: str | Path, policy_rate: float = 0.01, budget_s: float = DEFAULT_BUDGET_S, seed: int = 0,
+def choose(data: str | Path, policy_rate: float = 0.01, budget_s: float = AUTO_BUDGET_S, seed: int = 0,
            pool: list[Candidate] | None = None, test_data: str | Path | None = None,
            progress: bool = True, say=tqdm.write) -> dict:
     """Judge the candidates on `data`'s good images; returns {"candidates": [...], "chosen": i, ...}.
