@@ -50,3 +50,27 @@ def test_threshold_command_stores_policy_and_predict_uses_it(demo_root, tmp_path
     for row, p in zip(rows, predictions):
         assert p.verdict == ("defective" if p.score >= stored["value"] else "ok")
         assert row.split(",")[1] == f"{p.score:.6g}"
+
+
+def test_a_threshold_on_few_good_images_says_so_and_evaluate_reports_the_rate_it_gives(demo_model, demo_root):
+    """Issue 21, item 5: the demo's threshold rests on 6 held-out images; a 1 % false-reject rate
+    cannot be measured on them, and the rate on good parts the fit never saw is reported."""
+    import numpy as np
+
+    from vqc.evaluation import evaluate
+    from vqc.thresholds import choose_threshold, few_images_warning
+    chosen = choose_threshold(demo_model, "false-reject-rate=0.01")
+    assert chosen["n_images"] == 6 and "rests on 6 good images" in chosen["warning"]
+    assert few_images_warning(100, 0.01) == {} and few_images_warning(19, 0.1) != {}
+    saved = demo_model.threshold
+    demo_model.threshold = chosen
+    try:
+        result = evaluate(demo_model, demo_root, progress=False, keep_predictions=True)
+    finally:
+        demo_model.threshold = saved
+    labels = np.array([s.label for s, _ in result["predictions"]])
+    scores = np.array([p.score for _, p in result["predictions"]])
+    verdict = result["at_threshold"]
+    assert verdict["n_good"] == int((labels == 0).sum())
+    assert verdict["false_reject_rate"] == np.mean(scores[labels == 0] >= chosen["value"])
+    assert verdict["miss_rate"] == np.mean(scores[labels == 1] < chosen["value"])

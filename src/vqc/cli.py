@@ -327,6 +327,8 @@ def cmd_fit(args) -> int | None:
     print(f"fitted {model.config.backbone} + {args.head} on {info['n_train']} images "
           f"({info['n_validation']} held out) in {info['fit_seconds']:.1f} s; weights {info['weights_source']}")
     print(f"threshold {model.threshold['value']:.6g} ({model.threshold['policy']}); saved {path}")
+    if model.threshold.get("warning"):
+        print(f"vqc: warning: {model.threshold['warning']}", file=sys.stderr)
 
 
 def _auto_model(args) -> tuple:
@@ -578,14 +580,19 @@ def print_metrics(result: dict, title: str) -> None:
         table.add_row(f"  {defect}", "", str(row["n_images"]), _fmt(row["image_auroc"]), "", "",
                       _fmt(row["pixel_auroc"]), "", f"{row['pixel_share']:.1%}")
     _console().print(table)
+    verdict = result.get("at_threshold")
+    if verdict:
+        print(f"at the stored threshold {verdict['threshold']:.6g} ({verdict['policy']}): false-reject rate "
+              f"{verdict['false_reject_rate']:.1%} on {verdict['n_good']} good test images, miss rate "
+              f"{verdict['miss_rate']:.1%} on the defective ones")
 
 
 def _metrics_json(result: dict) -> str:
-    def clean(value):
+    def clean(value):  # NaN (an undefined metric) is null in JSON
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items()}
         return None if isinstance(value, float) and math.isnan(value) else value
-    return json.dumps({k: clean(v) if not isinstance(v, dict) else
-                       {d: {m: clean(x) for m, x in row.items()} for d, row in v.items()}
-                       for k, v in result.items() if k != "predictions"}, indent=2)
+    return json.dumps(clean({k: v for k, v in result.items() if k != "predictions"}), indent=2)
 
 
 def cmd_evaluate(args) -> None:

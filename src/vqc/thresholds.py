@@ -1,6 +1,7 @@
 """Threshold policies: when is a score a reject? Chosen on validation data, stored in the model."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,18 @@ def parse_policy(text: str) -> tuple[str, float | None]:
     raise VqcError(f"unknown threshold policy {text!r}; use f1, cost or false-reject-rate=R")
 
 
+def few_images_warning(n_good: int, rate: float) -> dict:
+    """{"warning": ...} when n_good images cannot measure a false-reject rate of `rate`: with
+    fewer than 1 / rate of them the threshold lands above the highest one and the rate on new
+    good parts is not known (6 held-out images, as on the demo set, for a 1 % target)."""
+    needed = max(20, math.ceil(1 / rate)) if rate > 0 else 20
+    if n_good >= needed:
+        return {}
+    return {"warning": f"the threshold rests on {n_good} good images; a false-reject rate of {rate:g} is measured "
+                       f"with about {needed} or more: set it on more good images (vqc threshold MODEL --policy "
+                       f"false-reject-rate={rate:g} --data DATA), and check the rate with vqc evaluate"}
+
+
 def choose_threshold(model, policy: str, data: str | Path | None = None, fp_cost: float = 1.0,
                      fn_cost: float = 10.0, defect_rate: float | None = None) -> dict:
     """A threshold by `policy`: f1 (best F1), cost (least expected cost of false rejects and
@@ -36,9 +49,10 @@ def choose_threshold(model, policy: str, data: str | Path | None = None, fp_cost
     if data is None:
         if name != "false-reject-rate":
             raise VqcError(f"policy {name} needs labelled validation data: pass --data DATA")
-        value = false_reject_threshold(model.info["normal_scores"], rate)
-        return {"policy": policy, "value": value, "validated_on": "held-out good training images",
-                "n_images": len(model.info["normal_scores"])}
+        scores = model.info["normal_scores"]
+        chosen = {"policy": policy, "value": false_reject_threshold(scores, rate),
+                  "validated_on": "held-out good training images", "n_images": len(scores)}
+        return {**chosen, **few_images_warning(len(scores), rate)}
     samples = read_split(data, "test")
     labels = np.array([s.label for s in samples])
     scores = np.array([p.score for p in model.predict_iter([s.path for s in samples], progress=True)])
@@ -46,7 +60,8 @@ def choose_threshold(model, policy: str, data: str | Path | None = None, fp_cost
     if name == "false-reject-rate":
         if not (labels == 0).any():
             raise VqcError(f"{data} has no good images to set a false-reject rate on")
-        return {**chosen, "value": false_reject_threshold(scores[labels == 0], rate)}
+        return {**chosen, "value": false_reject_threshold(scores[labels == 0], rate),
+                **few_images_warning(int((labels == 0).sum()), rate)}
     if not 0 < labels.sum() < len(labels):
         raise VqcError(f"policy {name} needs good and defective images in {data}")
     if name == "f1":
