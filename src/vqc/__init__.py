@@ -1,7 +1,15 @@
-"""vqc: visual quality control from defect-free images."""
-__version__ = "0.1.0"
+"""vqc: visual quality control from defect-free images.
 
-from .errors import VqcError  # noqa: E402
-from .model import AnomalyModel, Prediction, load  # noqa: E402
+`import vqc` loads no torch: AnomalyModel, Prediction and load come from vqc.model on first use,
+so the parts that never score (records, monitoring, the key tools) stay light."""
+from .errors import VqcError
+from .version import __version__
 
 __all__ = ["AnomalyModel", "Prediction", "VqcError", "load", "__version__"]
+
+
+def __getattr__(name: str):
+    if name in ("AnomalyModel", "Prediction", "load"):
+        from . import model
+        return getattr(model, name)
+    raise AttributeError(f"module 'vqc' has no attribute {name!r}")

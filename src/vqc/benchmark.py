@@ -301,8 +301,9 @@ def write_outputs(records: list[dict], out: Path) -> None:
     for record in records:
         writer.writerow({**record, "layers": ",".join(map(str, record.get("layers", [])))})
     write_text_atomic(out / "results.csv", buffer.getvalue())
-    write_text_atomic(out / "results.md", markdown_tables(records))
-    write_report(records, out)
+    tables = markdown_tables(records)
+    write_text_atomic(out / "results.md", tables)
+    write_report(records, tables, out)
 
 
 def _mean(values):

@@ -120,7 +120,7 @@ def _ray_options(args):
 
 
 def _parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from .version import __version__
     parser = _Parser(prog="vqc", description="Visual quality control from defect-free images.")
     parser.add_argument("--version", action="version", version=f"vqc {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log details")

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import __version__
+from .version import __version__
 from .errors import VqcError
 from .files import atomic_path, write_text_atomic
 

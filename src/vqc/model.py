@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import __version__
+from .version import __version__
 from .backbones import build_trunk, get_spec, normalisation
 from .data import decode_image, default_max_pixels, list_images, read_split
 from .choices import ENGINES

@@ -19,7 +19,7 @@ from typing import Sequence
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.exposition import generate_latest
 
-from . import __version__
+from .version import __version__
 
 ALARM_P = 0.001
 

@@ -22,7 +22,7 @@ import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from . import __version__
+from .version import __version__
 from .data import IMAGE_SUFFIXES
 from .errors import VqcError
 from .files import atomic_path

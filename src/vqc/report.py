@@ -109,15 +109,15 @@ def _threshold_table(ok: list[dict]) -> str:
     return f"<table>{head}{''.join(body)}</table>"
 
 
-def write_report(records: list[dict], out: Path) -> Path:
+def write_report(records: list[dict], tables_markdown: str, out: Path) -> Path:
+    """report.html for the benchmark's records; `tables_markdown` is its results.md, shown first."""
     import markdown_it
-    from .benchmark import markdown_tables
     ok = [r for r in records if r["status"] == "ok"]
     cats = list(dict.fromkeys(r["category"] for r in ok))
     models = list(dict.fromkeys(r["model"] for r in ok))
     costs = next((r["thresholds"]["costs"] for r in ok if "thresholds" in r), {})
     sections = [f"<h1>vqc benchmark</h1><p>{len(ok)} of {len(records)} cells ran.</p>",
-                "<h2>Results</h2>" + markdown_it.MarkdownIt().enable("table").render(markdown_tables(records))]
+                "<h2>Results</h2>" + markdown_it.MarkdownIt().enable("table").render(tables_markdown)]
     if ok:
         sections += [
             "<h2>Image ROC curves</h2>" + _curves(ok, cats, "roc"),

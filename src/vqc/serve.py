@@ -30,7 +30,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi_offline import FastAPIOffline
 from PIL import Image
 
-from . import __version__
+from .version import __version__
 from .access import ApiKeys, presented_key
 from .data import decode_image
 from .errors import VqcError

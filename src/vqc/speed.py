@@ -45,7 +45,7 @@ class SpeedCase:
 def machine() -> dict:
     import torch
 
-    from . import __version__
+    from .version import __version__
     info = {"platform": platform.platform(), "cpu": platform.processor() or platform.machine(),
             "threads": torch.get_num_threads(), "torch": torch.__version__, "vqc": __version__,
             "date": time.strftime("%Y-%m-%d")}
