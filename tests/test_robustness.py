@@ -274,6 +274,8 @@ def test_11_a_cross_origin_form_post_is_refused_and_not_recorded(client, demo_ro
     assert r.status_code == 403
     assert len(client.get("/v1/inspections").json()["items"]) == before  # nothing carried out
     assert client.post("/v1/inspect", files=form, headers={"origin": "http://testserver"}).status_code == 200
+    behind_proxy = {"origin": "https://vqc.plant", "x-forwarded-host": "vqc.plant"}  # a proxy rewrote Host
+    assert client.post("/v1/inspect", files=form, headers=behind_proxy).status_code == 200
     assert client.post("/v1/inspect", files=form).status_code == 200  # curl, a PLC: no Origin
 
 

@@ -371,8 +371,9 @@ def _same_origin(request: Request, allowed: set[str]) -> bool:
         return False
     if origin is None:
         return True
-    host = request.headers.get("host", "")
-    return origin in allowed or origin in (f"http://{host}", f"https://{host}")
+    # a proxy in front may rewrite Host; a browser's cross-site form cannot set X-Forwarded-Host
+    hosts = {request.headers.get("host", ""), request.headers.get("x-forwarded-host", "")} - {""}
+    return origin in allowed or any(origin in (f"http://{host}", f"https://{host}") for host in hosts)
 
 
 class HideSecretsInUrls(logging.Filter):
