@@ -10,6 +10,11 @@ candidates. Then every candidate's row. JSON goes to --json.
 
     python bench/auto_regret.py                                  # every set in ../shared/data
     python bench/auto_regret.py --sets mvtec_bottle,kolektorsdd --budget 600 --json regret.json
+    python bench/auto_regret.py --from-json regret.json     # the tables again, from a stored run
+
+The summary also gives the regret had the choice been made on the synthetic image AUROC alone
+or the synthetic pixel AUROC alone: a diagnostic of the selection rule, which stays as written in
+vqc.selection.selection_score (five sets are too few to fit a rule to).
 """
 from __future__ import annotations
 
@@ -33,6 +38,7 @@ def summary(name: str, result: dict) -> dict:
     ok = [r for r in result["candidates"] if r["status"] == "ok"]
     chosen = result["candidates"][result["chosen"]]
     best = max(ok, key=lambda r: r["test_image_auroc"])
+    by = lambda key: max(ok, key=lambda r: r[key])["test_image_auroc"]
     default = ok[0]  # lite0 knn 224 with the max score: the candidates start with the old default
     rho = spearmanr([r["selection_score"] for r in ok], [r["test_image_auroc"] for r in ok]).statistic
     return {"set": name, "chosen": chosen["name"], "best": best["name"], "default": default["name"],
@@ -40,7 +46,9 @@ def summary(name: str, result: dict) -> dict:
             "best_test": [best["test_image_auroc"], best["test_pixel_auroc"], best["test_aupro"]],
             "default_test": [default["test_image_auroc"], default["test_pixel_auroc"], default["test_aupro"]],
             "regret": round(best["test_image_auroc"] - chosen["test_image_auroc"], 4),
-            "spearman": round(float(rho), 3), "candidates": len(ok), "seconds": result["seconds"]}
+            "spearman": round(float(rho), 3), "candidates": len(ok), "seconds": result["seconds"],
+            "regret_image_only": round(best["test_image_auroc"] - by("image_auroc"), 4),
+            "regret_pixel_only": round(best["test_image_auroc"] - by("pixel_auroc"), 4)}
 
 
 def main() -> int:
@@ -48,9 +56,13 @@ def main() -> int:
     parser.add_argument("--sets", default=",".join(SETS))
     parser.add_argument("--budget", type=float, default=AUTO_BUDGET_S, help="seconds per set, as fit --auto")
     parser.add_argument("--json", help="write every set's candidates and summary here")
+    parser.add_argument("--from-json", metavar="FILE", help="print the tables of a stored run; run nothing")
     args = parser.parse_args()
     results, rows = {}, []
-    for name in args.sets.split(","):
+    if args.from_json:
+        results = json.loads(Path(args.from_json).read_text())["sets"]
+        rows = [summary(name, result) for name, result in results.items()]
+    for name in [] if args.from_json else args.sets.split(","):
         root = SHARED / name
         if not root.is_dir():
             print(f"{name}: not found under {SHARED} (set VQC_SHARED_DATA)", file=sys.stderr)
@@ -65,12 +77,14 @@ def main() -> int:
         if args.json:
             Path(args.json).write_text(json.dumps({"summary": rows, "sets": results}, indent=1))
     fmt = lambda v: " / ".join(f"{x:.3f}" for x in v)
-    print("| set | --auto chose | its test image / pixel AUROC / AUPRO | best candidate | best's | old default's "
-          "| regret (image AUROC) | Spearman (selection score vs test image AUROC) |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| set | --auto chose | its test image / pixel AUROC / AUPRO | best candidate (test image AUROC) | best's "
+          "| old default's | regret (image AUROC) | Spearman (selection score vs test image AUROC) "
+          "| regret, synthetic image AUROC alone / pixel AUROC alone |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['set']} | {r['chosen']} | {fmt(r['chosen_test'])} | {r['best']} | {fmt(r['best_test'])} | "
-              f"{fmt(r['default_test'])} | {r['regret']:.4f} | {r['spearman']:.3f} ({r['candidates']} candidates) |")
+              f"{fmt(r['default_test'])} | {r['regret']:.4f} | {r['spearman']:.3f} ({r['candidates']} candidates) | "
+              f"{r['regret_image_only']:.4f} / {r['regret_pixel_only']:.4f} |")
     print()
     print("| set | candidate | synthetic image AUROC | synthetic pixel AUROC | false rejects | selection score | "
           "test image AUROC | test pixel AUROC | test AUPRO | s |")
