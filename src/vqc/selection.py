@@ -80,8 +80,8 @@ def split_held_out(paths: list[Path], seed: int) -> tuple[list[Path], list[Path]
         raise VqcError(f"--auto needs at least {least + 5} good images (found {len(paths)}): "
                        f"{least} to judge candidates on, the rest to fit them")
     order = np.random.default_rng(seed).permutation(len(paths))
-    held = sorted(order[:n])
-    return [p for i, p in enumerate(paths) if i not in set(held)], [paths[i] for i in held]
+    held = set(order[:n].tolist())
+    return [p for i, p in enumerate(paths) if i not in held], [paths[i] for i in sorted(held)]
 
 
 def selection_score(judged: dict, false_reject_target: float) -> float:
@@ -108,7 +108,7 @@ def judge(validation: list, good: list, synthetic: list, masks: list[np.ndarray]
     return out
 
 
-def test_numbers(model, test_data: str | Path) -> dict[int, dict]:
+def real_test_metrics(model, test_data: str | Path) -> dict[int, dict]:
     """The real test split's metrics for both image scores (the benchmark's regret table only)."""
     from .evaluation import evaluate
     real = evaluate(model, test_data, progress=False, keep_predictions=True)
@@ -148,7 +148,7 @@ def choose(data: str | Path, policy_rate: float = 0.01, budget_s: float = AUTO_B
             good = list(model.predict_iter(good_images))
             synthetic = list(model.predict_iter([image for image, _, _ in defects]))
             judged = judge(validation, good, synthetic, [mask for _, mask, _ in defects], policy_rate)
-            real = test_numbers(model, test_data) if test_data is not None else {}
+            real = real_test_metrics(model, test_data) if test_data is not None else {}
         except VqcError as exc:
             records.append({"name": candidate.name, "options": _plain(candidate.options), "status": f"failed: {exc}"})
             say(f"  {candidate.name}: failed: {exc}")
