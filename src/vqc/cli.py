@@ -260,7 +260,8 @@ def _parser() -> argparse.ArgumentParser:
     add_key.add_argument("--name", required=True, help="who or what uses the key, e.g. line3-camera")
     list_keys = keys_sub.add_parser("list", help="the names of the keys in FILE (the keys themselves are not kept)")
     list_keys.add_argument("file")
-    revoke_key = keys_sub.add_parser("revoke", help="remove a key from FILE; a running service reads FILE at start")
+    revoke_key = keys_sub.add_parser("revoke", help="remove a key from FILE; a running service re-reads FILE "
+                                     "when it changes")
     revoke_key.add_argument("file")
     revoke_key.add_argument("--name", required=True)
 
@@ -324,7 +325,7 @@ def cmd_fit(args) -> int | None:
     model.threshold = choose_threshold(model, args.threshold, args.threshold_data, args.fp_cost, args.fn_cost)
     path = model.save(args.out or "model.safetensors")
     info = model.info
-    print(f"fitted {model.config.backbone} + {args.head} on {info['n_train']} images "
+    print(f"fitted {model.config.backbone} + {model.config.head} on {info['n_train']} images "
           f"({info['n_validation']} held out) in {info['fit_seconds']:.1f} s; weights {info['weights_source']}")
     print(f"threshold {model.threshold['value']:.6g} ({model.threshold['policy']}); saved {path}")
     if model.threshold.get("warning"):
@@ -558,7 +559,10 @@ def _watch(model, folder: Path, writer: _ScoreWriter, interval: float, rounds: i
             sizes[path] = size
         for path in ready:
             seen.add(path)
-            writer.write(model.predict_iter([path], on_unreadable=skip))
+            try:
+                writer.write(model.predict_iter([path], on_unreadable=skip))
+            except VqcError as exc:  # e.g. scored but not recorded: said, and the line goes on
+                print(f"vqc: skipped: {exc}", file=sys.stderr)
         look += 1
         time.sleep(interval)
 
@@ -735,7 +739,7 @@ def cmd_keys(args) -> None:
             print(f"  {name}")
     elif args.keys_command == "revoke":
         left = revoke_key(args.file, args.name)
-        print(f"revoked key {args.name} in {args.file} ({left} left); restart vqc serve for it to take effect")
+        print(f"revoked key {args.name} in {args.file} ({left} left); a running vqc serve refuses it from its next request")
     else:
         key = add_key(args.file, args.name)
         print(f"key {args.name} (only its hash is kept in {args.file}; this is the one time it is shown):")

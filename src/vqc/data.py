@@ -28,7 +28,6 @@ class Sample:
 # ---------------------------------------------------------------- decoding
 
 MIN_SIDE = 16  # pixels: below this an image holds nothing a model could judge
-DEFAULT_MAX_PIXELS = 50_000_000  # see default_max_pixels
 # What Pillow says for a file it cannot decode names its own stream object; say what it means.
 NOT_AN_IMAGE = "not an image file (PNG, JPEG, BMP, TIFF or WebP)"
 
@@ -39,6 +38,9 @@ def default_max_pixels(input_side: int) -> int:
     pixel and the full-resolution map 4 more, so the bound is what keeps one image's memory
     bounded (about 0.5 GB at 64 MP); a larger image is refused by name, never half-scored."""
     return int(min(64e6, max(16e6, 1000 * input_side * input_side)))
+
+
+DEFAULT_MAX_PIXELS = default_max_pixels(224)  # where no model is at hand: the default input size
 
 
 def decode_image(source: str | Path | bytes, name: str | None = None,

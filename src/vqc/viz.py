@@ -75,10 +75,8 @@ def with_legend(picture: np.ndarray) -> np.ndarray:
     h, w = picture.shape[:2]
     strip = legend_height(w)
     bar = max(4, strip // 3)
-    levels = np.linspace(0, 2, w)
-    colours = _jet()[np.clip(levels * 128, 0, 255).astype(np.uint8)]
-    alpha = np.clip(levels, 0, 1)[:, None] * 0.6
-    row = (np.full(3, 128.0) * (1 - alpha) + colours * alpha).round().astype(np.uint8)  # as blended over grey
+    levels = np.linspace(0, 2, w, dtype=np.float32)[None]
+    row = _blend(np.full((1, w, 3), 128, np.uint8), levels, 0.0, 1.0)[0]  # the scale as blended over grey
     out = np.full((h + strip, w, 3), 255, np.uint8)
     out[:h] = picture
     out[h:h + bar] = row[None]
