@@ -56,3 +56,20 @@ def test_coreset_sizes_and_options(rng):
         create_head("knn", [4], {"neighbours": 3})
     with pytest.raises(VqcError, match="unknown head"):
         create_head("svm", [4], {})
+
+
+def test_leave_one_out_scores_equal_a_fit_without_that_image(demo_root):
+    """Without a coreset the bank is every fit patch, so an image scored without its own rows
+    must score exactly as it would under a model fitted on the other images only."""
+    import vqc
+    from vqc.data import read_split
+    paths = [s.path for s in read_split(demo_root, "train")][:8]
+    options = dict(backbone="efficientnet_lite0", head="knn", head_options={"coreset_method": "none"})
+    model = vqc.AnomalyModel(**options).fit(paths, progress=False)
+    assert model.info["n_train"] == 8 and model.info["n_validation"] == 0
+    assert len(model.info["normal_scores"]) == 8 and "leave-one-out" in model.threshold["validated_on"]
+    for i in (0, 5):
+        others = vqc.AnomalyModel(**options, leave_one_out=False, validation_fraction=0)
+        others.fit(paths[:i] + paths[i + 1:], progress=False)
+        assert model.info["normal_scores"][i] == pytest.approx(others.predict(paths[i])[0].score, rel=1e-5)
+        assert model.info["normal_scores"][i] > model.predict(paths[i])[0].score  # seen, it scores lower

@@ -9,11 +9,19 @@ from vqc.metrics import cost_threshold, f1_max
 from vqc.thresholds import choose_threshold, parse_policy
 
 
-def test_fit_stores_a_false_reject_threshold_from_held_out_good_images(demo_model):
+def test_fit_stores_a_false_reject_threshold_from_every_good_image_left_out_in_turn(demo_model):
     t = demo_model.threshold
-    assert t["policy"] == "false-reject-rate=0.01" and t["n_images"] == 6
-    # at most 1 % of 6 held-out good images may be rejected: none, so above the largest
+    assert t["policy"] == "false-reject-rate=0.01" and t["n_images"] == 60
+    assert "leave-one-out" in t["validated_on"]
+    # at most 1 % of 60 good images may be rejected: none, so above the largest
     assert t["value"] > max(demo_model.info["normal_scores"])
+
+
+def test_heads_without_leave_one_out_hold_good_images_out(demo_root):
+    images = [s.path for s in read_split(demo_root, "train")][:20]
+    model = vqc.AnomalyModel(leave_one_out=False, head_options={"coreset": 0.05}).fit(images, progress=False)
+    assert (model.info["n_train"], model.info["n_validation"], model.threshold["n_images"]) == (18, 2, 2)
+    assert model.threshold["validated_on"] == "held-out good training images"
 
 
 def test_cost_and_f1_policies_on_labelled_data(demo_model, demo_root):
@@ -53,14 +61,14 @@ def test_threshold_command_stores_policy_and_predict_uses_it(demo_root, tmp_path
 
 
 def test_a_threshold_on_few_good_images_says_so_and_evaluate_reports_the_rate_it_gives(demo_model, demo_root):
-    """Issue 21, item 5: the demo's threshold rests on 6 held-out images; a 1 % false-reject rate
+    """Issue 21, item 5: the demo's threshold rests on 60 good images; a 1 % false-reject rate
     cannot be measured on them, and the rate on good parts the fit never saw is reported."""
     import numpy as np
 
     from vqc.evaluation import evaluate
     from vqc.thresholds import choose_threshold, few_images_warning
     chosen = choose_threshold(demo_model, "false-reject-rate=0.01")
-    assert chosen["n_images"] == 6 and "rests on 6 good images" in chosen["warning"]
+    assert chosen["n_images"] == 60 and "rests on 60 good images" in chosen["warning"]
     assert few_images_warning(100, 0.01) == {} and few_images_warning(19, 0.1) != {}
     saved = demo_model.threshold
     demo_model.threshold = chosen

@@ -50,6 +50,7 @@ class ModelConfig:
     smoothing_sigma: float = 4.0  # Gaussian smoothing of the map, in input pixels
     top_k: int = 0  # image score: 0 = max of the map, k = mean of the k highest positions
     validation_fraction: float = 0.1  # good training images held out to learn the normal score range
+    leave_one_out: bool = True  # heads that can (knn): fit every image, each scored without its own patches
     seed: int = 0
 
     @classmethod
@@ -126,23 +127,34 @@ class AnomalyModel:
         images = _training_images(data)
         if len(images) < 2:
             raise VqcError(f"need at least 2 good training images, found {len(images)} in {data}")
-        train_index, val_index = validation_split(len(images), self.config.validation_fraction, self.config.seed)
+        start = time.perf_counter()
+        source = self._build(self.weights)
+        leave_one_out = self.config.leave_one_out and hasattr(self.detector.head, "without")
+        if leave_one_out:  # the normal range from every good image, none kept out of the fit
+            train_index, val_index = list(range(len(images))), []
+        else:
+            train_index, val_index = validation_split(len(images), self.config.validation_fraction, self.config.seed)
         val = [images[i] for i in val_index]
         train = [images[i] for i in train_index]
 
-        start = time.perf_counter()
-        source = self._build(self.weights)
         torch.manual_seed(self.config.seed)
         sizes: list[tuple[int, int]] = []
+        owners: list[int] = []  # the train image of each network input, in the order the head sees them
         val_levels = list(self._feature_batches(val, progress=False, sizes=sizes))
-        fit_stats = self.detector.head.fit(self._feature_batches(train, progress, sizes), val_levels, progress=progress)
+        fit_stats = self.detector.head.fit(self._feature_batches(train, progress, sizes, owners), val_levels,
+                                           progress=progress)
         self.detector.eval().requires_grad_(False)  # fitted: inference never needs gradients
         fit_seconds = time.perf_counter() - start
         start = time.perf_counter()
-        val_scores, floor = self._normal_range(val or train, progress)
+        if leave_one_out:
+            val_scores, floor = self._leave_one_out_range(train, torch.tensor(owners), progress)
+        else:
+            val_scores, floor = self._normal_range(val or train, progress)
         per_image = (time.perf_counter() - start) / len(val or train)
         self.info = {
             "vqc_version": __version__, "weights_source": source, "n_train": len(train), "n_validation": len(val),
+            "normal_scores_from": ("every fit image, scored without its own patches (leave-one-out)" if leave_one_out
+                                   else "held-out good training images" if val else "the fit images themselves"),
             "fit_seconds": round(fit_seconds, 3), "inference_ms_per_image": round(per_image * 1000, 2),
             "device": str(self.device), "head_fit": fit_stats,
             "normal_scores": [float(s) for s in val_scores], "map_floor": floor,
@@ -152,18 +164,45 @@ class AnomalyModel:
         self.threshold = choose_threshold(self, "false-reject-rate=0.01")  # until a labelled choice is made
         return self
 
-    def _feature_batches(self, images: list, progress: bool, sizes: list | None = None) -> Iterator[list[torch.Tensor]]:
+    def _feature_batches(self, images: list, progress: bool, sizes: list | None = None,
+                         owners: list | None = None) -> Iterator[list[torch.Tensor]]:
         """Feature levels of the images' network inputs (tiles, for tiling), batch by batch; a head
-        decides whether to keep them. `sizes` collects each image's (h, w)."""
+        decides whether to keep them. `sizes` collects each image's (h, w), `owners` the index in
+        `images` of each input yielded."""
+        done = 0
         with tqdm(total=len(images), desc="features", unit="img", disable=not progress) as bar:
             for plans in self._planned_chunks(images):
                 if sizes is not None:
                     sizes.extend(plan.original for plan in plans)
                 for keys, batch, _ in self._input_batches(plans):
+                    if owners is not None:
+                        owners.extend(done + i for i, _ in keys)
                     with torch.inference_mode():
                         levels = self.detector.features(batch.to(self.device))
                     yield [level.clone() for level in levels]  # clone outside inference mode: heads may train on them
+                done += len(plans)
                 bar.update(len(plans))
+
+    def _leave_one_out_range(self, images: list, owners: torch.Tensor, progress: bool) -> tuple[np.ndarray, float]:
+        """_normal_range with each fit image scored against a bank without its own patches: the
+        scores a good part the fit never saw would get, for every good image there is. (The coreset
+        was chosen with the image present, so the rest covers its region a little less: the scores
+        lean high and the threshold to the safe side.)"""
+        head = self.detector.head
+        image_of_row = owners[head.bank_inputs]
+        scores, medians = [], []
+        with tqdm(total=len(images), desc="leave-one-out", unit="img", disable=not progress) as bar:
+            for i, image in enumerate(images):
+                drop = image_of_row == i
+                if drop.all():
+                    raise VqcError("knn: every patch in the memory bank comes from one image; fit on more "
+                                   "images or with a larger coreset")
+                with head.without(drop):
+                    (_, canvas, score), = self._canvases([image])
+                scores.append(score)
+                medians.append(float(canvas.median()))
+                bar.update(1)
+        return np.asarray(scores), float(np.median(medians))
 
     def _normal_range(self, images: list, progress: bool) -> tuple[np.ndarray, float]:
         """Scores of held-out good images, and the median map value: the operator's scale."""

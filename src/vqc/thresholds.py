@@ -51,7 +51,8 @@ def choose_threshold(model, policy: str, data: str | Path | None = None, fp_cost
             raise VqcError(f"policy {name} needs labelled validation data: pass --data DATA")
         scores = model.info["normal_scores"]
         chosen = {"policy": policy, "value": false_reject_threshold(scores, rate),
-                  "validated_on": "held-out good training images", "n_images": len(scores)}
+                  "validated_on": model.info.get("normal_scores_from", "held-out good training images"),
+                  "n_images": len(scores)}
         return {**chosen, **few_images_warning(len(scores), rate)}
     samples = read_split(data, "test")
     labels = np.array([s.label for s in samples])

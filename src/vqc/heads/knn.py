@@ -2,6 +2,10 @@
 
 PatchCore-style. A coreset (greedy k-center or random) bounds the bank's memory and the search
 time; the search runs over the bank in fixed-size blocks so memory does not grow with the bank.
+
+Leave-one-out: ``fit`` remembers which fit input each bank row came from (``bank_inputs``), and
+``without(keep)`` scores with only some rows, so every fit image can be scored as if it had not
+been fitted, and the threshold set on all good images instead of a held-out few.
 """
 from __future__ import annotations
 
@@ -27,6 +31,7 @@ class KnnHead(nn.Module):
         self.coreset, self.coreset_method, self.max_bank = coreset, coreset_method, max_bank
         self.pool, self.seed, self.block = pool, seed, block
         self.register_buffer("bank", torch.zeros(0, sum(channels)))
+        self.bank_inputs: torch.Tensor | None = None  # fit-input index of each bank row; not saved
 
     def options(self) -> dict:
         return {"coreset": self.coreset, "coreset_method": self.coreset_method, "max_bank": self.max_bank,
@@ -34,14 +39,33 @@ class KnnHead(nn.Module):
 
     @torch.no_grad()
     def fit(self, batches, val_batches=(), progress: bool = True) -> dict:
-        patches = torch.cat([flatten_positions(patch_features(levels, self.pool)).cpu() for levels in batches])
+        parts, inputs, seen = [], [], 0
+        for levels in batches:
+            features = patch_features(levels, self.pool)
+            parts.append(flatten_positions(features).cpu())
+            b, _, h, w = features.shape
+            inputs.append(torch.arange(seen, seen + b).repeat_interleave(h * w))  # flatten_positions' row order
+            seen += b
+        patches, inputs = torch.cat(parts), torch.cat(inputs)
         n = len(patches)
         keep = n if self.coreset_method == "none" else min(n, max(1, math.ceil(n * self.coreset)), self.max_bank)
         if keep < n:
             pick = greedy_coreset if self.coreset_method == "greedy" else random_subset
-            patches = patches[pick(patches, keep, self.seed, progress)]
+            rows = pick(patches, keep, self.seed, progress)
+            patches, inputs = patches[rows], inputs[rows]
         self.bank = patches.contiguous().to(self.bank.device)
+        self.bank_inputs = inputs
         return {"patches": n, "bank": keep}
+
+    @contextlib.contextmanager
+    def without(self, drop: torch.Tensor):
+        """Score with the bank rows where `drop` (bool, one per row) is False, inside the block."""
+        bank = self.bank
+        self.bank = bank[~drop.to(bank.device)]
+        try:
+            yield
+        finally:
+            self.bank = bank
 
     def forward(self, levels: list[torch.Tensor]) -> torch.Tensor:
         features = patch_features(levels, self.pool)
