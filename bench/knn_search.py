@@ -99,7 +99,7 @@ with tempfile.TemporaryDirectory() as tmp:
     options.profile_file_prefix = str(Path(tmp) / "profile")
     options.intra_op_num_threads = threads
     session = ort.InferenceSession(str(cached_onnx(model)), options, providers=["CPUExecutionProvider"])
-    plans = [plan for chunk in model._planned_chunks(paths[:32]) for plan in chunk]
+    plans = [plan for chunk in model.planned_chunks(paths[:32]) for plan in chunk]
     batch = np.ascontiguousarray(np.stack([plan.inputs[0] for plan in plans]).transpose(0, 3, 1, 2))
     for _ in range(4):
         session.run(None, {"images": batch})

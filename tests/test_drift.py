@@ -1,4 +1,5 @@
 """Drift: the KS check on recent scores, and /health on real images of the right and of another product."""
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
@@ -22,6 +23,27 @@ def test_drift_monitor_flags_a_shifted_distribution_only(rng):
     assert shifted["status"] == "drifting" and shifted["statistic"] > 0.8 and shifted["p_value"] < 0.001
     monitor.add(list(reference) * 3)  # back to normal: the alarm clears as the window slides
     assert monitor.check()["status"] == "ok"
+
+
+@pytest.mark.parametrize("n1, n2, shift, ties", [(20, 20, 0.5, False), (200, 54, 0.3, False), (37, 113, 0.0, True),
+                                                 (5, 7, 1.0, False), (200, 1000, 0.15, True), (3000, 2000, 0.05, False)])
+def test_ks_two_sample_equals_scipy(n1, n2, shift, ties, rng):
+    """The runtime's own KS test against scipy's: the statistic and the exact p-value (the last
+    case is past EXACT_KS_CELLS: Kolmogorov's limit distribution, scipy's kstwobign)."""
+    from scipy.stats import ks_2samp, kstwobign
+
+    from vqc.monitoring import EXACT_KS_CELLS, ks_two_sample
+    a, b = rng.normal(shift, 1, n1), rng.normal(0, 1, n2)
+    if ties:  # scores rounded as a line's would be: many equal values within and across the samples
+        a, b = np.round(a, 1), np.round(b, 1)
+    d, p = ks_two_sample(a, b)
+    want = ks_2samp(a, b, method="exact")
+    assert d == pytest.approx(want.statistic, abs=1e-12)
+    if n1 * n2 > EXACT_KS_CELLS:
+        want_p = kstwobign.sf(want.statistic * np.sqrt(n1 * n2 / (n1 + n2)))
+    else:
+        want_p = want.pvalue
+    assert p == pytest.approx(want_p, rel=1e-6, abs=1e-12)
 
 
 def test_drift_window_survives_a_restart(demo_model, demo_root, tmp_path):

@@ -363,5 +363,5 @@ def test_14_the_command_lines_choices_are_the_registries():
     from vqc import choices
     from vqc.geometry import MODES
     from vqc.heads import HEADS
-    from vqc.model import PRECISIONS
+    from vqc.model import TORCH_DTYPES as PRECISIONS
     assert choices.HEADS == tuple(HEADS) and choices.GEOMETRIES == MODES and choices.PRECISIONS == tuple(PRECISIONS)

@@ -100,13 +100,15 @@ def _add_ray(parser, workers: bool = False) -> None:
                             help="--ray: scoring workers (default: one per GPU, else one per --cpus-per-worker CPUs)")
 
 
+def _engine_settings(args):
+    from .engines import EngineSettings
+    return EngineSettings(args.engine, args.threads, args.precision, args.compile)
+
+
 def _scoring_model(args):
-    """The model file, on the engine and with the image limit the options ask for."""
-    from .model import load
-    model = load(args.model).use_engine(args.engine, threads=args.threads, precision=args.precision, compile=args.compile)
-    if args.max_pixels is not None:
-        model.max_pixels = args.max_pixels
-    return model
+    """The model file or line bundle, on the engine and with the image limit the options ask for."""
+    from .bundle import open_model
+    return open_model(args.model, _engine_settings(args), args.max_pixels)
 
 
 def _ray_options(args):
@@ -189,10 +191,12 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--record", action="store_true",
                           help="store the metrics in the model file (shown by the service's /v1/model)")
 
-    export = sub.add_parser("export", help="export the whole inference path to ONNX (parity-checked)")
+    export = sub.add_parser("export", help="write the line bundle: the parity-checked ONNX graph and all a "
+                            "torch-free runtime needs, in one folder")
     export.add_argument("model")
     export.add_argument("--format", choices=["onnx"], default="onnx")
-    export.add_argument("--out", required=True, help="ONNX file to write (a FILE.json side file comes with it)")
+    export.add_argument("--out", required=True, metavar="DIR", help="bundle folder to write (model.onnx, bundle.json); "
+                        "vqc predict, serve and watch take it on the runtime install")
     export.add_argument("--check-images", nargs="*", default=[], help="images both engines must agree on")
 
     demo = sub.add_parser("demo", help="fit, evaluate and draw heat maps on the shipped demo data")
@@ -277,6 +281,10 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+TRAINING_STACK = {"torch", "torchvision", "timm", "FrEIA", "safetensors", "scipy", "sklearn", "onnx", "onnxscript", "matplotlib",
+                  "markdown_it", "yaml"}  # the vqc[train] extra's packages, as imported
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
@@ -287,6 +295,13 @@ def main(argv: list[str] | None = None) -> int:
                 "keys": cmd_keys}[args.command](args) or 0
     except VqcError as exc:
         print(f"vqc: error: {exc}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:
+        if exc.name not in TRAINING_STACK:
+            raise
+        print(f"vqc: error: vqc {args.command} needs the training stack, which this install lacks (no {exc.name}): "
+              f"pip install \"vqc[train]\"; the runtime install predicts, serves and watches with a line "
+              f"bundle (vqc export MODEL --out DIR)", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("vqc: interrupted", file=sys.stderr)
@@ -700,12 +715,12 @@ def _speed(args) -> int:
 
 def cmd_export(args) -> None:
     from .data import list_images
-    from .export import export_onnx
+    from .export import export_bundle
     from .model import load
-    model = load(args.model)
-    sidecar = export_onnx(model, args.out, list_images(args.check_images) if args.check_images else [])
-    p = sidecar["parity"]
-    print(f"exported {args.out} (+ .json); parity on {p['images']} images: scores within "
+    manifest = export_bundle(load(args.model), args.out, list_images(args.check_images) if args.check_images else [],
+                             source=args.model)
+    p = manifest["parity"]
+    print(f"exported the line bundle {args.out}; parity on {p['images']} images: scores within "
           f"{p['score_max_rel_diff']:.1e} relative, maps within {p['map_max_diff_rel_to_scale']:.1e} of their scale")
 
 

@@ -15,7 +15,6 @@ import json
 import os
 import shutil
 import tempfile
-from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +22,7 @@ import torch
 
 from .version import __version__
 from .errors import VqcError
+from .engines.onnx import OnnxEngine
 from .files import atomic_path, write_text_atomic
 
 SIDECAR_FORMAT = "vqc-onnx"
@@ -44,14 +44,15 @@ def parity(reference: tuple[np.ndarray, np.ndarray], candidate: tuple[np.ndarray
 def check_batches(model, images: list) -> list[tuple[np.ndarray, np.ndarray | None]]:
     """The network inputs (and letterbox masks) of `images`, as both engines will see them."""
     batches = []
-    for plans in model._planned_chunks(images):
-        for _, batch, valid in model._input_batches(plans):
-            batches.append((batch.numpy(), None if valid is None else valid.numpy()))
+    for plans in model.planned_chunks(images):
+        for _, batch, valid in model.input_batches(plans):
+            batches.append((np.ascontiguousarray(batch), valid))
     return batches
 
 
-def export_onnx(model, path: str | Path, check_images: list | None = None) -> dict:
-    """Export `model` (a fitted AnomalyModel) to `path` plus `path`.json; raise if parity fails.
+def export_onnx(model, path: str | Path, check_images: list | None = None, sidecar: bool = True) -> dict:
+    """Export `model` (a fitted AnomalyModel) to `path` plus, with `sidecar`, `path`.json; raise
+    if parity fails. Returns what the side file holds.
 
     check_images: images scored by both engines; seeded noise is added."""
     model._require_fitted()
@@ -103,7 +104,7 @@ def export_onnx(model, path: str | Path, check_images: list | None = None) -> di
         with atomic_path(path) as final:
             shutil.copyfile(graph, final)
     model.detector.to(model.device)
-    sidecar = {"format": SIDECAR_FORMAT, "format_version": SIDECAR_VERSION, "vqc_version": __version__,
+    description = {"format": SIDECAR_FORMAT, "format_version": SIDECAR_VERSION, "vqc_version": __version__,
                "input": {"name": "images", "dtype": "uint8", "layout": "NCHW", "channels": "RGB",
                          "height": "dynamic" if mode == "native" else size,
                          "width": "dynamic" if mode == "native" else size,
@@ -112,8 +113,39 @@ def export_onnx(model, path: str | Path, check_images: list | None = None) -> di
                "outputs": {"maps": "float32 [batch, 1, H, W]", "scores": "float32 [batch]"},
                "normalisation": "inside the graph", "config": _jsonable(model.config),
                "threshold": model.threshold, "info": model.info, "parity": {**worst, "images": int(sum(len(b) for b, _ in batches))}}
-    write_text_atomic(path.with_suffix(path.suffix + ".json"), json.dumps(sidecar, indent=1))
-    return sidecar
+    if sidecar:
+        write_text_atomic(path.with_suffix(path.suffix + ".json"), json.dumps(description, indent=1))
+    return description
+
+
+def export_bundle(model, folder: str | Path, check_images: list | None = None, source: str | Path | None = None) -> dict:
+    """The line bundle (vqc.bundle) of a fitted model in `folder`: the parity-checked graph and
+    bundle.json. Written beside the folder and moved into place whole, so a failed export leaves
+    no half bundle and an existing one stays as it was until the new one is complete."""
+    from .bundle import BUNDLE_FORMAT, BUNDLE_VERSION, GRAPH, MANIFEST, file_sha256
+    folder = Path(folder)
+    if folder.exists() and not (folder / MANIFEST).is_file() and any(folder.iterdir()):
+        raise VqcError(f"--out {folder} is a folder that is not a bundle and not empty: give a new folder")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=folder.parent, prefix=f".{folder.name}.") as tmp:
+        staging = Path(tmp) / "bundle"
+        staging.mkdir()
+        description = export_onnx(model, staging / GRAPH, check_images, sidecar=False)
+        source = Path(source) if source else None
+        g = model.geometry
+        manifest = {"format": BUNDLE_FORMAT, "format_version": BUNDLE_VERSION, "vqc_version": __version__,
+                    "model": {"name": source.stem if source else folder.name,
+                              "sha256": file_sha256(source) if source else None},
+                    "graph_sha256": file_sha256(staging / GRAPH), "input": description["input"],
+                    "geometry": {"mode": g.mode, "size": g.size, "stride": g.stride, "scale": g.scale},
+                    "top_k": model.config.top_k, "threshold": model.threshold, "info": model.info,
+                    "config": description["config"], "parity": description["parity"]}
+        (staging / MANIFEST).write_text(json.dumps(manifest, indent=1))
+        if folder.exists():  # the old bundle goes aside only once the new one is complete
+            old = Path(tmp) / "old"
+            folder.rename(old)
+        staging.rename(folder)
+    return manifest
 
 
 def cache_dir() -> Path:
@@ -147,114 +179,3 @@ def cached_onnx(model) -> Path:
 def _jsonable(config) -> dict:
     from dataclasses import asdict
     return json.loads(json.dumps(asdict(config)))
-
-
-class Engine:
-    """What the engines share: the graph's inputs from a batch, and torch tensors in and out
-    (each engine has run(images, valid) -> (maps, scores) on numpy arrays)."""
-
-    inputs: list[str]
-
-    def feed(self, images: np.ndarray, valid: np.ndarray | None) -> dict[str, np.ndarray]:
-        feed = {"images": np.ascontiguousarray(images, dtype=np.uint8)}
-        if "valid" in self.inputs:  # a letterbox graph: no mask means all image
-            feed["valid"] = np.ones((len(images), 1, *images.shape[2:]), np.float32) if valid is None \
-                else np.ascontiguousarray(valid, dtype=np.float32)
-        return feed
-
-    def __call__(self, images: torch.Tensor, valid: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        maps, scores = self.run(images.cpu().numpy(), None if valid is None else valid.cpu().numpy())
-        return torch.from_numpy(maps), torch.from_numpy(scores)
-
-
-class OnnxEngine(Engine):
-    """Runs an exported Detector with ONNX Runtime (CUDA when available, else CPU)."""
-
-    def __init__(self, path: str | Path, threads: int | None = None):
-        try:
-            import onnxruntime as ort
-        except ImportError:
-            raise VqcError("the ONNX engine needs onnxruntime (pip install onnxruntime)") from None
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if threads:
-            options.intra_op_num_threads = threads
-        providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]
-        try:
-            self.session = ort.InferenceSession(str(path), options, providers=providers)
-        except Exception as exc:
-            raise VqcError(f"cannot load ONNX model {path}: {str(exc).splitlines()[0]}") from None
-        self.inputs = [i.name for i in self.session.get_inputs()]
-
-    def run(self, images: np.ndarray, valid: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        maps, scores = self.session.run(["maps", "scores"], self.feed(images, valid))
-        return maps, scores
-
-
-class OpenVinoEngine(Engine):
-    """Runs the same exported graph with OpenVINO on a CPU: oneDNN's kernels and, with precision
-    "bf16", the CPU's bfloat16 units (AMX, AVX-512 BF16) for the whole graph.
-
-    A batch is split across OpenVINO's throughput streams, each on its own cores, which keeps every
-    core busy through the heads' many small operations; a single image runs in latency mode, all
-    cores on it. Graphs of a fixed image size are compiled for each batch shape they meet (a few:
-    predict's batch and its remainder), since OpenVINO runs a static shape about 1.5 times faster
-    than a dynamic one here; `native` graphs, whose image size varies, run dynamic."""
-
-    PRECISIONS = {"fp32": "f32", "bf16": "bf16"}
-    MAX_SHAPES = 8  # compiled batch shapes kept; the least recently used goes first
-
-    def __init__(self, path: str | Path, threads: int | None = None, precision: str = "fp32"):
-        try:
-            import openvino
-        except ImportError:
-            raise VqcError("the OpenVINO engine needs openvino (pip install openvino)") from None
-        if precision not in self.PRECISIONS:
-            raise VqcError(f"the OpenVINO engine runs fp32 or bf16, not {precision}")
-        self.core = openvino.Core()
-        if precision == "bf16" and "BF16" not in self.core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
-            raise VqcError("this CPU has no bfloat16 units: use precision fp32")
-        self.config = {"INFERENCE_PRECISION_HINT": self.PRECISIONS[precision]}
-        if threads:
-            self.config["INFERENCE_NUM_THREADS"] = threads
-        try:
-            self.model = self.core.read_model(str(path))
-            dynamic = self.core.compile_model(self.model, "CPU", {**self.config, "PERFORMANCE_HINT": "THROUGHPUT"})
-        except Exception as exc:
-            raise VqcError(f"cannot load ONNX model {path} in OpenVINO: {str(exc).splitlines()[0]}") from None
-        self.streams = max(1, int(dynamic.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
-        self.inputs = [i.get_any_name() for i in self.model.inputs]
-        self.fixed_size = all(d.is_static for d in list(self.model.inputs[0].get_partial_shape())[1:])
-        self.dynamic = [dynamic.create_infer_request() for _ in range(self.streams)]
-        self.compiled: OrderedDict[tuple[str, int], list] = OrderedDict()
-
-    def _requests(self, hint: str, batch: int) -> list:
-        """Infer requests compiled for `batch` images each, one per stream (latency mode: one)."""
-        key = (hint, batch)
-        if key not in self.compiled:
-            model = self.model.clone()
-            model.reshape({i.get_any_name(): [batch, *list(i.get_partial_shape())[1:]] for i in model.inputs})
-            compiled = self.core.compile_model(model, "CPU", {**self.config, "PERFORMANCE_HINT": hint})
-            self.compiled[key] = [compiled.create_infer_request() for _ in range(1 if hint == "LATENCY" else self.streams)]
-            if len(self.compiled) > self.MAX_SHAPES:
-                self.compiled.popitem(last=False)
-        self.compiled.move_to_end(key)
-        return self.compiled[key]
-
-    def run(self, images: np.ndarray, valid: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        n, feed = len(images), self.feed(images, valid)
-        if not self.fixed_size:
-            requests = self.dynamic[:n]
-            parts = np.array_split(np.arange(n), len(requests))
-        else:
-            requests = self._requests("LATENCY", 1) if n == 1 else self._requests("THROUGHPUT", -(-n // self.streams))
-            per = -(-n // len(requests))
-            if per * len(requests) > n:  # pad with copies of the last image: every request has its compiled shape
-                feed = {k: np.concatenate([v, np.repeat(v[-1:], per * len(requests) - n, axis=0)]) for k, v in feed.items()}
-            parts = [np.arange(i * per, (i + 1) * per) for i in range(len(requests))]
-        for request, part in zip(requests, parts):
-            request.start_async({name: array[part[0]:part[-1] + 1] for name, array in feed.items()})
-        for request in requests:
-            request.wait()
-        maps = np.concatenate([r.get_tensor("maps").data for r in requests])[:n]
-        return maps, np.concatenate([r.get_tensor("scores").data for r in requests])[:n]

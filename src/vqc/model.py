@@ -4,12 +4,9 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, fields, replace
-from functools import cached_property
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -17,14 +14,14 @@ from tqdm.auto import tqdm
 
 from .version import __version__
 from .backbones import build_trunk, get_spec, normalisation
-from .data import decode_image, default_max_pixels, list_images, read_split
-from .choices import ENGINES
+from .data import default_max_pixels, list_images, read_split
 from .detector import Detector
+from .engines import EngineSettings, open_graph_engine
 from .errors import VqcError
 from .files import atomic_path
-from .geometry import Geometry, Plan, assemble, to_original, valid_mask
-from .geometry import score as canvas_score
+from .geometry import Geometry
 from .heads import create_head
+from .scoring import ImageInput, Prediction, Scorer
 from .thresholds import choose_threshold
 
 log = logging.getLogger(__name__)
@@ -32,9 +29,7 @@ log = logging.getLogger(__name__)
 FORMAT = "vqc-model"
 FORMAT_VERSION = 1
 
-ImageInput = str | Path | np.ndarray
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-DECODE_THREADS = 4  # decoding waits on files and Pillow, not on the model's cores
+TORCH_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass(frozen=True)
@@ -58,29 +53,7 @@ class ModelConfig:
         return cls(**{**data, "layers": tuple(data.get("layers", ()))})
 
 
-@dataclass
-class Prediction:
-    score: float
-    normalised_score: float  # 0 = typical good part, 1 = worst held-out good part
-    path: Path | None = None
-    verdict: str | None = None  # "defective" when score >= the model's threshold, else "ok"; None without one
-    plan: Plan | None = field(default=None, repr=False)
-    canvas: torch.Tensor | None = field(default=None, repr=False)  # the smoothed map at network resolution
-    warning: str | None = None  # e.g. an image far smaller than the fitted ones: its score may mislead
-
-    @cached_property
-    def anomaly_map(self) -> np.ndarray:
-        """float32, the input image's height x width; computed on first use (a run that only needs
-        scores never pays for upsampling maps)."""
-        return to_original(self.plan, self.canvas)
-
-    def map_at(self, height: int, width: int) -> np.ndarray:
-        """The anomaly map resized straight from the canvas to height x width (a bounded-size
-        overlay never needs the full-resolution map)."""
-        return to_original(self.plan, self.canvas, (height, width))
-
-
-class AnomalyModel:
+class AnomalyModel(Scorer):
     """A detector for one product: fit on good images, then score new ones.
 
     >>> model = AnomalyModel(backbone="efficientnet_lite0", head="knn").fit("data/bottle")
@@ -105,9 +78,21 @@ class AnomalyModel:
         self.detector: Detector | None = None
         self.info: dict = {}  # weights source, fit statistics, the normal score range
         self.threshold: dict | None = None  # {"policy", "value", ...}: see vqc.thresholds
-        self.engine = None  # None: the PyTorch Detector; else a callable such as export.OnnxEngine
+        self.engine = None  # None: the PyTorch Detector; else an exported-graph engine (vqc.engines)
         self.engine_name = "torch"
         self._compiled = None  # torch.compile'd Detector, when asked for
+
+    @property
+    def top_k(self) -> int:
+        return self.config.top_k
+
+    def ready(self) -> bool:
+        return self.detector is not None
+
+    def describe(self) -> dict:
+        c = self.config
+        return {"backbone": c.backbone, "layers": list(c.layers), "head": c.head, "image_size": c.image_size,
+                "weights_source": self.info.get("weights_source"), "n_train": self.info.get("n_train")}
 
     # ------------------------------------------------------------ building
 
@@ -171,14 +156,14 @@ class AnomalyModel:
         `images` of each input yielded."""
         done = 0
         with tqdm(total=len(images), desc="features", unit="img", disable=not progress) as bar:
-            for plans in self._planned_chunks(images):
+            for plans in self.planned_chunks(images):
                 if sizes is not None:
                     sizes.extend(plan.original for plan in plans)
-                for keys, batch, _ in self._input_batches(plans):
+                for keys, batch, _ in self.input_batches(plans):
                     if owners is not None:
                         owners.extend(done + i for i, _ in keys)
                     with torch.inference_mode():
-                        levels = self.detector.features(batch.to(self.device))
+                        levels = self.detector.features(torch.from_numpy(batch).to(self.device))
                     yield [level.clone() for level in levels]  # clone outside inference mode: heads may train on them
                 done += len(plans)
                 bar.update(len(plans))
@@ -198,9 +183,9 @@ class AnomalyModel:
                     raise VqcError("knn: every patch in the memory bank comes from one image; fit on more "
                                    "images or with a larger coreset")
                 with head.without(drop):
-                    (_, canvas, score), = self._canvases([image])
+                    (_, canvas, score), = self.canvases(self.planned_chunks([image]))
                 scores.append(score)
-                medians.append(float(canvas.median()))
+                medians.append(float(np.median(canvas)))
                 bar.update(1)
         return np.asarray(scores), float(np.median(medians))
 
@@ -208,214 +193,63 @@ class AnomalyModel:
         """Scores of held-out good images, and the median map value: the operator's scale."""
         scores, medians = [], []
         with tqdm(total=len(images), desc="validation", unit="img", disable=not progress) as bar:
-            for _, canvas, score in self._canvases(images):
+            for _, canvas, score in self.canvases(self.planned_chunks(images)):
                 scores.append(score)
-                medians.append(float(canvas.median()))
+                medians.append(float(np.median(canvas)))
                 bar.update(1)
         return np.asarray(scores), float(np.median(medians))
 
     # ------------------------------------------------------------ predicting
 
     def _require_fitted(self):
-        if self.detector is None:
-            raise VqcError("model is not fitted: call fit() or vqc.load() first")
+        self._require_ready()
 
-    def _planned_chunks(self, images: Sequence[ImageInput]) -> Iterator[list[Plan]]:
-        """Decode and plan (resize, pad, tile) batch_size images at a time; see _indexed_chunks."""
-        for chunk in self._indexed_chunks(images):
-            yield [plan for _, plan in chunk]
-
-    def _indexed_chunks(self, images: Sequence[ImageInput], on_unreadable=None) -> Iterator[list[tuple[int, Plan]]]:
-        """(index in images, plan) for batch_size images at a time, decoded in a thread pool
-        (Pillow and numpy release the GIL). The next chunk is decoded while the caller runs the
-        model on this one, so end-to-end speed approaches model speed. An image that cannot be
-        decoded raises VqcError, or, with on_unreadable, is handed to it and left out."""
-        def plan(item: ImageInput) -> Plan:
-            return self.geometry.plan(self._as_array(item))
-
-        def results(futures: list[tuple[int, Future]]) -> list[tuple[int, Plan]]:
-            done = []
-            for i, future in futures:
-                try:
-                    done.append((i, future.result()))
-                except VqcError as exc:
-                    if on_unreadable is None:
-                        raise
-                    on_unreadable(images[i], exc)
-            return done
-
-        with ThreadPoolExecutor(max_workers=DECODE_THREADS) as pool:
-            pending: deque[list[tuple[int, Future]]] = deque()
-            for start in range(0, len(images), self.batch_size):
-                pending.append([(i, pool.submit(plan, images[i]))
-                                for i in range(start, min(start + self.batch_size, len(images)))])
-                if len(pending) > 1:
-                    yield results(pending.popleft())
-            while pending:
-                yield results(pending.popleft())
-
-    def _input_batches(self, plans: list[Plan]) -> Iterator[tuple[list, torch.Tensor, torch.Tensor | None]]:
-        """The plans' network inputs in batches of at most batch_size of one shape:
-        ([(plan index, input index)], uint8 [n, 3, H, W], valid mask or None)."""
-        by_shape: dict[tuple, list] = {}
-        for i, plan in enumerate(plans):
-            for j, array in enumerate(plan.inputs):
-                by_shape.setdefault(array.shape, []).append((i, j))
-        for shape, keys in by_shape.items():
-            for start in range(0, len(keys), self.batch_size):
-                part = keys[start:start + self.batch_size]
-                batch = torch.from_numpy(np.stack([plans[i].inputs[j] for i, j in part])).permute(0, 3, 1, 2)
-                yield part, batch, valid_mask([plans[i].content[j] for i, j in part], shape[:2])
-
-    def _canvases(self, images: Sequence[ImageInput]) -> Iterator[tuple[Plan, torch.Tensor, float]]:
-        """(plan, smoothed map on the canvas, image score) per image, in order."""
-        return self._canvases_of(self._planned_chunks(images))
-
-    def _canvases_of(self, chunks: Iterable[list[Plan]]) -> Iterator[tuple[Plan, torch.Tensor, float]]:
-        self._require_fitted()
-        overlap = self.geometry.size - self.geometry.tile_stride if self.geometry.mode == "tile" else 0
-        for plans in chunks:
-            maps, scores = {}, {}
-            for keys, batch, valid in self._input_batches(plans):
-                batch_maps, batch_scores = self._forward(batch, valid)
-                maps.update(zip(keys, batch_maps.cpu()))
-                scores.update(zip(keys, batch_scores.tolist()))
-            for i, plan in enumerate(plans):
-                if len(plan.inputs) == 1:  # the Detector's own score: the same map, no second pass over it
-                    yield plan, assemble(plan, maps[i, 0][None]), scores[i, 0]
-                    continue
-                canvas = assemble(plan, torch.stack([maps[i, j] for j in range(len(plan.inputs))]), overlap)
-                yield plan, canvas, canvas_score(canvas, self.config.top_k)
-
-    def _forward(self, batch: torch.Tensor, valid: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def run_batch(self, images: np.ndarray, valid: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         if self.engine is not None:
-            return self.engine(batch, valid)
+            return self.engine.run(images, valid)
+        batch = torch.from_numpy(images)
         if self.device.type == "cuda":  # pinned host memory: the copy overlaps with work already queued
             batch = batch.pin_memory().to(self.device, non_blocking=True)
-        detector = self.torch_module
+        mask = None if valid is None else torch.from_numpy(valid).to(self.device)
         with torch.inference_mode():
-            return detector(batch.to(self.device), None if valid is None else valid.to(self.device))
+            maps, scores = self.torch_module(batch.to(self.device), mask)
+        return maps.float().cpu().numpy(), scores.float().cpu().numpy()
 
     @property
     def torch_module(self):
         """What the torch engine runs: the torch.compile'd Detector when compile was asked, else the Detector."""
         return self._compiled or self.detector
 
-    def use_engine(self, name: str = "auto", onnx_path: str | Path | None = None, threads: int | None = None,
-                   precision: str = "fp32", compile: bool = False) -> AnomalyModel:
-        """Score with "torch" (the Detector), "onnx" (ONNX Runtime on the exported Detector),
-        "openvino" (OpenVINO on that same exported graph) or "auto": on a CPU, ONNX Runtime for
-        fp32 and OpenVINO for bf16, the fastest of each there (see `vqc benchmark --speed`);
-        PyTorch on a GPU or where the export fails. The export is parity-checked and cached (see
-        export.cached_onnx), unless an exported file is given. threads: CPU threads for any engine.
-        precision bf16 (openvino, torch) or fp16 (torch): the whole graph in bfloat16 (openvino, on
-        CPUs with bf16 units) or the backbone under autocast (torch); check AUROC with
-        `vqc evaluate` first. compile: the torch engine's Detector wrapped in torch.compile."""
+    def use_engine(self, name: str | EngineSettings = "auto", onnx_path: str | Path | None = None,
+                   threads: int | None = None, precision: str = "fp32", compile: bool = False) -> AnomalyModel:
+        """Score with the engine the settings pick (vqc.engines): the Detector itself ("torch"), or
+        its exported graph in ONNX Runtime or OpenVINO. The export is parity-checked and cached (see
+        export.cached_onnx), unless an exported file is given. "auto" falls back to torch, with a
+        warning, where the export fails. bf16/fp16 on torch: the backbone under autocast."""
         self._require_fitted()
-        if name not in ENGINES:
-            raise VqcError(f"unknown engine {name!r}; use {', '.join(ENGINES)}")
-        if precision not in PRECISIONS:
-            raise VqcError(f"unknown precision {precision!r}; use {', '.join(PRECISIONS)}")
-        if name == "onnx" and (precision != "fp32" or compile):
-            raise VqcError("the onnx engine runs the fp32 graph: precision and compile apply to the torch and openvino engines")
-        if name == "openvino" and (precision == "fp16" or compile):
-            raise VqcError("the openvino engine runs fp32 or bf16; fp16 and compile apply to the torch engine")
-        if threads:
-            torch.set_num_threads(threads)
+        settings = name if isinstance(name, EngineSettings) else EngineSettings(name, threads, precision, compile)
+        if settings.threads:
+            torch.set_num_threads(settings.threads)
         self.engine, self.engine_name = None, "torch"
         self.detector.trunk_dtype = None
         self._compiled = None
-        if name == "torch" or (name == "auto" and (self.device.type != "cpu" or precision == "fp16" or compile)):
-            self.detector.trunk_dtype = PRECISIONS[precision]
+        kind = settings.graph_engine(on_gpu=self.device.type != "cpu")
+        if kind is None:
+            self.detector.trunk_dtype = TORCH_DTYPES[settings.precision]
             if self.device.type == "cuda":
                 self.detector.to(memory_format=torch.channels_last)
-            if compile:
+            if settings.compile:
                 self._compiled = torch.compile(self.detector)
             return self
-        from .export import OnnxEngine, OpenVinoEngine, cached_onnx
-        openvino = name == "openvino" or (name == "auto" and precision == "bf16")
+        from .export import cached_onnx
         try:
-            graph = onnx_path or cached_onnx(self)
-            if openvino:
-                self.engine = OpenVinoEngine(graph, threads, precision)
-                self.engine_name = "openvino" if precision == "fp32" else f"openvino-{precision}"
-            else:
-                self.engine, self.engine_name = OnnxEngine(graph, threads), "onnx"
+            self.engine, self.engine_name = open_graph_engine(onnx_path or cached_onnx(self), settings, kind)
         except VqcError as exc:
-            if name != "auto":
+            if settings.name != "auto":
                 raise
-            log.warning("%s engine unavailable, scoring with PyTorch: %s", "OpenVINO" if openvino else "exported", exc)
-            return self.use_engine("torch", threads=threads, precision=precision)
+            log.warning("%s engine unavailable, scoring with PyTorch: %s", kind, exc)
+            return self.use_engine(EngineSettings("torch", settings.threads, settings.precision))
         return self
-
-    def predict_iter(self, images: Sequence[ImageInput], progress: bool = False,
-                     on_unreadable=None) -> Iterator[Prediction]:
-        """Score images one batch at a time; maps come back at each image's own resolution.
-
-        An image that cannot be decoded, or is over max_pixels, raises VqcError; with
-        on_unreadable(image, error) it is handed to that instead and the rest are scored."""
-        self._require_fitted()
-        images = list(images)
-        order: deque[int] = deque()  # the index of each plan on its way through the model
-        with tqdm(total=len(images), desc="predict", unit="img", disable=not progress) as bar:
-            def skipped(image, error):
-                bar.update(1)
-                on_unreadable(image, error)
-
-            def plans():
-                for chunk in self._indexed_chunks(images, skipped if on_unreadable else None):
-                    order.extend(i for i, _ in chunk)
-                    yield [plan for _, plan in chunk]
-
-            for plan, canvas, score in self._canvases_of(plans()):
-                image = images[order.popleft()]
-                path = Path(image) if isinstance(image, (str, Path)) else None
-                yield Prediction(score, self.normalise(score), path, self.verdict(score), plan, canvas,
-                                 self.size_warning(plan.original))
-                bar.update(1)
-
-    def size_warning(self, shape: tuple[int, int]) -> str | None:
-        """A line when an image is far smaller (a side under half) than the smallest fitted image."""
-        smallest = self.info.get("smallest_image")  # absent in files from before it was recorded
-        if not smallest or (shape[0] * 2 >= smallest[0] and shape[1] * 2 >= smallest[1]):
-            return None
-        return (f"image is {shape[1]} x {shape[0]} pixels, far smaller than the {smallest[1]} x {smallest[0]} "
-                f"of the smallest image the model was fitted on: its score may mislead")
-
-    def predict_plans(self, plans: list[Plan]) -> list[Prediction]:
-        """Score images already decoded and planned with self.geometry.plan, e.g. by a separate
-        decoding stage (vqc.scale); the same path as predict_iter from there on."""
-        return [Prediction(score, self.normalise(score), None, self.verdict(score), plan, canvas,
-                           self.size_warning(plan.original))
-                for plan, canvas, score in self._canvases_of([plans])]
-
-    def predict(self, images: Sequence[ImageInput] | ImageInput, progress: bool = False) -> list[Prediction]:
-        if isinstance(images, (str, Path)) and Path(images).is_dir():
-            images = list_images([images])
-        elif isinstance(images, (str, Path, np.ndarray)):
-            images = [images]
-        return list(self.predict_iter(images, progress))
-
-    def _as_array(self, item: ImageInput) -> np.ndarray:
-        if isinstance(item, np.ndarray):
-            if item.dtype != np.uint8:
-                raise VqcError(f"image arrays must be uint8, got {item.dtype}")
-            return np.repeat(item[:, :, None], 3, axis=2) if item.ndim == 2 else item[:, :, :3]
-        return decode_image(item, max_pixels=self.max_pixels)
-
-    def verdict(self, score: float) -> str | None:
-        if self.threshold is None:
-            return None
-        return "defective" if score >= self.threshold["value"] else "ok"
-
-    def normal_range(self) -> tuple[float, float]:
-        """(floor, top): the median map value and the highest score of the held-out good images."""
-        return self.info["map_floor"], max(self.info["normal_scores"])
-
-    def normalise(self, score: float | np.ndarray):
-        """Map a score so that 0 is a typical good position and 1 the worst held-out good image."""
-        floor, top = self.normal_range()
-        return (score - floor) / max(top - floor, 1e-12)
 
     # ------------------------------------------------------------ saving
 

@@ -102,9 +102,10 @@ class ModelIdentity:
 
     @classmethod
     def of(cls, path: str | Path, engine: str) -> "ModelIdentity":
+        """A model file's hash, or a line bundle's (its bundle.json, which holds the graph's hash)."""
         path = Path(path)
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
-        return cls(path.stem, digest[:12], digest, engine)
+        digest = hashlib.sha256((path / "bundle.json" if path.is_dir() else path).read_bytes()).hexdigest()
+        return cls(path.name if path.is_dir() else path.stem, digest[:12], digest, engine)
 
 
 @dataclass(frozen=True)

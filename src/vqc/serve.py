@@ -32,9 +32,10 @@ from PIL import Image
 
 from .version import __version__
 from .access import ApiKeys, presented_key
+from .bundle import open_model
 from .data import decode_image
+from .engines import EngineSettings
 from .errors import VqcError
-from .model import load
 from .monitoring import DriftMonitor, Metrics
 from .records import Filters, ModelIdentity, Records, default_locations, inspection_row
 from .viz import prediction_overlay
@@ -87,10 +88,8 @@ class Inspector:
     def __init__(self, model_path: str | Path, config: ServeConfig | None = None):
         config = config or ServeConfig()
         self.path = Path(model_path)
-        self.model = load(self.path).use_engine(config.engine, threads=config.threads,
-                                                precision=config.precision, compile=config.compile)
-        if config.max_pixels is not None:
-            self.model.max_pixels = config.max_pixels
+        self.model = open_model(self.path, EngineSettings(config.engine, config.threads, config.precision,
+                                                          config.compile), config.max_pixels)
         self.engine = self.model.engine_name
         self.identity = ModelIdentity.of(self.path, self.engine)
         self.name, self.version = self.identity.name, self.identity.version
@@ -105,11 +104,8 @@ class Inspector:
         m = self.model
         floor, top = m.normal_range()
         return {"name": self.name, "version": self.version, "sha256": self.identity.sha256,
-                "vqc_version": __version__, "engine": self.engine,
-                "backbone": m.config.backbone, "layers": list(m.config.layers), "head": m.config.head,
-                "image_size": m.config.image_size, "threshold": m.threshold,
+                "vqc_version": __version__, "engine": self.engine, **m.describe(), "threshold": m.threshold,
                 "score_normalisation": {"floor": floor, "top": top, "formula": "(score - floor) / (top - floor)"},
-                "weights_source": m.info["weights_source"], "n_train": m.info["n_train"],
                 "validation": m.info.get("evaluation"), "records": self.records.url if self.records else None}
 
     def inspect(self, images: list[tuple[str, bytes]], heatmap: bool, station: str | None = None,

@@ -93,26 +93,26 @@ def measure_case(case: SpeedCase) -> dict:
 
     paths = [s.path for s in read_split(case.data, "test")]
     paths = (paths * (case.end_to_end_images // len(paths) + 1))[:case.end_to_end_images]
-    plans = [plan for chunk in model._planned_chunks(paths[:64]) for plan in chunk]
+    plans = [plan for chunk in model.planned_chunks(paths[:64]) for plan in chunk]
     decode = timed(lambda: [model.geometry.plan(decode_image(p)) for p in paths[:64]], 3, lambda: None)
     record["decode_ms_per_image"] = round(statistics.median(decode) / 64 * 1000, 3)
 
     inputs = np.stack([plan.inputs[0] for plan in plans])  # uint8 [n, H, W, 3], real images
-    def batch_of(n: int) -> torch.Tensor:
-        return torch.from_numpy(np.resize(inputs, (n, *inputs.shape[1:]))).permute(0, 3, 1, 2).contiguous()
+    def batch_of(n: int) -> np.ndarray:
+        return np.ascontiguousarray(np.resize(inputs, (n, *inputs.shape[1:])).transpose(0, 3, 1, 2))
 
     one = batch_of(1)
-    model._forward(one)  # warm-up
-    latency = sorted(timed(lambda: model._forward(one), 30, sync))
+    model.run_batch(one, None)  # warm-up
+    latency = sorted(timed(lambda: model.run_batch(one, None), 30, sync))
     record["latency_ms"] = round(statistics.median(latency) * 1000, 3)
     record["latency_p99_ms"] = round(latency[min(len(latency) - 1, int(0.99 * len(latency)))] * 1000, 3)
     for n in case.batches:
         batch = batch_of(n)
-        model._forward(batch)
-        seconds = statistics.median(timed(lambda batch=batch: model._forward(batch), 3, sync))
+        model.run_batch(batch, None)
+        seconds = statistics.median(timed(lambda batch=batch: model.run_batch(batch, None), 3, sync))
         record[f"images_per_second_b{n}"] = round(n / seconds, 1)
     if model.engine is None:  # the head's share: the whole model against the backbone alone
-        batch = batch_of(case.batches[0]).to(device)
+        batch = torch.from_numpy(batch_of(case.batches[0])).to(device)
         with torch.inference_mode():
             whole = statistics.median(timed(lambda: model.detector(batch), 3, sync))
             trunk = statistics.median(timed(lambda: model.detector.features(batch), 3, sync))
