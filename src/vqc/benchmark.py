@@ -162,7 +162,7 @@ def run_matrix(cells: list[Cell], out: Path, costs: dict, progress: bool = True,
         record = stored[cell]
         if record is None:
             problem = problems.get(cell)
-            record = _error_record(cell, problem, "missing") if problem else _run_subprocess(cell, out, costs)
+            record = error_record(cell, problem, "missing") if problem else _run_subprocess(cell, out, costs)
             if record["status"] != "ok":  # a cell that finished wrote its own record
                 write_text_atomic(out / "cells" / f"{cell.key}.json", json.dumps(record, indent=1))
             say(cell_summary(cell, record))
@@ -189,13 +189,13 @@ def cell_summary(cell: Cell, record: dict) -> str:
         f"image AUROC {record['image_auroc']:.4f}" if record["status"] == "ok" else record["error"])
 
 
-def _error_record(cell: Cell, message: str, status: str = "error") -> dict:
+def error_record(cell: Cell, message: str, status: str = "error") -> dict:
     return {**asdict(cell), "key": cell.key, "model": cell.model_name, "category": cell.category,
             "status": status, "error": message, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 
 def pending_record(cell: Cell) -> dict:
-    return _error_record(cell, "not run yet (rerun the benchmark without --report-only)", "pending")
+    return error_record(cell, "not run yet (rerun the benchmark without --report-only)", "pending")
 
 
 def _run_subprocess(cell: Cell, out: Path, costs: dict) -> dict:
@@ -206,7 +206,7 @@ def _run_subprocess(cell: Cell, out: Path, costs: dict) -> dict:
     if path.exists():
         return json.loads(path.read_text())
     tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
-    return _error_record(cell, f"cell process exited with code {done.returncode}: {tail}")
+    return error_record(cell, f"cell process exited with code {done.returncode}: {tail}")
 
 
 def run_cell(cell: Cell, out: Path, costs: dict) -> dict:
@@ -261,7 +261,7 @@ def run_cell(cell: Cell, out: Path, costs: dict) -> dict:
         save_png(out / "cells" / name, picture)
         overlays.append({"file": f"cells/{name}", "defect": sample.defect, "score": round(pred.score, 6)})
 
-    record = {**_error_record(cell, "", "ok"), "started_at": started, "device": str(model.device),
+    record = {**error_record(cell, "", "ok"), "started_at": started, "device": str(model.device),
               "weights_source": model.info["weights_source"], **_finite(result), **efficiency,
               "fit_seconds": model.info["fit_seconds"], "head_fit": model.info["head_fit"],
               "peak_memory_mb": round(peak_memory_mb(model.device), 1), "thresholds": thresholds,
@@ -364,5 +364,5 @@ if __name__ == "__main__":  # one cell, in its own process: python -m vqc.benchm
     try:
         run_cell(one, Path(sys.argv[2]), json.loads(sys.argv[3]))
     except VqcError as exc:
-        write_text_atomic(Path(sys.argv[2]) / "cells" / f"{one.key}.json", json.dumps(_error_record(one, str(exc))))
+        write_text_atomic(Path(sys.argv[2]) / "cells" / f"{one.key}.json", json.dumps(error_record(one, str(exc))))
         sys.exit(2)

@@ -245,6 +245,10 @@ def _parser() -> argparse.ArgumentParser:
                        help="a browser origin allowed to call the API, e.g. https://dash.plant (repeatable; default none)")
     serve.add_argument("--drift-window", type=int, default=200, metavar="N",
                        help="last N scores compared with the model's validation scores (KS test)")
+    serve.add_argument("--max-batch", type=int, default=32, metavar="N",
+                       help="images in one request, and in one engine call when requests are batched")
+    serve.add_argument("--batch-wait-ms", type=float, default=5.0, metavar="MS",
+                       help="requests arriving within MS of the first share one engine call (0: one at a time)")
 
     records = sub.add_parser("records", help="inspection records: export")
     records_sub = records.add_subparsers(dest="records_command", required=True)
@@ -728,11 +732,14 @@ def cmd_serve(args) -> None:
     from .serve import ServeConfig, serve
     if args.drift_window < 2:
         raise VqcError(f"--drift-window needs at least 2 inspections (got {args.drift_window})")
+    if args.max_batch < 1 or args.batch_wait_ms < 0:
+        raise VqcError("--max-batch needs at least 1 image and --batch-wait-ms 0 or more")
     serve(args.model, args.host, args.port, ServeConfig(
         engine=args.engine, threads=args.threads, precision=args.precision, compile=args.compile,
         max_upload_mb=args.max_upload_mb, max_pixels=args.max_pixels, db=args.db, image_store=args.image_store, keep_good=args.keep_good,
         api_key_file=args.api_key_file, protect_monitoring=args.protect_monitoring,
-        cors_origins=tuple(args.cors_origin), drift_window=args.drift_window))
+        cors_origins=tuple(args.cors_origin), drift_window=args.drift_window, max_batch=args.max_batch,
+        batch_wait_ms=args.batch_wait_ms))
 
 
 def cmd_records(args) -> None:

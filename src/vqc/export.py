@@ -55,7 +55,7 @@ def export_onnx(model, path: str | Path, check_images: list | None = None, sidec
     if parity fails. Returns what the side file holds.
 
     check_images: images scored by both engines; seeded noise is added."""
-    model._require_fitted()
+    model.require_ready()
     path = Path(path)
     size, mode = model.config.image_size, model.geometry.mode
     if model.detector.trunk_dtype is not None:  # checked before moving the model, so a refusal leaves it as it was

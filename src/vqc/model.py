@@ -201,9 +201,6 @@ class AnomalyModel(Scorer):
 
     # ------------------------------------------------------------ predicting
 
-    def _require_fitted(self):
-        self._require_ready()
-
     def run_batch(self, images: np.ndarray, valid: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         if self.engine is not None:
             return self.engine.run(images, valid)
@@ -226,7 +223,7 @@ class AnomalyModel(Scorer):
         its exported graph in ONNX Runtime or OpenVINO. The export is parity-checked and cached (see
         export.cached_onnx), unless an exported file is given. "auto" falls back to torch, with a
         warning, where the export fails. bf16/fp16 on torch: the backbone under autocast."""
-        self._require_fitted()
+        self.require_ready()
         settings = name if isinstance(name, EngineSettings) else EngineSettings(name, threads, precision, compile)
         if settings.threads:
             torch.set_num_threads(settings.threads)
@@ -255,7 +252,7 @@ class AnomalyModel(Scorer):
 
     def save(self, path: str | Path) -> Path:
         """One safetensors file: every tensor of the Detector, with config and info as JSON metadata."""
-        self._require_fitted()
+        self.require_ready()
         from safetensors.torch import save_file
         path = Path(path)
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.detector.state_dict().items()}

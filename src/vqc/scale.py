@@ -412,12 +412,12 @@ def _run_tasks(ray, function, jobs: dict, needs: dict, images: dict, desc: str, 
 def run_matrix_on_ray(cells: list, out: Path, costs: dict, options: RayOptions, progress: bool = True,
                       say=print) -> list[dict]:
     """The benchmark matrix with each cell as a Ray task; same store, same records as run_matrix."""
-    from .benchmark import _error_record, cell_summary, stored_record, weights_problems
+    from .benchmark import error_record, cell_summary, stored_record, weights_problems
     out.mkdir(parents=True, exist_ok=True)
     records = {cell: stored_record(cell, out) for cell in cells}
     problems = weights_problems([cell for cell in cells if records[cell] is None])
     for cell, problem in problems.items():
-        records[cell] = _store_cell(out, _error_record(cell, problem, "missing"), {})
+        records[cell] = _store_cell(out, error_record(cell, problem, "missing"), {})
         say(cell_summary(cell, records[cell]))
     jobs = {cell: (cell, costs) for cell in cells if records[cell] is None}
     if jobs:
@@ -426,7 +426,7 @@ def run_matrix_on_ray(cells: list, out: Path, costs: dict, options: RayOptions, 
             for cell, outcome in _run_tasks(ray, _cell_task, jobs, _task_needs(ray, options), images,
                                             f"benchmark on ray ({len(jobs)} cells)", progress):
                 if isinstance(outcome, Exception):
-                    outcome = _error_record(cell, f"cell task failed: {_one_line(outcome)}"), {}
+                    outcome = error_record(cell, f"cell task failed: {_one_line(outcome)}"), {}
                 records[cell] = _store_cell(out, *outcome)
                 say(cell_summary(cell, records[cell]))
     return [records[cell] for cell in cells]
@@ -435,12 +435,12 @@ def run_matrix_on_ray(cells: list, out: Path, costs: dict, options: RayOptions, 
 def _cell_task(cell, costs: dict) -> tuple[dict, dict[str, bytes]]:
     """Ray task: one cell, as the local cell process runs it, into a scratch folder on the worker;
     returns the record and the overlay files, for the driver to store."""
-    from .benchmark import _error_record, run_cell
+    from .benchmark import error_record, run_cell
     with tempfile.TemporaryDirectory(prefix="vqc-cell-") as tmp:
         try:
             record = run_cell(cell, Path(tmp), costs)
         except VqcError as exc:
-            record = _error_record(cell, str(exc))
+            record = error_record(cell, str(exc))
         files = {str(p.relative_to(tmp)): p.read_bytes() for p in Path(tmp).rglob("*") if p.is_file()}
     files.pop(f"cells/{cell.key}.json", None)  # the driver stores the record, last
     return record, files

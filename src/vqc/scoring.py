@@ -68,7 +68,7 @@ class Scorer:
     def ready(self) -> bool:
         return True
 
-    def _require_ready(self) -> None:
+    def require_ready(self) -> None:
         if not self.ready():
             raise VqcError("model is not fitted: call fit() or vqc.load() first")
 
@@ -131,7 +131,7 @@ class Scorer:
 
     def canvases(self, chunks: Iterable[list[Plan]]) -> Iterator[tuple[Plan, np.ndarray, float]]:
         """(plan, smoothed map on the canvas, image score) per planned image, in order."""
-        self._require_ready()
+        self.require_ready()
         geometry = self.geometry
         overlap = geometry.size - geometry.tile_stride if geometry.mode == "tile" else 0
         for plans in chunks:
@@ -159,7 +159,7 @@ class Scorer:
 
         An image that cannot be decoded, or is over max_pixels, raises VqcError; with
         on_unreadable(image, error) it is handed to that instead and the rest are scored."""
-        self._require_ready()
+        self.require_ready()
         images = list(images)
         order: deque[int] = deque()  # the index of each plan on its way through the model
         with tqdm(total=len(images), desc="predict", unit="img", disable=not progress) as bar:

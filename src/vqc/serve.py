@@ -32,6 +32,7 @@ from PIL import Image
 
 from .version import __version__
 from .access import ApiKeys, presented_key
+from .batching import Batcher
 from .bundle import open_model
 from .data import decode_image
 from .engines import EngineSettings
@@ -55,7 +56,8 @@ class ServeConfig:
     compile: bool = False
     max_upload_mb: float = 20
     max_pixels: int | None = None  # None: the model's default (vqc.data.default_max_pixels)
-    max_batch: int = 32
+    max_batch: int = 32  # images in one request, and in one engine call when requests are batched
+    batch_wait_ms: float = 5.0  # how long the first request of a batch waits for others; 0: no batching
     db: str | None = None  # URL or SQLite path; None: MODEL.records.sqlite beside the model; "none": no records
     image_store: str | None = None  # None: MODEL-images/ beside the model
     keep_good: float = 0.01  # share of good images kept in the image store (defective ones always are)
@@ -94,6 +96,8 @@ class Inspector:
         self.identity = ModelIdentity.of(self.path, self.engine)
         self.name, self.version = self.identity.name, self.identity.version
         self.lock = threading.Lock()
+        self.batcher = Batcher(self.model.predict, config.max_batch, config.batch_wait_ms) \
+            if config.batch_wait_ms > 0 else None
         self.records = open_records(self.path, config)
         self.drift = DriftMonitor(self.model.info["normal_scores"], config.drift_window)
         if self.records is not None:  # a restart picks up the window where it was
@@ -113,8 +117,11 @@ class Inspector:
         received = datetime.now(timezone.utc)
         decoded = [decode_image(data, name, self.model.max_pixels) for name, data in images]  # VqcError -> 422 before the lock
         start = time.perf_counter()
-        with self.lock:
-            predictions = self.model.predict(decoded)
+        if self.batcher is not None:  # with other requests that arrive within batch_wait_ms
+            predictions = self.batcher.submit(decoded)
+        else:
+            with self.lock:
+                predictions = self.model.predict(decoded)
         latency = (time.perf_counter() - start) * 1000 / len(images)
         part_ids = part_ids or [None] * len(images)
         rows = [inspection_row(self.identity, self.model, pred, data, image.shape, latency, received, name, station, part)
@@ -251,6 +258,8 @@ def create_app(model_path: str | Path, config: ServeConfig | None = None, **sett
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         yield
+        if inspector.batcher is not None:
+            inspector.batcher.close()
         if inspector.records is not None:
             inspector.records.close()
 

@@ -1,0 +1,77 @@
+"""The package's shape: no import cycles, no module reaching into another's private names."""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "src" / "vqc"
+
+
+def _modules() -> dict[str, ast.Module]:
+    found = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        found[name] = (ast.parse(path.read_text()), path.name == "__init__.py")
+    return found
+
+
+def _imported(module: str, is_package: bool, node: ast.ImportFrom | ast.Import, known: set[str]) -> list[str]:
+    """The vqc modules one import statement loads."""
+    if isinstance(node, ast.Import):
+        return [a.name for a in node.names if a.name in known]
+    base = module if is_package else module.rpartition(".")[0]
+    for _ in range(node.level - 1):
+        base = base.rpartition(".")[0]
+    target = (f"{base}.{node.module}" if node.module else base) if node.level else (node.module or "")
+    names = [f"{target}.{a.name}" for a in node.names if f"{target}.{a.name}" in known]
+    return names or ([target] if target in known else [])
+
+
+def _module_level_imports() -> dict[str, set[str]]:
+    """Imports run when a module is imported: at its top level (not inside functions)."""
+    modules = _modules()
+    known = set(modules)
+    graph = {}
+    for name, (tree, is_package) in modules.items():
+        edges = set()
+        for node in tree.body:
+            statements = [node]
+            if isinstance(node, (ast.If, ast.Try)):  # guarded imports still run at import time
+                statements = list(ast.walk(node))
+            for statement in statements:
+                if isinstance(statement, (ast.Import, ast.ImportFrom)):
+                    edges.update(_imported(name, is_package, statement, known))
+        graph[name] = edges - {name}
+    return graph
+
+
+def test_no_import_cycles():
+    graph = _module_level_imports()
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    cycles = []
+
+    def visit(node: str, path: list[str]) -> None:
+        state[node] = 1
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                cycles.append(path[path.index(nxt):] + [nxt])
+            elif nxt not in state:
+                visit(nxt, path + [nxt])
+        state[node] = 2
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node, [node])
+    assert not cycles, "import cycles: " + "; ".join(" -> ".join(c) for c in cycles)
+    assert graph["vqc.version"] == set()  # the version is a leaf: anything may import it
+
+
+def test_no_module_imports_another_modules_private_names():
+    offenders = []
+    for name, (tree, _) in _modules().items():
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("vqc")):
+                offenders += [f"{name}: from {'.' * node.level}{node.module or ''} import {a.name}"
+                              for a in node.names if a.name.startswith("_") and not a.name.startswith("__")]
+    assert not offenders, offenders
