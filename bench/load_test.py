@@ -14,7 +14,12 @@ request sends the key. The runs, each `--clients` concurrent clients for `--seco
 3. crash, per database: the server is killed with SIGKILL halfway through a run and started again
    on the same database; every inspection answered 200 must be on record, whole.
 --postgres auto (the default) starts a throwaway PostgreSQL server (tests/throwaway_postgres.py)
-when its binaries are found; off leaves PostgreSQL out. Exit code 1 on any failure.
+when its binaries are found; off leaves PostgreSQL out.
+4. batching, on the default engine: the SQLite server with batching on (`--batch-wait-ms 5`) and
+   off (0), side by side: served images/s against the same engine's batch-32 model-only rate
+   (measured in this process first), p99 latency, and rows added against answers. Targets:
+   served >= 70 % of the model-only rate and p99 <= 150 ms with batching on.
+Exit code 1 on any failure or missed target.
 """
 import argparse
 import os
@@ -31,6 +36,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import httpx
+import numpy as np
 import sqlalchemy as sa
 
 import vqc
@@ -52,9 +58,9 @@ def free_port() -> int:
 class Server:
     """`vqc serve MODEL` in a subprocess on a free loopback port, its log in a file."""
 
-    def __init__(self, model: str, db: str, key_file: Path, engine: str, log: Path):
+    def __init__(self, model: str, db: str, key_file: Path, engine: str, log: Path, extra: tuple = ()):
         self.args = [sys.executable, "-m", "vqc.cli", "serve", model, "--engine", engine, "--db", db,
-                     "--api-key-file", str(key_file)]
+                     "--api-key-file", str(key_file), *extra]
         self.log, self.process, self.url = log, None, None
 
     def start(self, timeout: float = 300) -> "Server":
@@ -171,7 +177,8 @@ def main() -> int:
     parser.add_argument("--model")
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=30)
-    parser.add_argument("--engine", default="torch")
+    parser.add_argument("--engine", default="auto")
+    parser.add_argument("--only-batching", action="store_true", help="run part 4 only")
     parser.add_argument("--postgres", default="auto", help="auto: a throwaway server if PostgreSQL is installed; "
                         "off; or a postgresql:// URL")
     args = parser.parse_args()
@@ -199,7 +206,52 @@ def main() -> int:
                 print("no PostgreSQL binaries found: PostgreSQL left out (apt-get install postgresql)")
         elif args.postgres != "off":
             databases["postgresql"] = args.postgres
-        return _runs(model_path, databases, good, bad, key_file, key, args, log)
+        failures = 0 if args.only_batching else _runs(model_path, databases, good, bad, key_file, key, args, log)
+        return max(failures, _batching_runs(model_path, good, key_file, key, args, log, tmp))
+
+
+def model_only_rate(model_path: str, engine: str, batch: int = 32) -> float:
+    """Images/s of the engine on ready uint8 inputs, batch `batch`: what serving could reach."""
+    from vqc.bundle import open_model
+    from vqc.engines import EngineSettings
+    model = open_model(model_path, EngineSettings(engine))
+    plans = [plan for chunk in model.planned_chunks([s.path for s in read_split(demo_data(), "test")]) for plan in chunk]
+    inputs = np.stack([plan.inputs[0] for plan in plans])
+    images = np.ascontiguousarray(np.resize(inputs, (batch, *inputs.shape[1:])).transpose(0, 3, 1, 2))
+    model.run_batch(images, None)
+    times = []
+    for _ in range(5):
+        start = time.perf_counter()
+        model.run_batch(images, None)
+        times.append(time.perf_counter() - start)
+    return batch / statistics.median(times)
+
+
+def _batching_runs(model_path, good, key_file, key, args, log, tmp) -> int:
+    rate = model_only_rate(model_path, args.engine)
+    print(f"batching, engine {args.engine}: model-only rate at batch 32 {rate:.1f} images/s; target: served >= "
+          f"{0.7 * rate:.1f} images/s (70 %) and p99 <= 150 ms with batching on")
+    print(f"{'batching':>12}: {'requests':>8} {'failed':>6} {'200s':>6} {'rows added':>10} {'p50 ms':>7} {'p99 ms':>7} "
+          f"{'images/s':>9} {'of model-only':>13}")
+    failures = 0
+    for name, wait in (("on (5 ms)", "5"), ("off", "0")):
+        db = f"sqlite:///{tmp / f'batching-{wait}.sqlite'}"
+        server = Server(model_path, db, key_file, args.engine, log, ("--batch-wait-ms", wait)).start()
+        try:
+            start = time.perf_counter()
+            r = run(server.url, good, args.clients, args.seconds, key)
+            served = len(r["answered"]) / (time.perf_counter() - start)
+            check = check_records(db, r["answered"])
+        finally:
+            server.stop()
+        failures += r["failed"] + len(check["missing"]) + abs(check["rows"] - len(r["answered"]))
+        print(f"{name:>12}: {r['requests']:>8} {r['failed']:>6} {len(r['answered']):>6} {check['rows']:>10} "
+              f"{r['p50_ms']:>7.0f} {r['p99_ms']:>7.0f} {served:>9.1f} {served / rate:>12.0%}")
+        if wait != "0" and (served < 0.7 * rate or r["p99_ms"] > 150):
+            print(f"target missed with batching on: {served:.1f} images/s ({served / rate:.0%} of model-only), "
+                  f"p99 {r['p99_ms']:.0f} ms")
+            failures += 1
+    return 1 if failures else 0
 
 
 def _runs(model_path, databases, good, bad, key_file, key, args, log) -> int:

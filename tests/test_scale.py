@@ -86,7 +86,7 @@ def test_fit_per_category_skips_fitted_categories(demo_root, tmp_path, capsys):
             "--out", str(tmp_path / "models")]
     assert main(args) == 0
     model = vqc.load(tmp_path / "models" / "tile.safetensors")
-    assert model.info["n_train"] == 54 and model.threshold["policy"] == "false-reject-rate=0.01"
+    assert model.info["n_train"] == 60 and model.threshold["policy"] == "false-reject-rate=0.01"
     before = (tmp_path / "models" / "tile.safetensors").stat().st_mtime_ns
     assert main(args) == 0
     assert "already fitted" in capsys.readouterr().out
@@ -278,7 +278,7 @@ def test_benchmark_cells_and_category_fits_as_ray_tasks(ray_cluster, demo_root, 
     run = subprocess.run(fit, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     for name in ("tile_a", "tile_b"):
-        assert vqc.load(tmp_path / "models" / f"{name}.safetensors").info["n_train"] == 54
+        assert vqc.load(tmp_path / "models" / f"{name}.safetensors").info["n_train"] == 60
 
     (tmp_path / "matrix.yaml").write_text(f"backbones: [efficientnet_lite0]\nheads: [knn]\ndata: [{root / 'tile_a'}]\n"
                                           "head_options:\n  knn: {coreset: 0.02, coreset_method: random}\n")

@@ -142,3 +142,24 @@ def test_nf_level_maps_and_files_from_before_the_option(few_images, tmp_path):
     assert old.config.head_options["level_map"] == "nll"
     model.detector.head.level_map = "nll"
     assert [p.score for p in old.predict(test)] == [p.score for p in model.predict(test)]
+
+
+def test_every_registered_head_meets_the_head_protocol():
+    import inspect
+
+    from vqc.heads import HEADS, Head, create_head
+    for name in HEADS:
+        head = create_head(name, [8, 16], {})
+        assert isinstance(head, Head), name
+        assert list(inspect.signature(head.fit).parameters)[:2] == ["batches", "val_batches"], name
+
+    class NoScore:  # a would-be head without forward() fails the check
+        def fit(self, batches, val_batches, progress=True):
+            return {}
+
+        def options(self):
+            return {}
+
+        def state_dict(self):
+            return {}
+    assert not isinstance(NoScore(), Head)

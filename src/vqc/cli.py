@@ -7,6 +7,7 @@ import json
 import logging
 import math
 import sys
+import time
 from pathlib import Path
 
 from . import choices
@@ -403,24 +404,29 @@ def cmd_predict(args) -> int | None:
     if args.watch and (len(args.images) != 1 or not Path(args.images[0]).is_dir()):
         raise VqcError("--watch takes one folder to watch")
     images = [] if args.watch else list_images(args.images)
+    from .inspection import inspect_files
     model = _scoring_model(args)
-    recorder = _Recorder(args, model) if args.db else None
+    recorder = _recorder(args, model) if args.db else None
     base = Path(args.images[0]) if args.watch else _common_folder(images)
-    writer = _ScoreWriter(out / "scores.csv", model, base, overlays=not args.no_overlays, recorder=recorder)
+    writer = _ScoreWriter(out / "scores.csv", model, base, overlays=not args.no_overlays, recorder=recorder,
+                          station=args.station)
     try:
         if args.watch:
             print(f"watching {base} for new images (Ctrl-C to stop); rows go to {writer.path}")
             _watch(model, base, writer, args.interval)
             return None
         unreadable: list[tuple[Path, str]] = []
-        scored = writer.write(model.predict_iter(images, progress=True,
-                                                 on_unreadable=lambda path, exc: unreadable.append((path, str(exc)))))
+        start = time.perf_counter()
+        scored = writer.write(inspect_files(model, images, progress=True,
+                                            on_unreadable=lambda path, exc: unreadable.append((path, str(exc)))))
+        seconds = time.perf_counter() - start
     finally:
         writer.close()
         if recorder is not None:
             recorder.records.close()
     if not unreadable:
-        print(f"scored {scored} images -> {writer.path}")
+        print(f"scored {scored} images -> {writer.path} in {seconds:.2f} s ({scored / seconds:.1f} images/s "
+              f"from the first file read to the last row written)")
         return None
     if not scored and len(unreadable) == 1:
         raise VqcError(unreadable[0][1])
@@ -452,30 +458,12 @@ def _write_unreadable(path: Path, unreadable: list[tuple[Path, str]]) -> Path:
     return path
 
 
-class _Recorder:
+def _recorder(args, model):
     """`predict --db`: one committed row per scored image, as `vqc serve` records them."""
-
-    def __init__(self, args, model):
-        from .records import ModelIdentity, Records, default_locations
-        self.model, self.station = model, args.station
-        self.identity = ModelIdentity.of(args.model, model.engine_name)
-        self.records = Records(args.db, args.image_store or default_locations(args.model)[1], args.keep_good)
-
-    def record(self, pred, latency_ms: float) -> int:
-        from datetime import datetime, timezone
-        from .data import decode_image
-        from .records import inspection_row
-        from .viz import prediction_overlay
-        data = pred.path.read_bytes()
-        row = inspection_row(self.identity, self.model, pred, data, pred.plan.original, latency_ms,
-                             datetime.now(timezone.utc), pred.path.name, self.station)
-        floor, top = self.model.normal_range()
-        try:
-            return self.records.add([row], [(data, lambda: prediction_overlay(
-                decode_image(data, str(pred.path), self.model.max_pixels), pred, floor, top))])[0]
-        except Exception as exc:  # the image is not on record: say so, name it
-            raise VqcError(f"{pred.path} was scored but not recorded in {self.records.url}: "
-                           f"{type(exc).__name__}: {str(exc).splitlines()[0]}") from None
+    from .inspection import Recorder
+    from .records import ModelIdentity, Records, default_locations
+    records = Records(args.db, args.image_store or default_locations(args.model)[1], args.keep_good)
+    return Recorder(records, ModelIdentity.of(args.model, model.engine_name), model)
 
 
 def _predict_on_ray(args) -> int:
@@ -489,15 +477,13 @@ def _predict_on_ray(args) -> int:
 
 
 class _ScoreWriter:
-    """Appends one CSV row per scored image as soon as it is scored (whole lines, flushed), and its
-    overlay at the image's path below `base` (its name, .png); the file is only created once the
-    first image has been scored. With a recorder, the image is recorded in the database first."""
+    """Appends one CSV row per inspected image as soon as it is scored (whole lines, flushed), and
+    its overlay at the image's path below `base` (its name, .png); the file is only created once
+    the first image has been scored. With a recorder, the image is recorded in the database first."""
 
-    COLUMNS = ["path", "score", "normalised_score", "verdict", "overlay", "warning"]
-
-    def __init__(self, path: Path, model, base: Path, overlays: bool, recorder: _Recorder | None = None):
+    def __init__(self, path: Path, model, base: Path, overlays: bool, recorder=None, station: str | None = None):
         self.path, self.model, self.base, self.overlays = path, model, base.resolve(), overlays
-        self.file, self.recorder = None, recorder
+        self.file, self.recorder, self.station = None, recorder, station
 
     def overlay_path(self, image: Path) -> Path:
         """overlays/<path below base>, ending .png (a.png -> a.png, a.jpg -> a.jpg.png: never shared)."""
@@ -508,32 +494,31 @@ class _ScoreWriter:
         name = relative.name if relative.suffix.lower() == ".png" else relative.name + ".png"
         return Path("overlays") / relative.parent / name
 
-    def write(self, predictions) -> int:
-        import time
-        from .data import decode_image
-        from .viz import prediction_overlay, save_png
+    def write(self, inspected) -> int:
+        from .inspection import SCORE_COLUMNS, score_row
+        from .viz import save_png
         count = 0
-        last = time.perf_counter()
-        for pred in predictions:
-            latency_ms, last = (time.perf_counter() - last) * 1000, time.perf_counter()  # per image, as delivered
+        for item in inspected:
+            pred = item.prediction
+            item.station = self.station
             if self.recorder is not None:
-                self.recorder.record(pred, latency_ms)
+                self.recorder.record([item])
             if self.file is None:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 fresh = not self.path.exists()
                 self.file = open(self.path, "a", newline="")
-                self.csv = csv.writer(self.file)
+                self.csv = csv.DictWriter(self.file, [*SCORE_COLUMNS, "overlay"])
                 if fresh:
-                    self.csv.writerow(self.COLUMNS)
+                    self.csv.writeheader()
             overlay = ""
             if self.overlays:
                 overlay = self.overlay_path(pred.path)
-                image = decode_image(pred.path, max_pixels=self.model.max_pixels)
-                save_png(self.path.parent / overlay, prediction_overlay(image, pred, *self.model.normal_range()))
+                save_png(self.path.parent / overlay, item.overlay(*self.model.normal_range()))
             if pred.warning:
                 print(f"vqc: warning: {pred.path}: {pred.warning}", file=sys.stderr)
-            self.csv.writerow([pred.path, f"{pred.score:.6g}", f"{pred.normalised_score:.4f}", pred.verdict or "",
-                               overlay, pred.warning or ""])
+            row = score_row(pred.path, pred)
+            self.csv.writerow({**row, "score": f"{row['score']:.6g}", "normalised_score": f"{row['normalised_score']:.4f}",
+                               "verdict": row["verdict"] or "", "warning": row["warning"] or "", "overlay": overlay})
             self.file.flush()
             count += 1
         return count
@@ -550,8 +535,8 @@ def _watch(model, folder: Path, writer: _ScoreWriter, interval: float, rounds: i
     """Score images that appear in `folder`, once each; a file counts as complete once its size
     has stayed the same for one polling interval (a camera may still be writing it). A file still
     empty after EMPTY_FILE_GRACE_S (or five looks) is reported once, and scored if it fills later."""
-    import time
     from .data import IMAGE_SUFFIXES
+    from .inspection import inspect_files
     seen: set[Path] = set()
     sizes: dict[Path, int] = {}
     empty_since: dict[Path, tuple[float, int]] = {}  # first seen empty: time, look number
@@ -580,7 +565,7 @@ def _watch(model, folder: Path, writer: _ScoreWriter, interval: float, rounds: i
         for path in ready:
             seen.add(path)
             try:
-                writer.write(model.predict_iter([path], on_unreadable=skip))
+                writer.write(inspect_files(model, [path], on_unreadable=skip))
             except VqcError as exc:  # e.g. scored but not recorded: said, and the line goes on
                 print(f"vqc: skipped: {exc}", file=sys.stderr)
         look += 1

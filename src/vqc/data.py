@@ -75,6 +75,18 @@ def decode_image(source: str | Path | bytes, name: str | None = None,
         raise VqcError(f"cannot read image {label}: {_one_line(exc)}") from None
 
 
+def read_bytes(path: str | Path) -> bytes:
+    """A file's bytes, or a one-line VqcError naming it."""
+    try:
+        return Path(path).read_bytes()
+    except FileNotFoundError:
+        raise VqcError(f"image {path} does not exist") from None
+    except IsADirectoryError:
+        raise VqcError(f"image {path} is a folder, not a file") from None
+    except OSError as exc:
+        raise VqcError(f"cannot read image {path}: {exc.strerror or exc}") from None
+
+
 def _one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split()) or type(exc).__name__
     return re.sub(r"<[^<>]* object at 0x[0-9a-f]+>", "the data", text)[:300]

@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 
 from .errors import VqcError
 from .files import atomic_path, write_text_atomic
+from .inspection import SCORE_COLUMNS
 
 
 LIST_SUFFIXES = {".txt", ".lst", ".list"}  # a text file naming one image per line
@@ -162,8 +163,8 @@ class ScoreStore:
         except BaseException:
             self._lock.close()
             raise
-        self.schema = pa.schema([("path", pa.string()), ("score", pa.float64()),
-                                 ("normalised_score", pa.float64()), ("verdict", pa.string())])
+        types = {"score": pa.float64(), "normalised_score": pa.float64()}  # the rest are text
+        self.schema = pa.schema([(name, types.get(name, pa.string())) for name in SCORE_COLUMNS])  # as scores.csv
         self.rows: list[tuple] = []
         self.run, self.parts, self.last_flush = uuid.uuid4().hex[:8], 0, time.monotonic()
 
@@ -178,12 +179,13 @@ class ScoreStore:
                 raise VqcError(f"score part {part} cannot be read ({exc}); remove it to score its images again") from None
         return done
 
-    def add(self, path: str, score: float, normalised_score: float, verdict: str | None) -> bool:
+    def add(self, path: str, score: float, normalised_score: float, verdict: str | None,
+            warning: str | None = None) -> bool:
         """Buffer one row; False (and nothing written) if the path is already stored."""
         if path in self.done:
             return False
         self.done.add(path)
-        self.rows.append((path, score, normalised_score, verdict))
+        self.rows.append((path, score, normalised_score, verdict, warning))
         if len(self.rows) >= self.part_rows or time.monotonic() - self.last_flush >= self.part_seconds:
             self.flush()
         return True

@@ -17,7 +17,7 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from .data import decode_image, list_images
+from .data import decode_image, list_images, read_bytes
 from .errors import VqcError
 from .geometry import Geometry, Plan, assemble, to_original, valid_mask
 from .geometry import score as canvas_score
@@ -35,6 +35,8 @@ class Prediction:
     plan: Plan | None = field(default=None, repr=False)
     canvas: np.ndarray | None = field(default=None, repr=False)  # the smoothed map at network resolution
     warning: str | None = None  # e.g. an image far smaller than the fitted ones: its score may mislead
+    image: np.ndarray | None = field(default=None, repr=False)  # with keep_inputs: the decoded image
+    data: bytes | None = field(default=None, repr=False)  # with keep_inputs: the file's bytes
 
     @cached_property
     def anomaly_map(self) -> np.ndarray:
@@ -74,33 +76,45 @@ class Scorer:
 
     # ------------------------------------------------------------ the path, in order
 
-    def decode(self, item: ImageInput) -> np.ndarray:
-        """An RGB uint8 array from a path, bytes or an array (grey arrays are repeated to RGB)."""
+    def decode(self, item: ImageInput | tuple[bytes, str]) -> np.ndarray:
+        """An RGB uint8 array from a path, bytes, (bytes, name) or an array (grey arrays are repeated to RGB)."""
         if isinstance(item, np.ndarray):
             if item.dtype != np.uint8:
                 raise VqcError(f"image arrays must be uint8, got {item.dtype}")
             return np.repeat(item[:, :, None], 3, axis=2) if item.ndim == 2 else item[:, :, :3]
+        if isinstance(item, tuple):
+            return decode_image(item[0], item[1], max_pixels=self.max_pixels)
         return decode_image(item, max_pixels=self.max_pixels)
 
-    def indexed_chunks(self, images: Sequence[ImageInput], on_unreadable=None) -> Iterator[list[tuple[int, Plan]]]:
-        """(index in images, plan) for batch_size images at a time, decoded in a thread pool
-        (Pillow and numpy release the GIL). The next chunk is decoded while the caller runs the
-        model on this one, so end-to-end speed approaches model speed. An image that cannot be
-        decoded raises VqcError, or, with on_unreadable, is handed to it and left out."""
-        def plan(item: ImageInput) -> Plan:
-            return self.geometry.plan(self.decode(item))
+    def indexed_chunks(self, images: Sequence[ImageInput], on_unreadable=None,
+                       keep_inputs: bool = False) -> Iterator[list[tuple[int, Plan, tuple | None]]]:
+        """(index in images, plan, (bytes, decoded image) with keep_inputs else None) for
+        batch_size images at a time, decoded in a thread pool (Pillow and numpy release the GIL).
+        The next chunk is decoded while the caller runs the model on this one, so end-to-end speed
+        approaches model speed. An image that cannot be decoded raises VqcError, or, with
+        on_unreadable, is handed to it and left out."""
+        def plan(item: ImageInput) -> tuple[Plan, tuple | None]:
+            if not keep_inputs:
+                return self.geometry.plan(self.decode(item)), None
+            data = item.tobytes() if isinstance(item, np.ndarray) else read_bytes(item)
+            image = self.decode(item if isinstance(item, np.ndarray) else data if isinstance(item, bytes)
+                                else (data, str(item)))
+            return self.geometry.plan(image), (data, image)
 
-        def results(futures: list[tuple[int, Future]]) -> list[tuple[int, Plan]]:
+        def results(futures: list[tuple[int, Future]]) -> list[tuple[int, Plan, tuple | None]]:
             done = []
             for i, future in futures:
                 try:
-                    done.append((i, future.result()))
+                    done.append((i, *future.result()))
                 except VqcError as exc:
                     if on_unreadable is None:
                         raise
                     on_unreadable(images[i], exc)
             return done
 
+        if len(images) <= self.batch_size and all(isinstance(item, np.ndarray) for item in images):
+            yield [(i, *plan(item)) for i, item in enumerate(images)]  # decoded already (the service): no pool
+            return
         with ThreadPoolExecutor(max_workers=DECODE_THREADS) as pool:
             pending: deque[list[tuple[int, Future]]] = deque()
             for start in range(0, len(images), self.batch_size):
@@ -114,7 +128,7 @@ class Scorer:
     def planned_chunks(self, images: Sequence[ImageInput]) -> Iterator[list[Plan]]:
         """Decoded and planned (resized, padded, tiled) images, batch_size at a time."""
         for chunk in self.indexed_chunks(images):
-            yield [plan for _, plan in chunk]
+            yield [plan for _, plan, _ in chunk]
 
     def input_batches(self, plans: list[Plan]) -> Iterator[tuple[list, np.ndarray, np.ndarray | None]]:
         """The plans' network inputs in batches of at most batch_size of one shape:
@@ -154,27 +168,33 @@ class Scorer:
     # ------------------------------------------------------------ what callers use
 
     def predict_iter(self, images: Sequence[ImageInput], progress: bool = False,
-                     on_unreadable=None) -> Iterator[Prediction]:
+                     on_unreadable=None, keep_inputs: bool = False) -> Iterator[Prediction]:
         """Score images one batch at a time; maps come back at each image's own resolution.
 
         An image that cannot be decoded, or is over max_pixels, raises VqcError; with
-        on_unreadable(image, error) it is handed to that instead and the rest are scored."""
+        on_unreadable(image, error) it is handed to that instead and the rest are scored. With
+        keep_inputs each Prediction carries the file's bytes and the decoded image (each file
+        read and decoded once, for records and overlays)."""
         self.require_ready()
         images = list(images)
-        order: deque[int] = deque()  # the index of each plan on its way through the model
+        order: deque[tuple[int, tuple | None]] = deque()  # each plan's index (and inputs) on its way through
         with tqdm(total=len(images), desc="predict", unit="img", disable=not progress) as bar:
             def skipped(image, error):
                 bar.update(1)
                 on_unreadable(image, error)
 
             def plans():
-                for chunk in self.indexed_chunks(images, skipped if on_unreadable else None):
-                    order.extend(i for i, _ in chunk)
-                    yield [plan for _, plan in chunk]
+                for chunk in self.indexed_chunks(images, skipped if on_unreadable else None, keep_inputs):
+                    order.extend((i, source) for i, _, source in chunk)
+                    yield [plan for _, plan, _ in chunk]
 
             for plan, canvas, score in self.canvases(plans()):
-                image = images[order.popleft()]
-                yield self.prediction(plan, canvas, score, Path(image) if isinstance(image, (str, Path)) else None)
+                i, source = order.popleft()
+                image = images[i]
+                pred = self.prediction(plan, canvas, score, Path(image) if isinstance(image, (str, Path)) else None)
+                if source is not None:
+                    pred.data, pred.image = source
+                yield pred
                 bar.update(1)
 
     def predict(self, images: Sequence[ImageInput] | ImageInput, progress: bool = False) -> list[Prediction]:

@@ -10,7 +10,6 @@ the records database before it is answered; if the database refuses it, the answ
 from __future__ import annotations
 
 import base64
-import functools
 import io
 import logging
 import re
@@ -19,7 +18,6 @@ import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from functools import partial
 from importlib.resources import files
 from pathlib import Path
 from typing import Literal
@@ -36,10 +34,10 @@ from .batching import Batcher
 from .bundle import open_model
 from .data import decode_image
 from .engines import EngineSettings
+from .inspection import Inspected, NotRecorded, Recorder
 from .errors import VqcError
 from .monitoring import DriftMonitor, Metrics
 from .records import Filters, ModelIdentity, Records, default_locations, inspection_row
-from .viz import prediction_overlay
 
 log = logging.getLogger(__name__)
 
@@ -65,10 +63,6 @@ class ServeConfig:
     protect_monitoring: bool = False  # also ask for a key on /health and /metrics
     cors_origins: tuple[str, ...] = ()  # browser origins allowed to call the API; none by default
     drift_window: int = 200  # inspections compared with the model's validation scores
-
-
-class NotRecorded(Exception):
-    """The records database did not take an inspection: it is answered 503, not 200."""
 
 
 def _png_base64(image: np.ndarray) -> str:
@@ -99,6 +93,7 @@ class Inspector:
         self.batcher = Batcher(self.model.predict, config.max_batch, config.batch_wait_ms) \
             if config.batch_wait_ms > 0 else None
         self.records = open_records(self.path, config)
+        self.recorder = Recorder(self.records, self.identity, self.model) if self.records is not None else None
         self.drift = DriftMonitor(self.model.info["normal_scores"], config.drift_window)
         if self.records is not None:  # a restart picks up the window where it was
             self.drift.add(self.records.recent_scores(self.identity.sha256, config.drift_window))
@@ -115,7 +110,7 @@ class Inspector:
     def inspect(self, images: list[tuple[str, bytes]], heatmap: bool, station: str | None = None,
                 part_ids: list[str | None] | None = None) -> list[dict]:
         received = datetime.now(timezone.utc)
-        decoded = [decode_image(data, name, self.model.max_pixels) for name, data in images]  # VqcError -> 422 before the lock
+        decoded = [decode_image(data, name, self.model.max_pixels) for name, data in images]  # VqcError -> 422 first
         start = time.perf_counter()
         if self.batcher is not None:  # with other requests that arrive within batch_wait_ms
             predictions = self.batcher.submit(decoded)
@@ -124,25 +119,24 @@ class Inspector:
                 predictions = self.model.predict(decoded)
         latency = (time.perf_counter() - start) * 1000 / len(images)
         part_ids = part_ids or [None] * len(images)
-        rows = [inspection_row(self.identity, self.model, pred, data, image.shape, latency, received, name, station, part)
-                for (name, data), image, pred, part in zip(images, decoded, predictions, part_ids)]
+        items = [Inspected(name, data, image, pred, latency, received, station, part)
+                 for (name, data), image, pred, part in zip(images, decoded, predictions, part_ids)]
+        rows = self.recorder.rows(items) if self.recorder else [
+            inspection_row(self.identity, self.model, i.prediction, i.data, i.image.shape, latency, received, i.name,
+                           station, i.part_id) for i in items]
         ids = [None] * len(rows)
-        floor, top = self.model.normal_range()
-        # drawn at most once per image, whether the record, the answer or both want it
-        overlays = [functools.cache(partial(prediction_overlay, image, pred, floor, top))
-                    for image, pred in zip(decoded, predictions)]
-        if self.records is not None:
+        if self.recorder is not None:
             try:
-                ids = self.records.add(rows, [(data, draw) for (_, data), draw in zip(images, overlays)])
-            except Exception as exc:  # any failure to record must end in 503, never in a 200
+                ids = self.recorder.record(items, rows)
+            except NotRecorded:  # any failure to record ends in 503, never in a 200
                 self.metrics.unrecorded.inc(len(rows))
-                log.error("inspection not recorded (%s): %s", type(exc).__name__, str(exc).splitlines()[0])
-                raise NotRecorded(type(exc).__name__) from None
+                raise
         self.metrics.observe(rows, latency / 1000)
         self.drift.add([row["score"] for row in rows])
         threshold = self.model.threshold
+        floor, top = self.model.normal_range()
         results = []
-        for row, row_id, pred, draw in zip(rows, ids, predictions, overlays):
+        for row, row_id, item in zip(rows, ids, items):
             result = {"id": row_id, "inspected_at": received.isoformat(), "filename": row["filename"],
                       "station": row["station"], "part_id": row["part_id"], "score": row["score"],
                       "normalised_score": row["normalised_score"], "verdict": row["verdict"],
@@ -151,9 +145,9 @@ class Inspector:
                       "policy": row["policy"], "model": self.name, "model_version": self.version,
                       "engine": self.engine, "width": row["width"], "height": row["height"],
                       "size_bytes": row["size_bytes"], "latency_ms": round(latency, 2), "sha256": row["sha256"],
-                      "warning": pred.warning}
+                      "warning": item.prediction.warning}
             if heatmap:
-                result["heatmap_png"] = _png_base64(draw())
+                result["heatmap_png"] = _png_base64(item.overlay(floor, top))
             results.append(result)
         return results
 

@@ -9,12 +9,34 @@ A head is a torch module with
 """
 from __future__ import annotations
 
+from typing import Iterable, Protocol, runtime_checkable
+
+import torch
+
 from ..errors import VqcError
 from .ae import AutoencoderHead
 from .gmm import GmmHead
 from .knn import KnnHead
 from .mdn import MdnHead
 from .nf import FlowHead
+
+
+
+@runtime_checkable
+class Head(Protocol):
+    """The contract above, as a type a new head is checked against (tests/test_training_heads.py).
+    A head may also offer ``without(drop)``, a context in which it scores as if the fit inputs
+    marked in ``drop`` had not been fitted: knn does, and fit then scores every good image
+    leave-one-out (vqc.model)."""
+
+    def fit(self, batches: Iterable[list[torch.Tensor]], val_batches: list, progress: bool = True) -> dict: ...
+
+    def forward(self, levels: list[torch.Tensor]) -> torch.Tensor: ...
+
+    def options(self) -> dict: ...
+
+    def state_dict(self) -> dict: ...
+
 
 HEADS = {"knn": KnnHead, "nf": FlowHead, "gmm": GmmHead, "mdn": MdnHead, "ae": AutoencoderHead}
 
