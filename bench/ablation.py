@@ -40,7 +40,7 @@ def run_one(root: Path, options: dict, top_k_too: bool = False) -> list[dict]:
     from dataclasses import replace
 
     from vqc import AnomalyModel
-    from vqc.evaluation import evaluate
+    from vqc.training.evaluation import evaluate
     start = time.perf_counter()
     model = AnomalyModel(**options).fit(root, progress=False)
     fit_s = time.perf_counter() - start

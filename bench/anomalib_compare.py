@@ -100,7 +100,7 @@ def ready_batch(paths: list[str]) -> torch.Tensor:
 # ------------------------------------------------------------------ vqc (this interpreter)
 
 def run_vqc(head: str, train: list[str], test: list[str], job: dict, engine: str, precision: str) -> dict:
-    from vqc.model import AnomalyModel
+    from vqc.training.model import AnomalyModel
 
     options = {"coreset": CORESET} if head == "knn" else \
         {"steps": FLOW_STEPS, "hidden_ratio": HIDDEN_RATIO, "max_epochs": job["epochs"]}

@@ -1,7 +1,7 @@
 """The regret table of `vqc fit --auto`: how good its choice, made from good images and synthetic
 defects only, is on each data set's real test split.
 
-For every set it runs the same selection `vqc fit DATA --auto` runs (vqc.selection.choose), and
+For every set it runs the same selection `vqc fit DATA --auto` runs (vqc.training.selection.choose), and
 also evaluates every fitted candidate on the real test split. It prints, per set: the real image
 AUROC / pixel AUROC / AUPRO of the candidate --auto chose, of the best candidate, and of the old
 default (efficientnet_lite0 + knn at 224, max score), the regret (best minus chosen image AUROC),
@@ -14,7 +14,7 @@ candidates. Then every candidate's row. JSON goes to --json.
 
 The summary also gives the regret had the choice been made on the synthetic image AUROC alone
 or the synthetic pixel AUROC alone: a diagnostic of the selection rule, which stays as written in
-vqc.selection.selection_score (five sets are too few to fit a rule to).
+vqc.training.selection.selection_score (five sets are too few to fit a rule to).
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ from pathlib import Path
 from scipy.stats import spearmanr
 
 from vqc.choices import AUTO_BUDGET_S
-from vqc.selection import choose
+from vqc.training.selection import choose
 
 SHARED = Path(os.environ.get("VQC_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 SETS = ("mvtec_bottle", "mpdd_metal_plate", "magnetic_tile", "mvtec3d_tire", "kolektorsdd")

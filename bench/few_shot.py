@@ -26,7 +26,7 @@ SEEDS = (0, 1, 2)
 def run_set(root: Path) -> dict:
     from vqc import AnomalyModel
     from vqc.data import read_split
-    from vqc.evaluation import evaluate
+    from vqc.training.evaluation import evaluate
     good = [s.path for s in read_split(root, "train")]
     runs = {}
     for n in [n for n in SIZES if n < len(good)] + [len(good)]:

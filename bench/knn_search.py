@@ -22,8 +22,8 @@ import torch
 
 import vqc
 from vqc.data import read_split
-from vqc.export import cached_onnx
-from vqc.heads.patches import flatten_positions, patch_features
+from vqc.training.export import cached_onnx
+from vqc.training.heads.patches import flatten_positions, patch_features
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "mvtec_bottle"))

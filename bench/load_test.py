@@ -42,7 +42,7 @@ import sqlalchemy as sa
 import vqc
 from vqc.access import add_key
 from vqc.data import read_split
-from vqc.demo import demo_data
+from vqc.training.demo import demo_data
 from vqc.records import Inspection, Records
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -212,7 +212,7 @@ def main() -> int:
 
 def model_only_rate(model_path: str, engine: str, batch: int = 32) -> float:
     """Images/s of the engine on ready uint8 inputs, batch `batch`: what serving could reach."""
-    from vqc.bundle import open_model
+    from vqc.loading import open_model
     from vqc.engines import EngineSettings
     model = open_model(model_path, EngineSettings(engine))
     plans = [plan for chunk in model.planned_chunks([s.path for s in read_split(demo_data(), "test")]) for plan in chunk]

@@ -6,7 +6,7 @@ For each head, the default detector fitted on ../shared/data/mvtec_bottle (nf fo
 speed does not depend on weights) is timed two ways on the same `--images` bottle test PNGs
 (the test split repeated), the same engine (auto):
 - the Speed section's end-to-end figure: `predict_iter` over the files in this process, the
-  fastest of three passes (vqc.speed's measure);
+  fastest of three passes (vqc.training.speed's measure);
 - `vqc predict MODEL FOLDER --no-overlays` as a command, its own rate from the first file read
   to the last row written (model loading and process start excluded), the fastest of three runs.
 It prints both and their ratio; exit code 1 where the command reaches under 90 % of the figure.

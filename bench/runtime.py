@@ -103,8 +103,8 @@ def main() -> int:
     parser.add_argument("--inspections", type=int, default=100)
     args = parser.parse_args()
     import vqc
-    from vqc.demo import demo_data
-    from vqc.export import export_bundle
+    from vqc.training.demo import demo_data
+    from vqc.training.export import export_bundle
     tmp = Path(tempfile.mkdtemp(prefix="vqc-runtime-"))
     model = Path(args.model) if args.model else vqc.AnomalyModel().fit(demo_data(), progress=False).save(tmp / "demo.safetensors")
     bundle = tmp / "bundle"
@@ -117,7 +117,7 @@ def main() -> int:
     full_bin = Path(sys.executable).parent
     serve_run(full_bin / "vqc", model, images, 1, tmp / "warm.log")  # the full install's export cache, warmed
     sides = {
-        "full install (model file)": (full_bin / "python", full_bin / "vqc", model, "vqc.serve, vqc.model"),
+        "full install (model file)": (full_bin / "python", full_bin / "vqc", model, "vqc.serve, vqc.training.model"),
         "runtime (line bundle)": (venv / "bin" / "python", venv / "bin" / "vqc", bundle, "vqc.serve, vqc.bundle"),
     }
     rows = {}

@@ -4,7 +4,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vqc.demo import demo_data
+from vqc.training.demo import demo_data
 
 SHARED = Path(os.environ.get("VQC_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
@@ -47,7 +47,7 @@ def bottle_knn():
     """The default efficientnet_lite0 + knn fitted on the shared bottle set, and its PyTorch evaluation
     (fitted once: the acceptance, drift and fast-engine tests all start from it)."""
     import vqc
-    from vqc.evaluation import evaluate
+    from vqc.training.evaluation import evaluate
     root = shared_set("mvtec_bottle")
     model = vqc.AnomalyModel(backbone="efficientnet_lite0", head="knn").fit(root, progress=False)
     return model, evaluate(model, root, progress=False)

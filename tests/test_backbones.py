@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from vqc import VqcError
-from vqc.backbones import BACKBONES, build_trunk, describe, load_full_model
+from vqc.training.backbones import BACKBONES, build_trunk, describe, load_full_model
 
 
 def _classify(name, size):

@@ -62,7 +62,7 @@ def test_a_request_that_breaks_its_batch_fails_alone():
 def test_the_batching_service_answers_eight_clients_as_the_model_scores_alone(demo_model, demo_root, tmp_path):
     from fastapi.testclient import TestClient
 
-    from vqc.export import export_bundle
+    from vqc.training.export import export_bundle
     from vqc.serve import create_app
     bundle = tmp_path / "tiles"
     export_bundle(demo_model, bundle)

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from vqc.benchmark import Cell, Matrix, categories, load_matrix, markdown_tables, paper_matrix
+from vqc.training.benchmark import Cell, Matrix, categories, load_matrix, markdown_tables, paper_matrix
 from vqc.errors import VqcError
 
 
@@ -93,7 +93,7 @@ def test_benchmark_resumes_after_being_killed(matrix_file, tmp_path):
 def test_a_failing_cell_is_recorded_and_the_run_goes_on(tmp_path, demo_root):
     cells = [Cell("efficientnet_lite0", "knn", str(demo_root), head_options=json.dumps({"coreset": 7})),
              Cell("resnet50", "knn", str(demo_root), weights=str(tmp_path / "missing.pth"))]
-    from vqc.benchmark import run_matrix
+    from vqc.training.benchmark import run_matrix
     records = run_matrix(cells, tmp_path / "out", {"fp_cost": 1, "fn_cost": 10}, progress=False, say=lambda _: None)
     assert [r["status"] for r in records] == ["error", "missing"]
     assert "coreset" in records[0]["error"] and "missing.pth" in records[1]["error"]

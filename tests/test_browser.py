@@ -9,7 +9,7 @@ import pytest
 from vqc.access import add_key
 from vqc.data import read_split
 from vqc.serve import create_app
-from vqc.thresholds import choose_threshold
+from vqc.training.thresholds import choose_threshold
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 

@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 from scipy.ndimage import gaussian_filter
 
-from vqc.detector import GaussianBlur
+from vqc.training.detector import GaussianBlur
 
 
 def test_blur_matches_scipy(rng):

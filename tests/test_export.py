@@ -7,10 +7,10 @@ import vqc
 from vqc import VqcError
 from vqc.cli import main
 from vqc.data import read_split
-from vqc.evaluation import evaluate
+from vqc.training.evaluation import evaluate
 from vqc.engines.onnx import OnnxEngine
 from vqc.engines.openvino import OpenVinoEngine
-from vqc.export import check_batches, export_onnx, parity
+from vqc.training.export import check_batches, export_onnx, parity
 
 
 @pytest.fixture(scope="module")

@@ -6,9 +6,9 @@ from torch import nn
 
 import vqc
 from vqc import VqcError
-from vqc.backbones import build_trunk
+from vqc.training.backbones import build_trunk
 from vqc.data import read_split
-from vqc.detector import Detector
+from vqc.training.detector import Detector
 from vqc.geometry import Geometry, assemble, tile_starts
 
 

@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from vqc.demo import demo_data
+from vqc.training.demo import demo_data
 
 SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "gpu.py"
 MODELS = ["lite0-knn", "lite0-nf"]

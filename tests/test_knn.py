@@ -4,9 +4,9 @@ import torch
 from sklearn.neighbors import NearestNeighbors
 
 from vqc import VqcError
-from vqc.heads import create_head
-from vqc.heads.knn import KnnHead, greedy_coreset, random_subset
-from vqc.heads.patches import flatten_positions, patch_features
+from vqc.training.heads import create_head
+from vqc.training.heads.knn import KnnHead, greedy_coreset, random_subset
+from vqc.training.heads.patches import flatten_positions, patch_features
 
 
 def _levels(rng, b=3):

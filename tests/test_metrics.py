@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from vqc import metrics
-from vqc.metrics import (aupro, auroc, average_precision, cost_threshold, f1_max, f1_threshold,
+from vqc.training import metrics
+from vqc.training.metrics import (aupro, auroc, average_precision, cost_threshold, f1_max, f1_threshold,
                          false_reject_threshold, pixel_auroc, pro_curve)
 
 

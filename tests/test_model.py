@@ -9,7 +9,7 @@ from safetensors.torch import load_file, save_file
 import vqc
 from vqc import VqcError
 from vqc.data import read_split
-from vqc.evaluation import evaluate
+from vqc.training.evaluation import evaluate
 
 
 def test_demo_model_detects_defects(demo_model, demo_root):

@@ -297,7 +297,7 @@ def test_12_a_key_in_the_url_is_blanked_in_the_access_log():
 def test_13_the_coreset_shows_progress_and_runs_on_one_thread(monkeypatch, capsys):
     import torch
 
-    from vqc.heads import knn
+    from vqc.training.heads import knn
     seen_threads = []
     real = knn.tqdm
 
@@ -362,6 +362,6 @@ def test_14_a_revoked_key_is_refused_by_a_running_service(demo_model_file, tmp_p
 def test_14_the_command_lines_choices_are_the_registries():
     from vqc import choices
     from vqc.geometry import MODES
-    from vqc.heads import HEADS
-    from vqc.model import TORCH_DTYPES as PRECISIONS
+    from vqc.training.heads import HEADS
+    from vqc.training.model import TORCH_DTYPES as PRECISIONS
     assert choices.HEADS == tuple(HEADS) and choices.GEOMETRIES == MODES and choices.PRECISIONS == tuple(PRECISIONS)

@@ -27,7 +27,7 @@ from .conftest import shared_set
 REPO = Path(__file__).resolve().parents[1]
 BLOCKED = ("torch", "torchvision", "timm", "FrEIA", "scipy", "sklearn", "matplotlib", "safetensors", "onnx",
            "onnxscript", "yaml")
-TORCH_FREE = ("vqc", "vqc.cli", "vqc.bundle", "vqc.scoring", "vqc.geometry", "vqc.data", "vqc.engines",
+TORCH_FREE = ("vqc", "vqc.cli", "vqc.bundle", "vqc.loading", "vqc.inspection", "vqc.batching", "vqc.scoring", "vqc.geometry", "vqc.data", "vqc.engines",
               "vqc.engines.onnx", "vqc.engines.openvino", "vqc.serve", "vqc.records", "vqc.monitoring",
               "vqc.access", "vqc.viz", "vqc.files", "vqc.choices", "vqc.version", "vqc.errors")
 SITE_PACKAGES_LIMIT_MB = 400
@@ -47,7 +47,7 @@ def _blocking_prelude() -> str:
 def test_the_torch_free_part_imports_no_training_package(demo_model, demo_root, tmp_path):
     """Every torch-free module imports with the training stack blocked, a bundle scores through
     them, and a training-only command says which install it needs in one line."""
-    from vqc.export import export_bundle
+    from vqc.training.export import export_bundle
     bundle = tmp_path / "tiles"
     export_bundle(demo_model, bundle)
     image = next((demo_root / "test" / "good").glob("*.png"))
@@ -55,7 +55,7 @@ def test_the_torch_free_part_imports_no_training_package(demo_model, demo_root, 
         import importlib
         for name in {TORCH_FREE!r}:
             importlib.import_module(name)
-        from vqc.bundle import open_model
+        from vqc.loading import open_model
         pred = open_model({str(bundle)!r}).predict({str(image)!r})[0]
         print(repr(pred.score))
         from vqc.cli import main
@@ -97,7 +97,7 @@ def runtime_venv(tmp_path_factory) -> Path:
 def test_the_runtime_install_holds_no_torch_and_scores_bottle_as_the_full_install(runtime_venv, bottle_knn, tmp_path):
     import vqc
     from vqc.cli import main
-    from vqc.export import export_bundle
+    from vqc.training.export import export_bundle
     root = shared_set("mvtec_bottle")
     listed = subprocess.run([str(runtime_venv / "bin" / "pip"), "list", "--format", "json"],
                             capture_output=True, text=True, check=True).stdout

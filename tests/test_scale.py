@@ -22,7 +22,7 @@ import pytest
 import vqc
 from vqc.cli import main
 from vqc.errors import VqcError
-from vqc.scale import ScoreStore, list_sources
+from vqc.training.scale import ScoreStore, list_sources
 
 from .conftest import shared_set
 

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from vqc.data import decode_image, read_split
-from vqc.synthetic import KINDS, SIZES, defect_set, perlin_noise, synthetic_defect
+from vqc.training.synthetic import KINDS, SIZES, defect_set, perlin_noise, synthetic_defect
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +47,7 @@ def test_perlin_noise_is_smooth_and_bounded():
 def test_auto_picks_the_better_of_two_candidates(demo_root):
     """A constructed case: the same detector with ImageNet weights and with random ones. On the
     real test split the ImageNet one is better; --auto, seeing only good images, must pick it."""
-    from vqc.selection import Candidate, choose, chosen_options
+    from vqc.training.selection import Candidate, choose, chosen_options
     pool = [Candidate("random weights", {"weights": "random"}), Candidate("imagenet weights", {})]
     result = choose(demo_root, pool=pool, test_data=demo_root, progress=False, say=lambda line: None)
     records = result["candidates"]
@@ -63,7 +63,7 @@ def test_auto_picks_the_better_of_two_candidates(demo_root):
 def test_auto_candidates_follow_the_images_shape(tmp_path):
     from PIL import Image
 
-    from vqc.selection import candidates
+    from vqc.training.selection import candidates
     for name, size in (("square", (256, 256)), ("long", (200, 512)), ("large", (900, 900))):
         folder = tmp_path / name
         folder.mkdir()

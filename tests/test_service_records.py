@@ -15,7 +15,7 @@ from vqc.cli import main
 from vqc.data import read_split
 from vqc.records import Records
 from vqc.serve import create_app
-from vqc.thresholds import choose_threshold
+from vqc.training.thresholds import choose_threshold
 from vqc.viz import legend_height
 
 

@@ -2,7 +2,7 @@
 import pytest
 
 import vqc
-from vqc.evaluation import evaluate
+from vqc.training.evaluation import evaluate
 
 from .conftest import shared_set
 

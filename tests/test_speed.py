@@ -7,8 +7,8 @@ import torch
 import vqc
 from vqc.cli import main
 from vqc.data import read_split
-from vqc.evaluation import evaluate
-from vqc.export import model_digest
+from vqc.training.evaluation import evaluate
+from vqc.training.export import model_digest
 
 from .conftest import shared_set
 
@@ -149,12 +149,12 @@ def test_precisions_an_engine_cannot_run_are_refused(demo_model):
 
 def test_auto_falls_back_to_torch_at_the_same_precision_and_forced_engines_raise(demo_model, demo_root, monkeypatch,
                                                                                 caplog):
-    import vqc.export
+    import vqc.training.export
 
     def export_fails(model):
         raise vqc.VqcError("export failed (forced by the test)")
 
-    monkeypatch.setattr(vqc.export, "cached_onnx", export_fails)
+    monkeypatch.setattr(vqc.training.export, "cached_onnx", export_fails)
     image = _images(demo_root)[0]
     reference = demo_model.predict(image)[0].score
     try:

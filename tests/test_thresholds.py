@@ -5,8 +5,8 @@ import vqc
 from vqc import VqcError
 from vqc.cli import main
 from vqc.data import read_split
-from vqc.metrics import cost_threshold, f1_max
-from vqc.thresholds import choose_threshold, parse_policy
+from vqc.training.metrics import cost_threshold, f1_max
+from vqc.training.thresholds import choose_threshold, parse_policy
 
 
 def test_fit_stores_a_false_reject_threshold_from_every_good_image_left_out_in_turn(demo_model):
@@ -65,8 +65,8 @@ def test_a_threshold_on_few_good_images_says_so_and_evaluate_reports_the_rate_it
     cannot be measured on them, and the rate on good parts the fit never saw is reported."""
     import numpy as np
 
-    from vqc.evaluation import evaluate
-    from vqc.thresholds import choose_threshold, few_images_warning
+    from vqc.training.evaluation import evaluate
+    from vqc.training.thresholds import choose_threshold, few_images_warning
     chosen = choose_threshold(demo_model, "false-reject-rate=0.01")
     assert chosen["n_images"] == 60 and "rests on 60 good images" in chosen["warning"]
     assert few_images_warning(100, 0.01) == {} and few_images_warning(19, 0.1) != {}

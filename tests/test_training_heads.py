@@ -5,8 +5,8 @@ from sklearn.mixture import GaussianMixture
 
 import vqc
 from vqc.data import read_split
-from vqc.heads.gmm import GmmHead, em, mean_log_likelihood
-from vqc.heads.training import train_early_stopping
+from vqc.training.heads.gmm import GmmHead, em, mean_log_likelihood
+from vqc.training.heads.training import train_early_stopping
 
 
 class _Scalar(torch.nn.Module):
@@ -100,12 +100,12 @@ def test_every_head_is_seeded_and_survives_save_load(head, options, few_images, 
     assert [p.score for p in loaded.predict(test)] == scores
     assert loaded.info["fit_seconds"] > 0 and loaded.info["inference_ms_per_image"] > 0
     assert loaded.config.backbone == ("none" if head == "ae" else "efficientnet_lite0")
-    from vqc.efficiency import flops_per_image
+    from vqc.training.efficiency import flops_per_image
     assert flops_per_image(loaded.detector, 224) > 1e8  # the flop counter runs on every fitted head
 
 
 def test_flow_forward_with_gathered_permutations_equals_freia():
-    from vqc.heads.nf import build_flow, flow_forward
+    from vqc.training.heads.nf import build_flow, flow_forward
     torch.manual_seed(0)
     flow = build_flow(12, steps=6, hidden_ratio=0.5, clamp=2.0)
     with torch.no_grad():  # move every trainable parameter off its initial value
@@ -147,7 +147,7 @@ def test_nf_level_maps_and_files_from_before_the_option(few_images, tmp_path):
 def test_every_registered_head_meets_the_head_protocol():
     import inspect
 
-    from vqc.heads import HEADS, Head, create_head
+    from vqc.training.heads import HEADS, Head, create_head
     for name in HEADS:
         head = create_head(name, [8, 16], {})
         assert isinstance(head, Head), name

@@ -1,6 +1,6 @@
 """The line bundle: everything a line PC needs to score, in one folder, and the torch-free model that runs it.
 
-A bundle is a folder written by `vqc export MODEL --out DIR` (vqc.export.export_bundle):
+A bundle is a folder written by `vqc export MODEL --out DIR` (vqc.training.export.export_bundle):
 
 - ``model.onnx``: the whole Detector (normalisation, backbone, head, upsampling, smoothing,
   image score), parity-checked against PyTorch when it was written;
@@ -8,8 +8,8 @@ A bundle is a folder written by `vqc export MODEL --out DIR` (vqc.export.export_
   threshold and its policy, the normal score range and the good images' scores (drift), the
   model's name, version and hash, the graph's hash, the fit's info and the export's parity.
 
-`open_model(path)` opens a bundle folder with ONNX Runtime or OpenVINO (no torch), or a training
-model file with the full install. This module imports no torch.
+`LineBundle` opens a bundle with ONNX Runtime or OpenVINO; vqc.loading.open_model opens either a
+bundle or a training model file. This module imports no torch.
 """
 from __future__ import annotations
 
@@ -93,25 +93,3 @@ class LineBundle(Scorer):
         return {"backbone": config["backbone"], "layers": list(config["layers"]), "head": config["head"],
                 "image_size": config["image_size"], "weights_source": self.info.get("weights_source"),
                 "n_train": self.info.get("n_train"), "bundle": self.manifest["model"]}
-
-
-def open_model(path: str | Path, settings: EngineSettings | None = None, max_pixels: int | None = None) -> Scorer:
-    """A model ready to score: a bundle folder (any install), or a training model file (the
-    full install: it needs torch), on the engine the settings pick."""
-    path = Path(path)
-    settings = settings or EngineSettings()
-    if path.is_dir():
-        if not is_bundle(path):
-            raise VqcError(f"{path} is a folder without {MANIFEST}: not a line bundle (vqc export MODEL --out DIR)")
-        model = LineBundle(path, settings)
-    else:
-        try:
-            from .model import load
-        except ModuleNotFoundError as exc:
-            raise VqcError(f"{path} is a training model file, which needs the full install (no {exc.name} here): "
-                           f"export it to a line bundle with `vqc export {path.name} --out DIR` where vqc[train] "
-                           f"is installed, and give DIR") from None
-        model = load(path).use_engine(settings)
-    if max_pixels is not None:
-        model.max_pixels = max_pixels
-    return model

@@ -1,5 +1,5 @@
 """The names and defaults the command line offers, in a module that imports nothing, so
-`vqc --help` needs no torch. The registries they name (vqc.heads.HEADS, vqc.geometry.MODES) are checked against
+`vqc --help` needs no torch. The registries they name (vqc.training.heads.HEADS, vqc.geometry.MODES) are checked against
 these in the tests."""
 
 HEADS = ("knn", "nf", "gmm", "mdn", "ae")

@@ -108,14 +108,14 @@ def _engine_settings(args):
 
 def _scoring_model(args):
     """The model file or line bundle, on the engine and with the image limit the options ask for."""
-    from .bundle import open_model
+    from .loading import open_model
     return open_model(args.model, _engine_settings(args), args.max_pixels)
 
 
 def _ray_options(args):
     if not (args.ray or args.ray_address):
         return None
-    from .scale import RayOptions
+    from .training.scale import RayOptions
     if args.cpus_per_worker <= 0 or getattr(args, "workers", 0) < 0:
         raise VqcError("--cpus-per-worker must be above 0 and --workers at least 0")
     return RayOptions(address=args.ray_address, workers=getattr(args, "workers", 0),
@@ -329,13 +329,13 @@ def _model_options(args) -> dict:
 
 
 def cmd_fit(args) -> int | None:
-    from .thresholds import choose_threshold, parse_policy
+    from .training.thresholds import choose_threshold, parse_policy
     policy = parse_policy(args.threshold)[0]
     if args.per_category:
         return _fit_per_category(args, policy)
     if _ray_options(args):
         raise VqcError("fit --ray fits one model per category: add --per-category and give a data root")
-    from .model import AnomalyModel
+    from .training.model import AnomalyModel
     if policy != "false-reject-rate" and not args.threshold_data:
         raise VqcError(f"--threshold {args.threshold} needs --threshold-data with labelled images")
     model, auto = _auto_model(args) if args.auto else (AnomalyModel(**_model_options(args)), None)
@@ -354,9 +354,9 @@ def cmd_fit(args) -> int | None:
 
 
 def _auto_model(args) -> tuple:
-    from .model import AnomalyModel
-    from .selection import chosen_options, choose
-    from .thresholds import parse_policy
+    from .training.model import AnomalyModel
+    from .training.selection import chosen_options, choose
+    from .training.thresholds import parse_policy
     name, rate = parse_policy(args.threshold)
     print(f"--auto: judging candidates on held-out good images of {args.data} with synthetic defects "
           f"(budget {args.time_budget:.0f} s)")
@@ -382,7 +382,7 @@ def print_candidates(result: dict) -> None:
 
 
 def _fit_per_category(args, policy: str) -> int:
-    from .scale import FitSpec, fit_categories
+    from .training.scale import FitSpec, fit_categories
     if policy != "false-reject-rate" or args.threshold_data:
         raise VqcError("--per-category sets the false-reject-rate policy on each category's held-out good images; "
                        "choose f1 or cost thresholds per model afterwards with vqc threshold")
@@ -467,7 +467,7 @@ def _recorder(args, model):
 
 
 def _predict_on_ray(args) -> int:
-    from .scale import predict_on_ray
+    from .training.scale import predict_on_ray
     result = predict_on_ray(args.model, args.images, args.out, _ray_options(args), engine=args.engine,
                             precision=args.precision, compile=args.compile, write_csv=args.csv)
     print(f"scored {result.scored} images ({result.already} already scored, {len(result.unreadable)} unreadable) "
@@ -605,7 +605,7 @@ def _metrics_json(result: dict) -> str:
 
 
 def cmd_evaluate(args) -> None:
-    from .evaluation import evaluate
+    from .training.evaluation import evaluate
     from .files import write_text_atomic
     model = _scoring_model(args)
     result = evaluate(model, args.data)
@@ -618,13 +618,13 @@ def cmd_evaluate(args) -> None:
 
 
 def cmd_demo(args) -> None:
-    from .demo import run_demo
+    from .training.demo import run_demo
     run_demo(Path(args.out), print_metrics)
 
 
 def cmd_backbones(args) -> None:
     from rich.table import Table
-    from .backbones import BACKBONES, describe
+    from .training.backbones import BACKBONES, describe
     table = Table(title="backbones (vqc fit --backbone NAME --layers ...)")
     for column in ("name", "params (M)", "layers: index/channels/stride", "default", "weights offline", "note"):
         table.add_column(column)
@@ -644,7 +644,7 @@ def cmd_backbones(args) -> None:
 
 
 def cmd_benchmark(args) -> int:
-    from .benchmark import Matrix, load_matrix, paper_matrix, run_matrix, write_outputs
+    from .training.benchmark import Matrix, load_matrix, paper_matrix, run_matrix, write_outputs
     if args.speed:
         if _ray_options(args):
             raise VqcError("--speed times models on this machine; it does not take --ray")
@@ -670,13 +670,13 @@ def cmd_benchmark(args) -> int:
     cells = matrix.cells()
     print(f"{len(cells)} cells -> {out}")
     if args.report_only:
-        from .benchmark import pending_record
+        from .training.benchmark import pending_record
         stored = {cell: out / "cells" / f"{cell.key}.json" for cell in cells}
         if not any(p.exists() for p in stored.values()):
             raise VqcError(f"no stored cells of this matrix in {out}")
         records = [json.loads(p.read_text()) if p.exists() else pending_record(cell) for cell, p in stored.items()]
     elif _ray_options(args):
-        from .scale import run_matrix_on_ray
+        from .training.scale import run_matrix_on_ray
         records = run_matrix_on_ray(cells, out, costs, _ray_options(args))
     else:
         records = run_matrix(cells, out, costs)
@@ -688,7 +688,7 @@ def cmd_benchmark(args) -> int:
 
 def _speed(args) -> int:
     from .files import write_text_atomic
-    from .speed import machine, run_speed, speed_cases, speed_table
+    from .training.speed import machine, run_speed, speed_cases, speed_table
     if len(args.data) != 1:
         raise VqcError("--speed times on one data set root: pass --data ROOT")
     cases = speed_cases(args.backbones.split(","), args.heads.split(","), args.data[0], args.engines.split(","),
@@ -704,8 +704,8 @@ def _speed(args) -> int:
 
 def cmd_export(args) -> None:
     from .data import list_images
-    from .export import export_bundle
-    from .model import load
+    from .training.export import export_bundle
+    from .training.model import load
     manifest = export_bundle(load(args.model), args.out, list_images(args.check_images) if args.check_images else [],
                              source=args.model)
     p = manifest["parity"]
@@ -755,8 +755,8 @@ def cmd_keys(args) -> None:
 
 
 def cmd_threshold(args) -> None:
-    from .model import load
-    from .thresholds import choose_threshold
+    from .training.model import load
+    from .training.thresholds import choose_threshold
     model = load(args.model)
     chosen = choose_threshold(model, args.policy, args.data, args.fp_cost, args.fn_cost, args.defect_rate)
     model.threshold = chosen

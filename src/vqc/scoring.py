@@ -1,7 +1,7 @@
 """Scoring images with a fitted model, whatever runs it: decode, plan, batch, run, assemble, score.
 
 `Scorer` is the path from image files (or arrays) to `Prediction`s, shared by the training
-model (vqc.model.AnomalyModel, torch) and the line bundle (vqc.bundle.LineBundle, torch-free).
+model (vqc.training.model.AnomalyModel, torch) and the line bundle (vqc.bundle.LineBundle, torch-free).
 A subclass supplies `run_batch`, the network on uint8 inputs; everything else is here, once.
 This module imports no torch.
 """
@@ -206,7 +206,7 @@ class Scorer:
 
     def predict_plans(self, plans: list[Plan]) -> list[Prediction]:
         """Score images already decoded and planned with self.geometry.plan, e.g. by a separate
-        decoding stage (vqc.scale); the same path as predict_iter from there on."""
+        decoding stage (vqc.training.scale); the same path as predict_iter from there on."""
         return [self.prediction(plan, canvas, score) for plan, canvas, score in self.canvases([plans])]
 
     def size_warning(self, shape: tuple[int, int]) -> str | None:

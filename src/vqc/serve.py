@@ -31,7 +31,7 @@ from PIL import Image
 from .version import __version__
 from .access import ApiKeys, presented_key
 from .batching import Batcher
-from .bundle import open_model
+from .loading import open_model
 from .data import decode_image
 from .engines import EngineSettings
 from .inspection import Inspected, NotRecorded, Recorder

@@ -1,6 +1,6 @@
 """Engines: what runs the Detector. One setting, one selection, one module per engine.
 
-- ``torch``: the PyTorch Detector itself (the training install only; vqc.model);
+- ``torch``: the PyTorch Detector itself (the training install only; vqc.training.model);
 - ``onnx``: ONNX Runtime on the exported, parity-checked graph (engines/onnx.py);
 - ``openvino``: OpenVINO on that same graph, fp32 or bf16 (engines/openvino.py);
 - ``auto``: on a CPU, ONNX Runtime for fp32 and OpenVINO for bf16 (the fastest of each on the

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import load_mask, read_split
+from ..data import load_mask, read_split
 from .metrics import aupro, auroc, average_precision, f1_max, pixel_auroc
 from .model import AnomalyModel
 

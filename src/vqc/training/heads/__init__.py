@@ -13,7 +13,7 @@ from typing import Iterable, Protocol, runtime_checkable
 
 import torch
 
-from ..errors import VqcError
+from ...errors import VqcError
 from .ae import AutoencoderHead
 from .gmm import GmmHead
 from .knn import KnnHead
@@ -27,7 +27,7 @@ class Head(Protocol):
     """The contract above, as a type a new head is checked against (tests/test_training_heads.py).
     A head may also offer ``without(drop)``, a context in which it scores as if the fit inputs
     marked in ``drop`` had not been fitted: knn does, and fit then scores every good image
-    leave-one-out (vqc.model)."""
+    leave-one-out (vqc.training.model)."""
 
     def fit(self, batches: Iterable[list[torch.Tensor]], val_batches: list, progress: bool = True) -> dict: ...
 

@@ -12,16 +12,16 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .version import __version__
+from ..version import __version__
 from .backbones import build_trunk, get_spec, normalisation
-from .data import default_max_pixels, list_images, read_split
+from ..data import default_max_pixels, list_images, read_split
 from .detector import Detector
-from .engines import EngineSettings, open_graph_engine
-from .errors import VqcError
-from .files import atomic_path
-from .geometry import Geometry
+from ..engines import EngineSettings, open_graph_engine
+from ..errors import VqcError
+from ..files import atomic_path
+from ..geometry import Geometry
 from .heads import create_head
-from .scoring import ImageInput, Prediction, Scorer
+from ..scoring import ImageInput, Prediction, Scorer
 from .thresholds import choose_threshold
 
 log = logging.getLogger(__name__)
@@ -77,7 +77,7 @@ class AnomalyModel(Scorer):
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.detector: Detector | None = None
         self.info: dict = {}  # weights source, fit statistics, the normal score range
-        self.threshold: dict | None = None  # {"policy", "value", ...}: see vqc.thresholds
+        self.threshold: dict | None = None  # {"policy", "value", ...}: see vqc.training.thresholds
         self.engine = None  # None: the PyTorch Detector; else an exported-graph engine (vqc.engines)
         self.engine_name = "torch"
         self._compiled = None  # torch.compile'd Detector, when asked for

@@ -18,7 +18,7 @@ import timm
 import torch
 from torch import nn
 
-from .errors import VqcError
+from ..errors import VqcError
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .files import write_text_atomic
+from ..files import write_text_atomic
 
 
 def _figure_tag(fig) -> str:

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import read_split
-from .errors import VqcError
+from ..data import read_split
+from ..errors import VqcError
 from .metrics import cost_threshold, f1_max, false_reject_threshold
 
 

@@ -15,7 +15,7 @@ import torch
 from tqdm.auto import tqdm
 from torch import nn
 
-from ..errors import VqcError
+from ...errors import VqcError
 from .patches import flatten_positions, patch_features
 
 LOG_2PI = math.log(2 * math.pi)

@@ -5,7 +5,7 @@ The pipeline, top to bottom:
 1. ``candidates(images)``: a short, ordered list of configurations, shaped by the images' size
    and aspect ratio (letterbox for elongated parts, tiles for large ones).
 2. The good training images are split: most fit each candidate, a held-out few are scored as
-   they are and with synthetic defects painted on them (vqc.synthetic, masks known).
+   they are and with synthetic defects painted on them (vqc.training.synthetic, masks known).
 3. ``judge``: image AUROC (held-out good against synthetic), pixel AUROC on the synthetic masks,
    and the false-reject rate of the held-out good images at the candidate's own threshold policy.
    Each fit is judged with two image scores (the map's maximum and its top-k mean) at no extra cost.
@@ -23,10 +23,10 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .choices import AUTO_BUDGET_S
-from .data import decode_image, read_split
-from .errors import VqcError
-from .geometry import score as canvas_score
+from ..choices import AUTO_BUDGET_S
+from ..data import decode_image, read_split
+from ..errors import VqcError
+from ..geometry import score as canvas_score
 from .metrics import auroc, false_reject_threshold, pixel_auroc
 from .synthetic import defect_set
 
@@ -142,7 +142,9 @@ def choose(data: str | Path, policy_rate: float = 0.01, budget_s: float = AUTO_B
             continue
         start = time.perf_counter()
         try:
-            model = AnomalyModel(**candidate.model_options()).fit(fit_paths, progress=False)
+            # held-out fit images, not leave-one-out: judge() sets each image score's threshold on their canvases;
+            # the chosen configuration is refitted on every image with the default (leave-one-out for knn)
+            model = AnomalyModel(**candidate.model_options(), leave_one_out=False).fit(fit_paths, progress=False)
             _, val_index = validation_split(len(fit_paths), model.config.validation_fraction, model.config.seed)
             validation = list(model.predict_iter([fit_paths[i] for i in val_index] or fit_paths))
             good = list(model.predict_iter(good_images))

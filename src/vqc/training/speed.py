@@ -21,7 +21,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .errors import VqcError
+from ..errors import VqcError
 
 BATCHES = (32, 128, 256)
 END_TO_END_IMAGES = 256  # the test images, repeated to this many
@@ -45,7 +45,7 @@ class SpeedCase:
 def machine() -> dict:
     import torch
 
-    from .version import __version__
+    from ..version import __version__
     info = {"platform": platform.platform(), "cpu": platform.processor() or platform.machine(),
             "threads": torch.get_num_threads(), "torch": torch.__version__, "vqc": __version__,
             "date": time.strftime("%Y-%m-%d")}
@@ -76,7 +76,7 @@ def measure_case(case: SpeedCase) -> dict:
     import numpy as np
     import torch
 
-    from .data import decode_image, read_split
+    from ..data import decode_image, read_split
     from .efficiency import peak_memory_mb
     from .model import AnomalyModel
 
@@ -130,7 +130,7 @@ def run_speed(cases: list[SpeedCase], say=print) -> list[dict]:
     """Every case in a fresh interpreter, one after another (they would compete for the cores)."""
     records = []
     for case in cases:
-        done = subprocess.run([sys.executable, "-m", "vqc.speed", json.dumps(asdict(case))],
+        done = subprocess.run([sys.executable, "-m", "vqc.training.speed", json.dumps(asdict(case))],
                               capture_output=True, text=True, check=False)
         lines = done.stdout.strip().splitlines()
         if done.returncode == 0 and lines:
@@ -180,6 +180,6 @@ def speed_cases(backbones: list[str], heads: list[str], data: str, engines: list
             for engine in (engines if device == "cpu" else ["torch"])]
 
 
-if __name__ == "__main__":  # one case: python -m vqc.speed CASE_JSON; the record is the last stdout line
+if __name__ == "__main__":  # one case: python -m vqc.training.speed CASE_JSON; the record is the last stdout line
     fields = json.loads(sys.argv[1])
     print(json.dumps(measure_case(SpeedCase(**{**fields, "batches": tuple(fields["batches"])}))))

@@ -19,8 +19,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .backbones import BACKBONES, get_spec, offline_weights
-from .errors import VqcError
-from .files import write_text_atomic
+from ..errors import VqcError
+from ..files import write_text_atomic
 
 PAPER_MVTEC = ["bottle", "cable", "capsule", "carpet", "grid", "hazelnut", "leather", "metal_nut", "pill",
                "screw", "tile", "toothbrush", "transistor", "wood", "zipper"]
@@ -200,7 +200,7 @@ def pending_record(cell: Cell) -> dict:
 
 def _run_subprocess(cell: Cell, out: Path, costs: dict) -> dict:
     """One cell in a fresh interpreter; it writes its own record, atomically."""
-    args = [sys.executable, "-m", "vqc.benchmark", json.dumps(asdict(cell)), str(out), json.dumps(costs)]
+    args = [sys.executable, "-m", "vqc.training.benchmark", json.dumps(asdict(cell)), str(out), json.dumps(costs)]
     done = subprocess.run(args, capture_output=True, text=True)
     path = out / "cells" / f"{cell.key}.json"
     if path.exists():
@@ -214,12 +214,12 @@ def run_cell(cell: Cell, out: Path, costs: dict) -> dict:
     import numpy as np
     import torch
 
-    from .data import decode_image, load_mask
+    from ..data import decode_image, load_mask
     from .efficiency import measure, peak_memory_mb
     from .evaluation import evaluate
     from .metrics import cost_threshold, f1_max, false_reject_threshold
     from .model import AnomalyModel
-    from .viz import prediction_overlay, save_png
+    from ..viz import prediction_overlay, save_png
 
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     torch.manual_seed(0)
@@ -358,7 +358,7 @@ def markdown_tables(records: list[dict]) -> str:
     return "\n\n".join(parts) + "\n"
 
 
-if __name__ == "__main__":  # one cell, in its own process: python -m vqc.benchmark CELL_JSON OUT COSTS_JSON
+if __name__ == "__main__":  # one cell, in its own process: python -m vqc.training.benchmark CELL_JSON OUT COSTS_JSON
     cell_fields = json.loads(sys.argv[1])
     one = Cell(**{**cell_fields, "layers": tuple(cell_fields["layers"])})
     try:

@@ -33,9 +33,9 @@ from typing import Iterator
 import numpy as np
 from tqdm.auto import tqdm
 
-from .errors import VqcError
-from .files import atomic_path, write_text_atomic
-from .inspection import SCORE_COLUMNS
+from ..errors import VqcError
+from ..files import atomic_path, write_text_atomic
+from ..inspection import SCORE_COLUMNS
 
 
 LIST_SUFFIXES = {".txt", ".lst", ".list"}  # a text file naming one image per line
@@ -101,7 +101,7 @@ def list_sources(sources: list[str | Path]) -> list[str]:
     """Absolute image paths, each once, in order, from folders, globs, image files, text files with
     one path per line and Parquet files with a `path` column. Relative paths in a list are relative to
     the list's folder. Absolute, because the workers do not share the driver's working directory."""
-    from .data import IMAGE_SUFFIXES, list_images
+    from ..data import IMAGE_SUFFIXES, list_images
     paths: list[str] = []
     for source in map(Path, sources):
         suffix = source.suffix.lower()
@@ -325,7 +325,7 @@ def _job_failure(ray, result: BatchResult) -> Iterator:
 def _decode_plans(batch: dict, geometry) -> dict:
     """Ray Data task: read, decode and plan (resize, pad, tile) a batch of images, exactly as the
     local path does; an unreadable image becomes a row with its error instead of failing the job."""
-    from .data import decode_image
+    from ..data import decode_image
     plans, errors = [], []
     for path in batch["path"]:
         try:
@@ -380,7 +380,7 @@ def _task_needs(ray, options: RayOptions) -> dict:
 def _images_in(data: str | Path, splits: tuple[str, ...]) -> int:
     """Images a cell or fit task reads, for the progress bar (0 where the folder is unreadable:
     the task reports why)."""
-    from .data import read_split
+    from ..data import read_split
     try:
         return sum(len(read_split(data, split)) for split in splits)
     except VqcError:

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..errors import VqcError
+from ...errors import VqcError
 from .patches import flatten_positions, patch_features
 
 

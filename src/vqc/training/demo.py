@@ -4,10 +4,10 @@ from __future__ import annotations
 from importlib.resources import files
 from pathlib import Path
 
-from .data import decode_image, load_mask
+from ..data import decode_image, load_mask
 from .evaluation import evaluate
 from .model import AnomalyModel
-from .viz import prediction_overlay, save_png
+from ..viz import prediction_overlay, save_png
 
 
 def demo_data() -> Path:

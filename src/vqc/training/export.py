@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .version import __version__
-from .errors import VqcError
-from .engines.onnx import OnnxEngine
-from .files import atomic_path, write_text_atomic
+from ..version import __version__
+from ..errors import VqcError
+from ..engines.onnx import OnnxEngine
+from ..files import atomic_path, write_text_atomic
 
 SIDECAR_FORMAT = "vqc-onnx"
 SIDECAR_VERSION = 1
@@ -122,7 +122,7 @@ def export_bundle(model, folder: str | Path, check_images: list | None = None, s
     """The line bundle (vqc.bundle) of a fitted model in `folder`: the parity-checked graph and
     bundle.json. Written beside the folder and moved into place whole, so a failed export leaves
     no half bundle and an existing one stays as it was until the new one is complete."""
-    from .bundle import BUNDLE_FORMAT, BUNDLE_VERSION, GRAPH, MANIFEST, file_sha256
+    from ..bundle import BUNDLE_FORMAT, BUNDLE_VERSION, GRAPH, MANIFEST, file_sha256
     folder = Path(folder)
     if folder.exists() and not (folder / MANIFEST).is_file() and any(folder.iterdir()):
         raise VqcError(f"--out {folder} is a folder that is not a bundle and not empty: give a new folder")
