@@ -70,7 +70,7 @@ def test_backbones_lists_all(capsys):
 def test_watch_scores_each_new_image_once_and_skips_bad_files(fitted, demo_root, tmp_path, capsys):
     import shutil
     import vqc
-    from vqc.cli import _ScoreWriter, _watch
+    from vqc.scorefiles import ScoreWriter, watch_folder
     drop = tmp_path / "camera"
     drop.mkdir()
     images = sorted((demo_root / "test" / "good").glob("*.png"))[:2]
@@ -78,8 +78,8 @@ def test_watch_scores_each_new_image_once_and_skips_bad_files(fitted, demo_root,
         shutil.copy(image, drop / image.name)
     (drop / "broken.png").write_bytes(b"\x89PNG half a file")
     model = vqc.load(fitted)
-    writer = _ScoreWriter(tmp_path / "out" / "scores.csv", model, drop, overlays=False)
-    _watch(model, drop, writer, interval=0.01, rounds=5)  # five looks at the folder
+    writer = ScoreWriter(tmp_path / "out" / "scores.csv", model, drop, overlays=False)
+    watch_folder(model, drop, writer, interval=0.01, rounds=5)  # five looks at the folder
     writer.close()
     rows = list(csv.DictReader(open(tmp_path / "out" / "scores.csv")))
     assert sorted(Path(r["path"]).name for r in rows) == [i.name for i in images]  # once each, not the bad one

@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import http.client
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -19,7 +18,6 @@ import time
 import uuid
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from .conftest import shared_set
@@ -27,7 +25,7 @@ from .conftest import shared_set
 REPO = Path(__file__).resolve().parents[1]
 BLOCKED = ("torch", "torchvision", "timm", "FrEIA", "scipy", "sklearn", "matplotlib", "safetensors", "onnx",
            "onnxscript", "yaml")
-TORCH_FREE = ("vqc", "vqc.cli", "vqc.bundle", "vqc.loading", "vqc.inspection", "vqc.batching", "vqc.scoring", "vqc.geometry", "vqc.data", "vqc.engines",
+TORCH_FREE = ("vqc", "vqc.cli", "vqc.bundle", "vqc.loading", "vqc.inspection", "vqc.batching", "vqc.scorefiles", "vqc.scoring", "vqc.geometry", "vqc.data", "vqc.engines",
               "vqc.engines.onnx", "vqc.engines.openvino", "vqc.serve", "vqc.records", "vqc.monitoring",
               "vqc.access", "vqc.viz", "vqc.files", "vqc.choices", "vqc.version", "vqc.errors")
 SITE_PACKAGES_LIMIT_MB = 400

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import logging
 import math
@@ -405,15 +404,16 @@ def cmd_predict(args) -> int | None:
         raise VqcError("--watch takes one folder to watch")
     images = [] if args.watch else list_images(args.images)
     from .inspection import inspect_files
+    from .scorefiles import ScoreWriter, common_folder, watch_folder, write_unreadable
     model = _scoring_model(args)
     recorder = _recorder(args, model) if args.db else None
-    base = Path(args.images[0]) if args.watch else _common_folder(images)
-    writer = _ScoreWriter(out / "scores.csv", model, base, overlays=not args.no_overlays, recorder=recorder,
+    base = Path(args.images[0]) if args.watch else common_folder(images)
+    writer = ScoreWriter(out / "scores.csv", model, base, overlays=not args.no_overlays, recorder=recorder,
                           station=args.station)
     try:
         if args.watch:
             print(f"watching {base} for new images (Ctrl-C to stop); rows go to {writer.path}")
-            _watch(model, base, writer, args.interval)
+            watch_folder(model, base, writer, args.interval)
             return None
         unreadable: list[tuple[Path, str]] = []
         start = time.perf_counter()
@@ -430,7 +430,7 @@ def cmd_predict(args) -> int | None:
         return None
     if not scored and len(unreadable) == 1:
         raise VqcError(unreadable[0][1])
-    listing = _write_unreadable(out / "unreadable.csv", unreadable)
+    listing = write_unreadable(out / "unreadable.csv", unreadable)
     for path, reason in unreadable:
         print(f"  unreadable: {reason}", file=sys.stderr)
     if not scored:
@@ -438,24 +438,6 @@ def cmd_predict(args) -> int | None:
     print(f"scored {scored} of {scored + len(unreadable)} images -> {writer.path}; "
           f"{len(unreadable)} could not be read (listed above and in {listing})")
     return 1
-
-
-def _common_folder(images: list[Path]) -> Path:
-    """The deepest folder that holds every image: overlays keep their paths below it, so two
-    inputs of one name in different folders never share an overlay."""
-    import os
-    return Path(os.path.commonpath([str(p.resolve().parent) for p in images]))
-
-
-def _write_unreadable(path: Path, unreadable: list[tuple[Path, str]]) -> Path:
-    import io
-    from .files import write_text_atomic
-    text = io.StringIO()
-    table = csv.writer(text)
-    table.writerow(["path", "error"])
-    table.writerows(unreadable)
-    write_text_atomic(path, text.getvalue())
-    return path
 
 
 def _recorder(args, model):
@@ -474,102 +456,6 @@ def _predict_on_ray(args) -> int:
           f"-> {Path(args.out) / 'scores'}" + (f" and {Path(args.out) / 'scores.csv'}" if args.csv else "") +
           (f" in {result.seconds:.1f} s, the first after {result.first_row_seconds:.1f} s" if result.scored else ""))
     return 1 if result.unreadable else 0
-
-
-class _ScoreWriter:
-    """Appends one CSV row per inspected image as soon as it is scored (whole lines, flushed), and
-    its overlay at the image's path below `base` (its name, .png); the file is only created once
-    the first image has been scored. With a recorder, the image is recorded in the database first."""
-
-    def __init__(self, path: Path, model, base: Path, overlays: bool, recorder=None, station: str | None = None):
-        self.path, self.model, self.base, self.overlays = path, model, base.resolve(), overlays
-        self.file, self.recorder, self.station = None, recorder, station
-
-    def overlay_path(self, image: Path) -> Path:
-        """overlays/<path below base>, ending .png (a.png -> a.png, a.jpg -> a.jpg.png: never shared)."""
-        try:
-            relative = image.resolve().relative_to(self.base)
-        except ValueError:  # outside the base (a watched folder's link): its name alone
-            relative = Path(image.name)
-        name = relative.name if relative.suffix.lower() == ".png" else relative.name + ".png"
-        return Path("overlays") / relative.parent / name
-
-    def write(self, inspected) -> int:
-        from .inspection import SCORE_COLUMNS, score_row
-        from .viz import save_png
-        count = 0
-        for item in inspected:
-            pred = item.prediction
-            item.station = self.station
-            if self.recorder is not None:
-                self.recorder.record([item])
-            if self.file is None:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                fresh = not self.path.exists()
-                self.file = open(self.path, "a", newline="")
-                self.csv = csv.DictWriter(self.file, [*SCORE_COLUMNS, "overlay"])
-                if fresh:
-                    self.csv.writeheader()
-            overlay = ""
-            if self.overlays:
-                overlay = self.overlay_path(pred.path)
-                save_png(self.path.parent / overlay, item.overlay(*self.model.normal_range()))
-            if pred.warning:
-                print(f"vqc: warning: {pred.path}: {pred.warning}", file=sys.stderr)
-            row = score_row(pred.path, pred)
-            self.csv.writerow({**row, "score": f"{row['score']:.6g}", "normalised_score": f"{row['normalised_score']:.4f}",
-                               "verdict": row["verdict"] or "", "warning": row["warning"] or "", "overlay": overlay})
-            self.file.flush()
-            count += 1
-        return count
-
-    def close(self) -> None:
-        if self.file is not None:
-            self.file.close()
-
-
-EMPTY_FILE_GRACE_S = 5.0  # a camera writing in two steps leaves a zero-byte file for a moment, not longer
-
-
-def _watch(model, folder: Path, writer: _ScoreWriter, interval: float, rounds: int | None = None) -> None:
-    """Score images that appear in `folder`, once each; a file counts as complete once its size
-    has stayed the same for one polling interval (a camera may still be writing it). A file still
-    empty after EMPTY_FILE_GRACE_S (or five looks) is reported once, and scored if it fills later."""
-    from .data import IMAGE_SUFFIXES
-    from .inspection import inspect_files
-    seen: set[Path] = set()
-    sizes: dict[Path, int] = {}
-    empty_since: dict[Path, tuple[float, int]] = {}  # first seen empty: time, look number
-    reported_empty: set[Path] = set()
-    look = 0
-
-    def skip(path, exc):
-        print(f"vqc: skipped: {exc}", file=sys.stderr)  # one bad file must not stop the line
-
-    while rounds is None or look < rounds:
-        ready = []
-        now = time.monotonic()
-        for path in sorted(folder.iterdir()):
-            if path in seen or path.suffix.lower() not in IMAGE_SUFFIXES or not path.is_file():
-                continue
-            size = path.stat().st_size
-            if size == 0:
-                since, first_look = empty_since.setdefault(path, (now, look))
-                if path not in reported_empty and (now - since >= EMPTY_FILE_GRACE_S or look - first_look >= 5):
-                    reported_empty.add(path)
-                    print(f"vqc: skipped: {path} is empty (0 bytes) since {now - since:.0f} s; "
-                          "it is scored if it gets written", file=sys.stderr)
-            elif sizes.get(path) == size:
-                ready.append(path)
-            sizes[path] = size
-        for path in ready:
-            seen.add(path)
-            try:
-                writer.write(inspect_files(model, [path], on_unreadable=skip))
-            except VqcError as exc:  # e.g. scored but not recorded: said, and the line goes on
-                print(f"vqc: skipped: {exc}", file=sys.stderr)
-        look += 1
-        time.sleep(interval)
 
 
 def _fmt(value: float) -> str:

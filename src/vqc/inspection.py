@@ -41,9 +41,7 @@ class Inspected:
     received: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
     station: str | None = None
     part_id: str | None = None
-
-    def __post_init__(self):
-        self._overlay = None
+    _overlay: np.ndarray | None = field(default=None, init=False, repr=False)
 
     def overlay(self, floor: float, top: float) -> np.ndarray:
         """The operator's picture (vqc.viz.prediction_overlay), drawn on first use only."""
@@ -56,20 +54,22 @@ class NotRecorded(VqcError):
     """The records database did not take an inspection (the service answers 503, predict names it)."""
 
 
+def inspection_rows(identity: ModelIdentity, model: Scorer, items: list[Inspected]) -> list[dict]:
+    """The records' row of each inspection (vqc.records.inspection_row), recorded or not."""
+    return [inspection_row(identity, model, item.prediction, item.data, item.image.shape, item.latency_ms,
+                           item.received, item.name, item.station, item.part_id) for item in items]
+
+
 class Recorder:
     """Commits inspections to the records database, one transaction per batch, overlays drawn once."""
 
     def __init__(self, records: Records, identity: ModelIdentity, model: Scorer):
         self.records, self.identity, self.model = records, identity, model
 
-    def rows(self, items: list[Inspected]) -> list[dict]:
-        return [inspection_row(self.identity, self.model, item.prediction, item.data, item.image.shape,
-                               item.latency_ms, item.received, item.name, item.station, item.part_id)
-                for item in items]
-
     def record(self, items: list[Inspected], rows: list[dict] | None = None) -> list[int]:
+        """The rows' ids once committed; `rows`: inspection_rows(items), when the caller has them."""
         floor, top = self.model.normal_range()
-        rows = rows or self.rows(items)
+        rows = rows or inspection_rows(self.identity, self.model, items)
         try:
             return self.records.add(rows, [(item.data, functools.partial(item.overlay, floor, top)) for item in items])
         except Exception as exc:  # any failure to record must be said, never passed over

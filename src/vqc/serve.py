@@ -34,10 +34,10 @@ from .batching import Batcher
 from .loading import open_model
 from .data import decode_image
 from .engines import EngineSettings
-from .inspection import Inspected, NotRecorded, Recorder
+from .inspection import Inspected, NotRecorded, Recorder, inspection_rows
 from .errors import VqcError
 from .monitoring import DriftMonitor, Metrics
-from .records import Filters, ModelIdentity, Records, default_locations, inspection_row
+from .records import Filters, ModelIdentity, Records, default_locations
 
 log = logging.getLogger(__name__)
 
@@ -121,9 +121,7 @@ class Inspector:
         part_ids = part_ids or [None] * len(images)
         items = [Inspected(name, data, image, pred, latency, received, station, part)
                  for (name, data), image, pred, part in zip(images, decoded, predictions, part_ids)]
-        rows = self.recorder.rows(items) if self.recorder else [
-            inspection_row(self.identity, self.model, i.prediction, i.data, i.image.shape, latency, received, i.name,
-                           station, i.part_id) for i in items]
+        rows = inspection_rows(self.identity, self.model, items)
         ids = [None] * len(rows)
         if self.recorder is not None:
             try:

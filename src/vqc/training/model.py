@@ -21,7 +21,7 @@ from ..errors import VqcError
 from ..files import atomic_path
 from ..geometry import Geometry
 from .heads import create_head
-from ..scoring import ImageInput, Prediction, Scorer
+from ..scoring import ImageInput, Scorer
 from .thresholds import choose_threshold
 
 log = logging.getLogger(__name__)
