@@ -109,3 +109,17 @@ def test_unfitted_and_empty_inputs(tmp_path):
     (tmp_path / "train/good").mkdir(parents=True)
     with pytest.raises(VqcError, match=r"no images found in the train split"):
         vqc.AnomalyModel().fit(tmp_path)
+
+
+def test_keep_inputs_reads_and_decodes_once_and_scores_alike(demo_model, demo_root):
+    """predict_iter(keep_inputs=True), the inspection path's, hands back each file's bytes and its
+    decoded image, for paths, encoded bytes and arrays alike, with the same scores as without."""
+    from vqc.data import decode_image
+    paths = [s.path for s in read_split(demo_root, "test")][:3]
+    plain = [p.score for p in demo_model.predict_iter(paths)]
+    for items in (paths, [p.read_bytes() for p in paths], [decode_image(p) for p in paths]):
+        kept = list(demo_model.predict_iter(items, keep_inputs=True))
+        assert [p.score for p in kept] == plain
+        assert all(p.image is not None and p.data for p in kept)
+    kept = list(demo_model.predict_iter(paths, keep_inputs=True))
+    assert kept[0].data == paths[0].read_bytes() and np.array_equal(kept[0].image, decode_image(paths[0]))

@@ -96,9 +96,14 @@ class Scorer:
         def plan(item: ImageInput) -> tuple[Plan, tuple | None]:
             if not keep_inputs:
                 return self.geometry.plan(self.decode(item)), None
-            data = item.tobytes() if isinstance(item, np.ndarray) else read_bytes(item)
-            image = self.decode(item if isinstance(item, np.ndarray) else data if isinstance(item, bytes)
-                                else (data, str(item)))
+            if isinstance(item, np.ndarray):
+                data, source = item.tobytes(), item
+            elif isinstance(item, bytes):
+                data, source = item, item
+            else:  # a path: read once, decoded from those bytes, which are kept for the records
+                data = read_bytes(item)
+                source = (data, str(item))
+            image = self.decode(source)
             return self.geometry.plan(image), (data, image)
 
         def results(futures: list[tuple[int, Future]]) -> list[tuple[int, Plan, tuple | None]]:
