@@ -273,6 +273,13 @@ def _parser() -> argparse.ArgumentParser:
     revoke_key.add_argument("file")
     revoke_key.add_argument("--name", required=True)
 
+    station = sub.add_parser("station", help="run cameras on the line: trigger, inspect, record, answer the PLC")
+    station_sub = station.add_subparsers(dest="station_command", required=True)
+    run_station = station_sub.add_parser("run", help="run every station of STATION.yaml until Ctrl-C or SIGTERM")
+    run_station.add_argument("file", metavar="STATION.yaml")
+    check_station = station_sub.add_parser("check", help="check STATION.yaml: one line naming the key of each mistake")
+    check_station.add_argument("file", metavar="STATION.yaml")
+
     threshold = sub.add_parser("threshold", help="choose and store the model's decision threshold")
     threshold.add_argument("model")
     threshold.add_argument("--policy", required=True, metavar="f1|cost|false-reject-rate=R",
@@ -286,7 +293,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 TRAINING_STACK = {"torch", "torchvision", "timm", "FrEIA", "safetensors", "scipy", "sklearn", "onnx", "onnxscript", "matplotlib",
-                  "markdown_it", "yaml"}  # the vqc[train] extra's packages, as imported
+                  "markdown_it"}  # the vqc[train] extra's packages, as imported
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -296,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
         return {"fit": cmd_fit, "predict": cmd_predict, "evaluate": cmd_evaluate, "demo": cmd_demo,
                 "backbones": cmd_backbones, "benchmark": cmd_benchmark, "threshold": cmd_threshold,
                 "serve": cmd_serve, "export": cmd_export, "records": cmd_records,
-                "keys": cmd_keys}[args.command](args) or 0
+                "keys": cmd_keys, "station": cmd_station}[args.command](args) or 0
     except VqcError as exc:
         print(f"vqc: error: {exc}", file=sys.stderr)
         return 2
@@ -611,6 +618,26 @@ def cmd_serve(args) -> None:
         api_key_file=args.api_key_file, protect_monitoring=args.protect_monitoring,
         cors_origins=tuple(args.cors_origin), drift_window=args.drift_window, max_batch=args.max_batch,
         batch_wait_ms=args.batch_wait_ms))
+
+
+def cmd_station(args) -> None:
+    from .station.run import check_line, run_line
+    config = check_line(args.file)
+    if args.station_command == "check":
+        for station in config.stations:
+            outputs = ", ".join(station.outputs) or "none"
+            print(f"{station.name}: {station.source.kind} camera {station.source.id or station.source.folder or ''}"
+                  f" ({station.source.trigger}), trigger {station.trigger}, outputs {outputs}, model {station.model}")
+        print(f"{args.file}: {len(config.stations)} station(s), no mistakes found")
+        return
+
+    def ready(line):
+        where = f"; page http://{config.page[0]}:{config.page[1]}/" if config.page else ""
+        print(f"running {len(line.stations)} station(s){where}; Ctrl-C stops", flush=True)
+    left = run_line(config, on_ready=ready)
+    for name, count in left.items():
+        if count:
+            print(f"vqc: warning: {name}: {count} results not delivered (they are in the records)", file=sys.stderr)
 
 
 def cmd_records(args) -> None:

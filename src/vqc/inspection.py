@@ -63,15 +63,18 @@ def inspection_rows(identity: ModelIdentity, model: Scorer, items: list[Inspecte
 class Recorder:
     """Commits inspections to the records database, one transaction per batch, overlays drawn once."""
 
-    def __init__(self, records: Records, identity: ModelIdentity, model: Scorer):
+    def __init__(self, records: Records, identity: ModelIdentity, model: Scorer, overlays_later=None):
+        """overlays_later: see Records.add (a station draws kept overlays after it has answered)."""
         self.records, self.identity, self.model = records, identity, model
+        self.overlays_later = overlays_later
 
     def record(self, items: list[Inspected], rows: list[dict] | None = None) -> list[int]:
         """The rows' ids once committed; `rows`: inspection_rows(items), when the caller has them."""
         floor, top = self.model.normal_range()
         rows = rows or inspection_rows(self.identity, self.model, items)
         try:
-            return self.records.add(rows, [(item.data, functools.partial(item.overlay, floor, top)) for item in items])
+            return self.records.add(rows, [(item.data, functools.partial(item.overlay, floor, top)) for item in items],
+                                    self.overlays_later)
         except Exception as exc:  # any failure to record must be said, never passed over
             log.error("inspection not recorded (%s): %s", type(exc).__name__, str(exc).splitlines()[0])
             raise NotRecorded(f"{', '.join(item.name for item in items)} scored but not recorded in "

@@ -275,20 +275,23 @@ class Records:
             return False
         return verdict == "defective" or int(sha256[:8], 16) < self.keep_good * 2**32
 
-    def add(self, rows: list[dict], images: Sequence[tuple[bytes, Callable[[], np.ndarray]]] | None = None) -> list[int]:
+    def add(self, rows: list[dict], images: Sequence[tuple[bytes, Callable[[], np.ndarray]]] | None = None,
+            overlays_later: Callable[[Callable[[], None]], object] | None = None) -> list[int]:
         """Insert rows in one transaction and commit; return their ids. `images`: per row, the encoded
         image and a function drawing its overlay, called only for images that are kept. Files are
-        written before the commit: a crash may leave an unreferenced file, never a row pointing at none."""
+        written before the commit: a crash may leave an unreferenced file, never a row pointing at
+        its image missing. `overlays_later` (an executor's submit, say) takes the drawing of overlays
+        off the caller's time: the overlay, a picture drawn from the image, follows the commit."""
         rows = [{**row, "image_path": None, "overlay_path": None} for row in rows]  # executemany: same keys
         for row, (data, draw_overlay) in zip(rows, images or []):
             if self.keeps_image(row["verdict"], row["sha256"]):
-                row["image_path"], row["overlay_path"] = self._store(row, data, draw_overlay)
+                row["image_path"], row["overlay_path"] = self._store(row, data, draw_overlay, overlays_later)
         with self.engine.begin() as connection:
             result = connection.execute(sa.insert(Inspection).returning(Inspection.id, sort_by_parameter_order=True),
                                         rows)
             return [row_id for (row_id,) in result]
 
-    def _store(self, row: dict, data: bytes, draw_overlay) -> tuple[str, str]:
+    def _store(self, row: dict, data: bytes, draw_overlay, overlays_later=None) -> tuple[str, str]:
         from .viz import save_png
         folder = row["inspected_at"].strftime("%Y-%m-%d")
         suffix = Path(row["filename"] or "").suffix.lower()
@@ -299,7 +302,9 @@ class Records:
             with atomic_path(target) as tmp:
                 tmp.write_bytes(data)
         if not (self.image_store / overlay).exists():
-            save_png(self.image_store / overlay, draw_overlay())
+            def write_overlay():
+                save_png(self.image_store / overlay, draw_overlay())
+            write_overlay() if overlays_later is None else overlays_later(write_overlay)
         return image, overlay
 
     # ------------------------------------------------------------ reading

@@ -1,0 +1,286 @@
+"""STATION.yaml: what `vqc station run` and `vqc station check` read.
+
+Every mistake is one VqcError naming the file and the key (`line.yaml: stations.cam1.camera.gain:
+a number, got 'high'`), so `vqc station check` can answer it in one line before a line starts.
+Paths in the file are relative to the file's folder. The reference is the README's "Stations".
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import VqcError
+
+SOURCE_KINDS = ("aravis", "video", "folder")
+CAMERA_TRIGGERS = ("software", "hardware", "free")
+STATION_TRIGGERS = ("opcua", "mqtt", "camera")  # camera: each frame it delivers (hardware, free run, folder) is a part
+OUTPUTS = ("opcua", "mqtt", "webhook")
+WHEN_FULL = ("stop", "drop-oldest")
+PIXEL_FORMATS = ("RGB8", "BGR8", "Mono8")
+NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # becomes an OPC UA browse name and an MQTT topic level
+PLC_NODES = ("trigger", "part_id", "busy", "done", "result", "score", "sequence", "model_version", "error",
+             "heartbeat")  # with opcua.client: the PLC's node ids per station; trigger and result at least
+
+
+@dataclass
+class SourceConfig:
+    kind: str = "aravis"
+    id: str | None = None  # aravis: device id or IP address (None: the first camera found); video: URL or device
+    trigger: str = "software"
+    exposure_us: float | None = None  # None: as the camera is set
+    gain: float | None = None
+    frame_rate: float | None = None  # AcquisitionFrameRate; None: as the camera is set (in trigger mode some
+    # cameras, Aravis's fake one among them, only look for a trigger once per frame period)
+    pixel_format: str = "RGB8"
+    width: int | None = None
+    height: int | None = None
+    frame_timeout_ms: float = 1000  # a frame later than this after its trigger: the camera is lost
+    reconnect_s: float = 1.0
+    folder: Path | None = None  # folder: the watched folder
+
+
+@dataclass
+class StationConfig:
+    name: str
+    model: Path
+    source: SourceConfig
+    trigger: str = "opcua"
+    outputs: tuple[str, ...] = ("opcua",)
+    webhook: str | None = None
+    threads: int | None = None  # engine threads; None: the cores shared out over the stations
+    engine: str = "auto"
+    plc_nodes: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class OpcUaConfig:
+    server: str | None = None  # vqc serves the stations' nodes at this endpoint
+    client: str | None = None  # or vqc is a client of the PLC's server at this endpoint
+    namespace: str = "urn:vqc:stations"
+    heartbeat_s: float = 1.0
+
+
+@dataclass
+class MqttConfig:
+    host: str = "127.0.0.1"
+    port: int = 1883
+    prefix: str = "vqc"
+    client_id: str | None = None
+    keepalive_s: int = 10
+
+
+@dataclass
+class LineConfig:
+    path: Path
+    stations: list[StationConfig]
+    records: str | None = None  # URL or SQLite path; "none": no records; None: <file stem>.records.sqlite beside it
+    image_store: Path | None = None
+    keep_good: float = 0.01
+    page: tuple[str, int] | None = None  # host, port of the operator page; None: no page
+    opcua: OpcUaConfig | None = None
+    mqtt: MqttConfig | None = None
+    queue_size: int = 1000  # results waiting per output while its peer is away
+    when_full: str = "stop"
+
+    def threads_for(self, station: StationConfig) -> int:
+        """Engine threads: as set, or the machine's cores shared out evenly over the stations."""
+        return station.threads or max(1, (os.cpu_count() or 1) // len(self.stations))
+
+
+class _Reader:
+    """Reads one mapping of the file, naming the key path in every error, refusing unknown keys."""
+
+    def __init__(self, file: Path, where: str, value: Any):
+        self.file, self.where = file, where
+        if not isinstance(value, dict):
+            self.fail(f"a mapping of keys, got {_shown(value)}")
+        self.value = value
+        self.seen: set[str] = set()
+
+    def fail(self, message: str, key: str | None = None):
+        where = f"{self.where}.{key}" if key and self.where else (key or self.where or "top level")
+        raise VqcError(f"{self.file.name}: {where}: {message}")
+
+    def has(self, key: str) -> bool:
+        return self.value.get(key) is not None
+
+    def get(self, key: str, kind, default=None, choices: tuple | None = None, minimum: float | None = None):
+        self.seen.add(key)
+        value = self.value.get(key)
+        if value is None:
+            return default
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if kind is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = str(value)  # an address or a part of one
+        if not isinstance(value, kind) or (kind in (int, float) and isinstance(value, bool)):
+            self.fail(f"{_KIND_NAMES[kind]}, got {_shown(value)}", key)
+        if choices is not None and value not in choices:
+            self.fail(f"one of {', '.join(choices)}; got {_shown(value)}", key)
+        if minimum is not None and value < minimum:
+            self.fail(f"at least {minimum}, got {value}", key)
+        return value
+
+    def path(self, key: str, default: Path | None = None) -> Path | None:
+        value = self.get(key, str)
+        return (self.file.parent / value) if value is not None else default
+
+    def sub(self, key: str) -> "_Reader | None":
+        self.seen.add(key)
+        if self.value.get(key) is None:
+            return None
+        return _Reader(self.file, f"{self.where}.{key}" if self.where else key, self.value[key])
+
+    def done(self) -> None:
+        unknown = sorted(set(map(str, self.value)) - self.seen)
+        if unknown:
+            self.fail(f"unknown key (known: {', '.join(sorted(self.seen))})", unknown[0])
+
+
+_KIND_NAMES = {str: "a string", int: "a whole number", float: "a number", bool: "true or false",
+               list: "a list", dict: "a mapping"}
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _address(reader: _Reader, key: str) -> tuple[str, int] | None:
+    value = reader.get(key, str)
+    if value is None:
+        return None
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        reader.fail(f"HOST:PORT, got {_shown(value)}", key)
+    return host, int(port)
+
+
+def _source(reader: _Reader) -> SourceConfig:
+    kind = reader.get("kind", str, "aravis", SOURCE_KINDS)
+    source = SourceConfig(
+        kind=kind, id=reader.get("id", str),
+        trigger=reader.get("trigger", str, "software" if kind == "aravis" else "free", CAMERA_TRIGGERS),
+        exposure_us=reader.get("exposure_us", float, minimum=1), gain=reader.get("gain", float, minimum=0),
+        frame_rate=reader.get("frame_rate", float, minimum=0.1),
+        pixel_format=reader.get("pixel_format", str, "RGB8", PIXEL_FORMATS),
+        width=reader.get("width", int, minimum=8), height=reader.get("height", int, minimum=8),
+        frame_timeout_ms=reader.get("frame_timeout_ms", float, 1000.0, minimum=1),
+        reconnect_s=reader.get("reconnect_s", float, 1.0, minimum=0.01), folder=reader.path("folder"))
+    if kind == "folder" and source.folder is None:
+        reader.fail("a folder source needs its folder", "folder")
+    if kind == "video" and source.id is None:
+        reader.fail("a video source needs its URL or device (rtsp://..., /dev/video0)", "id")
+    if kind != "aravis" and source.trigger == "software":
+        reader.fail(f"a {kind} source cannot be triggered by software: hardware or free", "trigger")
+    reader.done()
+    return source
+
+
+def _station(reader: _Reader, name: str, line: dict) -> StationConfig:
+    if not NAME.match(name):
+        reader.fail("a station name is 1 to 64 letters, digits, - or _")
+    model = reader.path("model")
+    if model is None:
+        reader.fail("every station needs its model (a bundle folder or a .safetensors file)", "model")
+    source_reader = reader.sub("camera")
+    if source_reader is None:
+        reader.fail("every station needs its camera (kind: aravis, video or folder)", "camera")
+    source = _source(source_reader)
+    trigger = reader.get("trigger", str, "opcua" if source.trigger == "software" else "camera", STATION_TRIGGERS)
+    if trigger == "camera" and source.trigger == "software":
+        reader.fail("trigger: camera needs camera.trigger hardware or free (software waits for a trigger)", "trigger")
+    if trigger != "camera" and source.trigger != "software":
+        reader.fail(f"a {trigger} trigger needs camera.trigger: software (this camera runs by itself)", "trigger")
+    outputs = reader.get("outputs", list, ["opcua"] if line.get("opcua") else [])
+    for output in outputs:
+        if output not in OUTPUTS:
+            reader.fail(f"each one of {', '.join(OUTPUTS)}; got {_shown(output)}", "outputs")
+    for section in sorted({trigger, *outputs} & {"opcua", "mqtt"}):
+        if not line.get(section):
+            reader.fail(f"{section} is used but the file has no top-level {section}: section",
+                        "trigger" if section == trigger else "outputs")
+    webhook = reader.get("webhook", str)
+    if ("webhook" in outputs) != (webhook is not None):
+        reader.fail("the webhook output and a webhook: URL go together", "webhook")
+    if webhook is not None and not webhook.startswith(("http://", "https://")):
+        reader.fail(f"an http:// or https:// URL, got {_shown(webhook)}", "webhook")
+    nodes_reader = reader.sub("plc_nodes")
+    nodes: dict[str, str] = {}
+    if nodes_reader is not None:
+        nodes = {key: nodes_reader.get(key, str) for key in PLC_NODES if nodes_reader.has(key)}
+        nodes_reader.seen.update(PLC_NODES)
+        nodes_reader.done()
+    client = (line.get("opcua") or {}).get("client") if isinstance(line.get("opcua"), dict) else None
+    needed = ({"trigger"} if trigger == "opcua" else set()) | ({"result"} if "opcua" in outputs else set())
+    if client and not needed <= set(nodes):
+        reader.fail(f"with opcua.client, name the PLC's nodes: plc_nodes.{sorted(needed - set(nodes))[0]} is missing",
+                    "plc_nodes")
+    if nodes and not client:
+        reader.fail("plc_nodes are for opcua.client (vqc as the PLC's client)", "plc_nodes")
+    station = StationConfig(name=name, model=model, source=source, trigger=trigger, outputs=tuple(outputs),
+                            webhook=webhook, threads=reader.get("threads", int, minimum=1),
+                            engine=reader.get("engine", str, "auto", ("auto", "onnx", "openvino", "torch")),
+                            plc_nodes=nodes)
+    reader.done()
+    return station
+
+
+def load_line(path: str | Path) -> LineConfig:
+    """The checked line file; a VqcError naming the key at the first mistake."""
+    import yaml
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise VqcError(f"cannot read station file {path}: {exc.strerror or exc}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise VqcError(f"{path.name}: not YAML{where}: {getattr(exc, 'problem', None) or exc}") from None
+    top = _Reader(path, "", raw if raw is not None else {})
+    opcua = mqtt = None
+    if (reader := top.sub("opcua")) is not None:
+        opcua = OpcUaConfig(server=reader.get("server", str), client=reader.get("client", str),
+                            namespace=reader.get("namespace", str, "urn:vqc:stations"),
+                            heartbeat_s=reader.get("heartbeat_s", float, 1.0, minimum=0.05))
+        if (opcua.server is None) == (opcua.client is None):
+            reader.fail("one of server: (vqc serves the nodes) or client: (vqc writes the PLC's nodes)")
+        for key in ("server", "client"):
+            value = getattr(opcua, key)
+            if value is not None and not value.startswith("opc.tcp://"):
+                reader.fail(f"an opc.tcp:// endpoint, got {_shown(value)}", key)
+        reader.done()
+    if (reader := top.sub("mqtt")) is not None:
+        mqtt = MqttConfig(host=reader.get("host", str, "127.0.0.1"), port=reader.get("port", int, 1883, minimum=1),
+                          prefix=reader.get("prefix", str, "vqc").strip("/"), client_id=reader.get("client_id", str),
+                          keepalive_s=reader.get("keepalive_s", int, 10, minimum=1))
+        reader.done()
+    queue = top.sub("queue")
+    queue_size = queue.get("size", int, 1000, minimum=1) if queue else 1000
+    when_full = queue.get("when_full", str, "stop", WHEN_FULL) if queue else "stop"
+    if queue:
+        queue.done()
+    stations_reader = top.sub("stations")
+    if stations_reader is None or not stations_reader.value:
+        top.fail("a line needs at least one station under stations:", "stations")
+    line_raw = {"opcua": raw.get("opcua"), "mqtt": raw.get("mqtt")}
+    stations = []
+    for name, value in stations_reader.value.items():
+        station_reader = _Reader(path, f"stations.{name}", value)
+        stations.append(_station(station_reader, str(name), line_raw))
+    stations_reader.seen.update(map(str, stations_reader.value))
+    cameras = [s.source.id for s in stations if s.source.kind == "aravis" and s.source.id]
+    if len(set(cameras)) < len(cameras):
+        top.fail("two stations name the same camera", "stations")
+    records = top.get("records", str)
+    if records is not None and records != "none" and "://" not in records:
+        records = str(path.parent / records)
+    line = LineConfig(path=path, stations=stations, records=records,
+                      image_store=top.path("image_store"), keep_good=top.get("keep_good", float, 0.01, minimum=0),
+                      page=_address(top, "page"), opcua=opcua, mqtt=mqtt, queue_size=queue_size, when_full=when_full)
+    top.done()
+    return line

@@ -1,0 +1,149 @@
+"""A line: every station of one STATION.yaml in one process, with their links, records and page.
+
+`Line(load_line(path))` opens the records, each station's model (its engine threads shared out
+over the cores), its camera and the links the file names (one OPC UA server or client, one MQTT
+connection, webhooks); `start()` starts them, `close()` stops them, delivering what waits.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import threading
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+from ..engines import EngineSettings
+from ..errors import VqcError
+from ..inspection import Recorder
+from ..loading import open_model
+from ..records import ModelIdentity, Records
+from .config import LineConfig
+from .delivery import Outbox
+from .sources import open_source
+from .station import Station
+
+log = logging.getLogger(__name__)
+OVERLAY_NICENESS = 10
+
+
+def _lower_priority() -> None:
+    """The overlay thread yields the cores to the stations (Linux: a thread is a task of its own)."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), OVERLAY_NICENESS)
+    except (AttributeError, OSError):  # not Linux, or not allowed: overlays at the same priority
+        pass
+
+
+class Line:
+    def __init__(self, config: LineConfig):
+        self.config = config
+        self.run_id = uuid.uuid4().hex[:8]
+        self.stations: dict[str, Station] = {}
+        self.links: list = []
+        self.overlays = ThreadPoolExecutor(1, "overlays", _lower_priority)  # kept images' overlays, after the answer
+        self.records = self._records()
+        try:
+            self._build()
+        except BaseException:
+            self.close()
+            raise
+
+    def _records(self) -> Records | None:
+        c = self.config
+        if c.records == "none":
+            return None
+        folder, stem = c.path.parent, c.path.stem
+        return Records(c.records or folder / f"{stem}.records.sqlite", c.image_store or folder / f"{stem}-images",
+                       c.keep_good)
+
+    def _build(self) -> None:
+        c = self.config
+        models = {}
+        for station in c.stations:
+            model = open_model(station.model, EngineSettings(station.engine, c.threads_for(station)))
+            if model.threshold is None:
+                raise VqcError(f"station {station.name}: model {station.model} has no threshold "
+                               "(vqc threshold MODEL --data GOOD_IMAGES)")
+            models[station.name] = (model, ModelIdentity.of(station.model, model.engine_name))
+        server = client = mqtt = None
+        if c.opcua is not None and c.opcua.server:
+            from .opcua import OpcUaServer
+            server = OpcUaServer(c.opcua.server, c.opcua.namespace,
+                                 {name: identity.version for name, (_, identity) in models.items()},
+                                 c.opcua.heartbeat_s, self._trigger)
+            self.links.append(server)
+        elif c.opcua is not None:
+            from .opcua import OpcUaClient
+            client = OpcUaClient(c.opcua.client, {s.name: s.plc_nodes for s in c.stations if s.plc_nodes},
+                                 self._trigger)
+            self.links.append(client)
+        if c.mqtt is not None:
+            from .mqtt import MqttLink
+            mqtt = MqttLink(c.mqtt, [s.name for s in c.stations if s.trigger == "mqtt"], self._trigger)
+            self.links.append(mqtt)
+        for station in c.stations:
+            model, identity = models[station.name]
+            uses_opcua = station.trigger == "opcua" or "opcua" in station.outputs
+            signals = [link for link in (server, client) if link is not None and uses_opcua]
+            outboxes = []
+            if "opcua" in station.outputs and client is not None:
+                outboxes.append(self._outbox(f"{station.name} opcua", functools.partial(client.deliver, station.name)))
+            if "mqtt" in station.outputs:
+                outboxes.append(self._outbox(f"{station.name} mqtt", functools.partial(mqtt.deliver, station.name)))
+            if "webhook" in station.outputs:
+                from .webhook import Webhook
+                outboxes.append(self._outbox(f"{station.name} webhook", Webhook(station.webhook, self.run_id).deliver))
+            recorder = Recorder(self.records, identity, model, self._draw_later) if self.records is not None else None
+            self.stations[station.name] = Station(station, model, identity, recorder, open_source(station.source),
+                                                  signals, outboxes)
+
+    def _draw_later(self, draw) -> None:
+        def logged():
+            try:
+                draw()
+            except Exception as exc:  # the row and the image are committed; only the picture is missing
+                log.warning("overlay not written: %s", exc)
+        self.overlays.submit(logged)
+
+    def _outbox(self, name: str, deliver) -> Outbox:
+        return Outbox(name, deliver, self.config.queue_size, self.config.when_full)
+
+    def _trigger(self, station: str, part_id: str | None) -> None:
+        if station in self.stations:
+            self.stations[station].trigger(part_id)
+
+    def start(self) -> None:
+        for station in self.stations.values():
+            station.start()
+
+    def status(self) -> list[dict]:
+        """Each station as the page shows it: its state, its outputs' queues and the links' errors."""
+        links = [link.error for link in self.links if getattr(link, "error", None)]
+        shown = []
+        for station in self.stations.values():
+            s = station.state
+            shown.append({"name": s.name, "model": s.model, "camera": s.camera, "camera_ok": s.camera_ok,
+                          "error": s.error, "parts": s.parts, "defective": s.defective, "errors": s.errors,
+                          "rate_per_min": round(s.rate_per_min(), 1), "last": s.last, "links": links,
+                          "outputs": [{"name": b.name, "waiting": b.waiting(), "delivered": b.delivered,
+                                       "dropped": b.dropped, "error": b.error} for b in station.outboxes]})
+        return shown
+
+    def close(self) -> dict[str, int]:
+        """Stop the stations, deliver what waits (a few seconds each), close the links: what was left."""
+        left = {}
+        for station in self.stations.values():
+            station.stop()
+        for station in self.stations.values():
+            for box in station.outboxes:
+                left[box.name] = box.close()
+        for link in self.links:
+            try:
+                link.close()
+            except Exception as exc:  # a link to a peer that is gone closes with an error
+                log.warning("closing %s: %s", type(link).__name__, exc)
+        self.overlays.shutdown(wait=True)
+        if self.records is not None:
+            self.records.close()
+        return left
