@@ -10,7 +10,9 @@ from __future__ import annotations
 import csv
 import http.client
 import json
+import shutil
 import socket
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -27,7 +29,10 @@ BLOCKED = ("torch", "torchvision", "timm", "FrEIA", "scipy", "sklearn", "matplot
            "onnxscript", "yaml")
 TORCH_FREE = ("vqc", "vqc.cli", "vqc.bundle", "vqc.loading", "vqc.inspection", "vqc.batching", "vqc.scorefiles", "vqc.scoring", "vqc.geometry", "vqc.data", "vqc.engines",
               "vqc.engines.onnx", "vqc.engines.openvino", "vqc.serve", "vqc.records", "vqc.monitoring",
-              "vqc.access", "vqc.viz", "vqc.files", "vqc.choices", "vqc.version", "vqc.errors")
+              "vqc.access", "vqc.viz", "vqc.files", "vqc.choices", "vqc.version", "vqc.errors",
+              "vqc.station.config", "vqc.station.sources", "vqc.station.aravis", "vqc.station.delivery",
+              "vqc.station.opcua", "vqc.station.mqtt", "vqc.station.webhook", "vqc.station.station",
+              "vqc.station.line", "vqc.station.page", "vqc.station.run", "vqc.station.fake_camera")
 SITE_PACKAGES_LIMIT_MB = 400
 
 
@@ -79,11 +84,11 @@ def _scores(csv_path: Path) -> dict[str, float]:
 
 @pytest.fixture(scope="module")
 def runtime_venv(tmp_path_factory) -> Path:
-    """A virtual environment with the runtime install of this checkout (the README's command)."""
+    """A virtual environment with the runtime install of this checkout and its line extra (the README's command)."""
     shared_set("mvtec_bottle")  # its one user scores bottle: skip before the install, not after it
     venv = tmp_path_factory.mktemp("runtime") / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
-    done = subprocess.run([str(venv / "bin" / "pip"), "install", "--quiet", str(REPO)],
+    done = subprocess.run([str(venv / "bin" / "pip"), "install", "--quiet", f"{REPO}[line]"],
                           capture_output=True, text=True, timeout=900)
     if done.returncode != 0:
         if "Could not find a version" in done.stderr or "No matching distribution" in done.stderr \
@@ -158,3 +163,40 @@ def test_the_runtime_install_holds_no_torch_and_scores_bottle_as_the_full_instal
     with open(tmp_path / "records.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 1 and rows[0]["filename"] == image.name and rows[0]["engine"] == "onnx"
+
+    # a station on the runtime: a folder camera, the OPC UA server's nodes, the records
+    from .line_peers import Plc
+    folder, endpoint = tmp_path / "camera", f"opc.tcp://127.0.0.1:{_free_port()}/vqc/"
+    folder.mkdir()
+    parts = sorted((root / "test" / "broken_large").glob("*.png"))[:2]
+    for part in parts:
+        shutil.copy(part, folder / part.name)
+    line = tmp_path / "line.yaml"
+    line.write_text(f"opcua: {{server: '{endpoint}'}}\nstations:\n  cam1:\n    model: {bundle}\n"
+                    f"    trigger: camera\n    camera: {{kind: folder, folder: {folder}, trigger: free}}\n")
+    log = open(tmp_path / "station.log", "w")
+    station = subprocess.Popen([str(runtime_venv / "bin" / "vqc"), "station", "run", str(line)], stdout=log,
+                               stderr=subprocess.STDOUT)
+    plc = None
+    try:
+        deadline = time.time() + 90
+        while plc is None:
+            assert station.poll() is None and time.time() < deadline, (tmp_path / "station.log").read_text()[-2000:]
+            try:
+                plc = Plc(endpoint).connect(["cam1"])
+            except Exception:  # not listening yet
+                time.sleep(0.5)
+        while plc.read("cam1", "Sequence") < len(parts):
+            assert time.time() < deadline, (tmp_path / "station.log").read_text()[-2000:]
+            time.sleep(0.2)
+        assert plc.read("cam1", "Result") == "NG"
+        assert plc.read("cam1", "Score") == pytest.approx(knn.predict(parts[-1])[0].score, rel=1e-5)
+    finally:
+        if plc is not None:
+            plc.close()
+        station.terminate()
+        station.wait(timeout=30)
+        log.close()
+    with sqlite3.connect(tmp_path / "line.records.sqlite") as records:
+        assert [r for (r,) in records.execute("select filename from inspections order by id")] == \
+            [f"cam1-{p.name}" for p in parts]

@@ -195,12 +195,12 @@ def _station(reader: _Reader, name: str, line: dict) -> StationConfig:
         reader.fail("trigger: camera needs camera.trigger hardware or free (software waits for a trigger)", "trigger")
     if trigger != "camera" and source.trigger != "software":
         reader.fail(f"a {trigger} trigger needs camera.trigger: software (this camera runs by itself)", "trigger")
-    outputs = reader.get("outputs", list, ["opcua"] if line.get("opcua") else [])
+    outputs = reader.get("outputs", list, ["opcua"] if line.get("opcua") is not None else [])
     for output in outputs:
         if output not in OUTPUTS:
             reader.fail(f"each one of {', '.join(OUTPUTS)}; got {_shown(output)}", "outputs")
     for section in sorted({trigger, *outputs} & {"opcua", "mqtt"}):
-        if not line.get(section):
+        if line.get(section) is None:
             reader.fail(f"{section} is used but the file has no top-level {section}: section",
                         "trigger" if section == trigger else "outputs")
     webhook = reader.get("webhook", str)

@@ -18,13 +18,20 @@ from ..errors import VqcError
 from ..inspection import Recorder
 from ..loading import open_model
 from ..records import ModelIdentity, Records
-from .config import LineConfig
+from .config import LineConfig, SourceConfig
 from .delivery import Outbox
-from .sources import open_source
+from .sources import FolderSource, Source, VideoSource
 from .station import Station
 
 log = logging.getLogger(__name__)
 OVERLAY_NICENESS = 10
+
+
+def open_source(config: SourceConfig) -> Source:
+    if config.kind == "aravis":
+        from .aravis import AravisSource  # imports PyGObject: only for a line that has GigE cameras
+        return AravisSource(config)
+    return FolderSource(config) if config.kind == "folder" else VideoSource(config)
 
 
 def _lower_priority() -> None:

@@ -1,6 +1,7 @@
 """`vqc station run` and `vqc station check` without the printing: the CLI calls these."""
 from __future__ import annotations
 
+import gc
 import signal
 import threading
 from pathlib import Path
@@ -34,9 +35,13 @@ def run_line(config: LineConfig, stop: threading.Event | None = None, on_ready=N
     line = Line(config)
     page = None
     try:
-        line.start()
         if config.page is not None:
             page = PageServer(line, *config.page)
+        # What is loaded by now (models, the OPC UA address space) lives as long as the line: out of
+        # the collector's sight, a full collection no longer walks it (one took 334 ms mid-run here)
+        gc.collect()
+        gc.freeze()
+        line.start()
         if on_ready is not None:
             on_ready(line)
         stop.wait()

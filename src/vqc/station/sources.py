@@ -6,7 +6,7 @@ waits for it, otherwise it waits for whatever the camera sends next (its hardwar
 run, a new file). A frame later than `frame_timeout_ms`, or a broken connection, is `CameraLost`:
 the station says so on its Error output and calls `open()` again every `reconnect_s` until the
 camera is back. `close()` is safe to call at any time. The Aravis (GigE Vision / GenICam)
-source is in vqc.station.aravis.
+source is in vqc.station.aravis; vqc.station.line picks one by the file's `kind`.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..data import IMAGE_SUFFIXES, decode_image
+from ..data import IMAGE_SUFFIXES, decode_image, read_bytes
 from ..errors import VqcError
 from .config import SourceConfig
 
@@ -31,10 +31,14 @@ class CameraLost(VqcError):
 class Frame:
     image: np.ndarray  # H x W x 3 uint8, RGB
     name: str  # what the records call it
+    data: bytes | None = None  # the file as it came, for a source of files
     captured: float = field(default_factory=time.perf_counter)
 
     def encoded(self) -> bytes:
-        """The frame as the records hash and keep it: BMP, lossless and about a millisecond to write."""
+        """The frame as the records hash and keep it: a file as it came; a camera's frame as BMP,
+        lossless and about a millisecond to write (the name ends .bmp)."""
+        if self.data is not None:
+            return self.data
         buffer = io.BytesIO()
         Image.fromarray(self.image).save(buffer, format="BMP")
         return buffer.getvalue()
@@ -87,7 +91,8 @@ class FolderSource(Source):
                 if stat.st_size == 0 or now - stat.st_mtime < self.settle_s:  # still being written
                     continue
                 self.seen.add(path)
-                return Frame(decode_image(path), path.name)
+                data = read_bytes(path)
+                return Frame(decode_image(data, path.name), path.name, data)
             if time.monotonic() > deadline:
                 raise TimeoutError  # no part arrived: not a fault for a folder
             time.sleep(self.poll_s)
@@ -129,9 +134,3 @@ class VideoSource(Source):
             self.capture.release()
             self.capture = None
 
-
-def open_source(config: SourceConfig) -> Source:
-    if config.kind == "aravis":
-        from .aravis import AravisSource
-        return AravisSource(config)
-    return FolderSource(config) if config.kind == "folder" else VideoSource(config)

@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
+from ..errors import VqcError
 from ..inspection import Inspected, NotRecorded, Recorder
 from ..records import ModelIdentity
 from ..scoring import Scorer
@@ -80,6 +81,7 @@ class Station:
     def _run(self) -> None:
         while not self.stopping.is_set():
             if not self.state.camera_ok and not self._reopen():
+                self._refuse_waiting()
                 self.stopping.wait(self.config.source.reconnect_s)
                 continue
             part_id, triggered = None, time.perf_counter()
@@ -105,6 +107,15 @@ class Station:
         self._set_error(None)
         return True
 
+    def _refuse_waiting(self) -> None:
+        """Parts triggered while the camera is away are answered ERROR at once, not when it is back."""
+        while True:
+            try:
+                part_id, triggered = self.triggers.get_nowait()
+            except queue.Empty:
+                return
+            self._answer_error(part_id, triggered, self.state.error or f"{self.source.label}: not connected")
+
     def take(self, part_id: str | None, triggered: float) -> dict | None:
         """Inspect one part: the result sent to the outputs, or None when no part came (a quiet folder)."""
         full = next((box for box in self.outboxes if box.full()), None)
@@ -117,8 +128,10 @@ class Station:
             return None
         except CameraLost as exc:
             self.state.camera_ok = False
+            result = self._answer_error(part_id, triggered, str(exc))  # the PLC first: closing may take seconds
             self.source.close()
-            log.warning("%s: %s", self.name, exc)
+            return result
+        except VqcError as exc:  # a file that is not an image, say: this part only
             return self._answer_error(part_id, triggered, str(exc))
         received = datetime.now(timezone.utc)
         prediction = self.model.predict([frame.image])[0]
