@@ -53,13 +53,29 @@ def wait_for_port(port: int, timeout: float = 10.0) -> None:
     raise TimeoutError(f"nothing listens on 127.0.0.1:{port}")
 
 
-class FakeCamera:
-    """vqc.station.fake_camera in a child process, which a test may kill and start again."""
+class Peer:
+    """A part of the line in a child process, which a test may kill and start again."""
+    process = None
+
+    def kill(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+            self.process = None
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *_):
+        self.kill()
+
+
+class FakeCamera(Peer):
+    """vqc.station.fake_camera, showing `images` in turn."""
 
     def __init__(self, images: list, address: str = "127.0.0.1", serial: str = "VQC01", trigger_check_hz: float = 200):
         self.args = [sys.executable, "-m", "vqc.station.fake_camera", *map(str, images), "--address", address,
                      "--serial", serial, "--trigger-check-hz", str(trigger_check_hz)]
-        self.process = None
 
     def start(self) -> "FakeCamera":
         self.process = subprocess.Popen(self.args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -69,20 +85,8 @@ class FakeCamera:
             raise RuntimeError(f"fake camera did not start: {line.strip()} {self.process.stdout.read()[-300:]}")
         return self
 
-    def kill(self) -> None:
-        if self.process is not None:
-            self.process.kill()
-            self.process.wait()
-            self.process = None
 
-    def __enter__(self):
-        return self.start()
-
-    def __exit__(self, *_):
-        self.kill()
-
-
-class Mosquitto:
+class Mosquitto(Peer):
     """Debian's broker on a free loopback port, persistent sessions on disk, killable and restartable."""
 
     def __init__(self, folder: Path):
@@ -90,7 +94,6 @@ class Mosquitto:
         self.conf = folder / "mosquitto.conf"
         self.conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
                              f"persistence_location {folder}/\nautosave_interval 1\nautosave_on_changes true\n")
-        self.process = None
 
     def start(self) -> "Mosquitto":
         binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
@@ -98,18 +101,6 @@ class Mosquitto:
                                         stderr=subprocess.DEVNULL)
         wait_for_port(self.port)
         return self
-
-    def kill(self) -> None:
-        if self.process is not None:
-            self.process.kill()
-            self.process.wait()
-            self.process = None
-
-    def __enter__(self):
-        return self.start()
-
-    def __exit__(self, *_):
-        self.kill()
 
 
 class Plc:

@@ -65,6 +65,16 @@ class EventLoop:
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
 
     def close(self) -> None:
+        """Cancel what still runs there (asyncua's publish loops), then stop the loop."""
+        async def cancel_the_rest():
+            rest = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+            for task in rest:
+                task.cancel()
+            await asyncio.gather(*rest, return_exceptions=True)
+        try:
+            self.run(cancel_the_rest(), timeout=5)
+        except Exception:  # the loop is stuck or gone: stop it all the same
+            pass
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(5)
 
@@ -208,9 +218,9 @@ class OpcUaClient:
                     self.client, self.error = client, None
                     log.info("OPC UA: connected to the PLC at %s", self.endpoint)
                     self.on_change()
-                    while True:
+                    while True:  # the PLC's server state, read each period: raises once the PLC is gone
                         await asyncio.sleep(self.reconnect_s)
-                        await client.check_connection()
+                        await asyncio.wait_for(client.nodes.server_state.read_value(), self.reconnect_s * 2)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the PLC is away: say so, try again
