@@ -283,3 +283,51 @@ def test_camera_killed_sets_error_and_restarted_clears_it(line_parts):
     back = plc.cycle("cam1", "camera-back")
     assert back["Result"] in ("OK", "NG") and plc.read("cam1", "Error") == ""
     assert line.records.count() == rows_before + 1  # the ERROR part has no image to record; the next one is there
+
+
+@needs_parts
+def test_mqtt_triggers_reach_their_station_with_the_part_id(line_parts):
+    from vqc.station.config import MqttConfig
+    from vqc.station.mqtt import MqttLink
+    import paho.mqtt.client as mqtt
+    taken = []
+    link = MqttLink(MqttConfig(port=line_parts["broker"].port, prefix="plant", client_id="trigger-test"), ["cam9"],
+                    lambda station, part: taken.append((station, part)))
+    try:
+        wait_for(lambda: link.connected, what="the link to connect")
+        time.sleep(0.3)  # its subscription is on the broker
+        sender = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="plc-sender")
+        sender.connect("127.0.0.1", line_parts["broker"].port)
+        sender.loop_start()
+        for payload in ('{"part_id": "A-1"}', "B-2", "", '{"part_id": 7}'):
+            sender.publish("plant/cam9/trigger", payload, qos=1).wait_for_publish(5)
+        sender.publish("plant/other/trigger", "not mine", qos=1).wait_for_publish(5)
+        wait_for(lambda: len(taken) >= 4, what="the triggers")
+        sender.loop_stop()
+        assert taken == [("cam9", "A-1"), ("cam9", "B-2"), ("cam9", None), ("cam9", "7")]
+    finally:
+        link.close()
+
+
+def test_video_source_reads_a_recorded_stream_frame_by_frame(tmp_path, demo_root):
+    cv2 = pytest.importorskip("cv2", reason="the video source needs opencv-python-headless")
+    from vqc.station.config import SourceConfig
+    from vqc.station.sources import CameraLost, VideoSource
+    pictures = [np.asarray(Image.open(p).convert("RGB").resize((128, 96))) for p in list_images([demo_root / "test"])[:3]]
+    path = tmp_path / "line.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 5, (128, 96))
+    for picture in pictures:
+        writer.write(cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
+    writer.release()
+    source = VideoSource(SourceConfig(kind="video", id=str(path), trigger="free"))
+    source.open()
+    frames = [source.grab() for _ in pictures]
+    assert [f.name for f in frames] == ["frame-1.bmp", "frame-2.bmp", "frame-3.bmp"]
+    for frame, picture in zip(frames, pictures):  # MJPG is lossy: close to the picture, RGB order kept
+        assert frame.image.shape == (96, 128, 3)
+        assert np.abs(frame.image.astype(int) - picture).mean() < 6
+    with pytest.raises(CameraLost, match="the stream ended"):
+        source.grab()
+    source.close()
+    with pytest.raises(CameraLost, match="cannot open"):
+        VideoSource(SourceConfig(kind="video", id=str(tmp_path / "none.avi"), trigger="free")).open()
