@@ -97,9 +97,10 @@ stations:
     plc.loop.close()
 
 
-def test_vqc_writes_the_plcs_own_nodes_in_the_handshake(plc_line):
+def test_vqc_writes_the_plcs_own_nodes_in_the_handshake(plc_line, caplog):
     plc, line = plc_line
     results = [plc.cycle(f"p{k}") for k in range(3)]
+    assert "not signalled" not in caplog.text
     assert [r["Sequence"] for r in results] == [1, 2, 3]
     assert all(r["Result"] in ("OK", "NG") and r["Error"] == "" for r in results)
     rows = line.records.find(limit=10)[::-1]

@@ -92,7 +92,8 @@ class Line:
         for station in c.stations:
             model, identity = models[station.name]
             uses_opcua = station.trigger == "opcua" or "opcua" in station.outputs
-            signals = [link for link in (server, client) if link is not None and uses_opcua]
+            signals = [server] if server is not None and uses_opcua else []
+            error_signals = [client] if client is not None and uses_opcua else []
             outboxes = []
             if "opcua" in station.outputs and client is not None:
                 outboxes.append(self._outbox(f"{station.name} opcua", functools.partial(client.deliver, station.name)))
@@ -103,7 +104,7 @@ class Line:
                 outboxes.append(self._outbox(f"{station.name} webhook", Webhook(station.webhook, self.run_id).deliver))
             recorder = Recorder(self.records, identity, model, self._draw_later) if self.records is not None else None
             self.stations[station.name] = Station(station, model, identity, recorder, open_source(station.source),
-                                                  signals, outboxes)
+                                                  signals, outboxes, error_signals)
 
     def _draw_later(self, draw) -> None:
         def logged():

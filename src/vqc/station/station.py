@@ -53,9 +53,13 @@ class StationState:
 
 class Station:
     def __init__(self, config: StationConfig, model: Scorer, identity: ModelIdentity, recorder: Recorder | None,
-                 source: Source, signals: list, outboxes: list[Outbox], trigger_queue: int = 64):
+                 source: Source, signals: list, outboxes: list[Outbox], error_signals: list = (),
+                 trigger_queue: int = 64):
+        """signals: told each result and error at once (the OPC UA server's nodes); error_signals: told
+        errors only (the PLC's nodes as its client: results reach them through an outbox, in order)."""
         self.config, self.name, self.model, self.identity = config, config.name, model, identity
         self.recorder, self.source, self.signals, self.outboxes = recorder, source, signals, outboxes
+        self.error_signals = list(error_signals)
         self.state = StationState(self.name, f"{identity.name} {identity.version}", source.label)
         self.triggers: queue.Queue = queue.Queue(trigger_queue)
         self.sequence = 0
@@ -191,7 +195,7 @@ class Station:
         self.state.error = text
         if text is not None:
             log.warning("%s: %s", self.name, text)
-        for signal in self.signals:
+        for signal in [*self.signals, *self.error_signals]:
             try:
                 signal.signal_error(self.name, text)
             except Exception as exc:
