@@ -64,7 +64,7 @@ class Station:
         self.triggers: queue.Queue = queue.Queue(trigger_queue)
         self.sequence = 0
         self.stopping = threading.Event()
-        self.lock = threading.Lock()  # one part at a time: sequence and signals stay in order
+        self.lock = threading.Lock()  # the sequence: a refused trigger is answered from the link's thread
         self.thread = threading.Thread(target=self._run, name=f"station-{self.name}", daemon=True)
 
     # ------------------------------------------------------------ inputs
