@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import choices
+from . import choices, cli_models
 from .errors import VqcError
 
 
@@ -100,6 +100,33 @@ def _add_ray(parser, workers: bool = False) -> None:
                             help="--ray: scoring workers (default: one per GPU, else one per --cpus-per-worker CPUs)")
 
 
+def _add_reviewed(parser) -> None:
+    parser.add_argument("--from-records", metavar="STORE", help="the operators' reviewed inspections in this model "
+                        "store (or records database, with --image-store) as the labelled data")
+    parser.add_argument("--records-images", metavar="DIR", help="--from-records: the image store (default: "
+                        "STORE/images)")
+
+
+def _reviewed_data(args, data):
+    """The data argument, or the reviewed pool of --from-records."""
+    if not args.from_records:
+        return data
+    if data:
+        raise VqcError("give a data folder or --from-records, not both")
+    from .records import engine_for, migrate
+    from .store.reviews import reviewed_pool
+    folder = Path(args.from_records)
+    engine = engine_for(folder / "records.sqlite" if folder.is_dir() else args.from_records)
+    migrate(engine)
+    pool = reviewed_pool(engine, Path(args.records_images) if args.records_images else folder / "images",
+                         f"reviewed records in {args.from_records}")
+    if not pool.samples:
+        raise VqcError(f"no reviewed inspections with a stored image in {args.from_records}")
+    print(f"{len(pool.samples)} reviewed images ({sum(s.label for s in pool.samples)} defective) from "
+          f"{args.from_records}" + (f"; {pool.unavailable} reviewed without a stored image" if pool.unavailable else ""))
+    return pool
+
+
 def _engine_settings(args):
     from .engines import EngineSettings
     return EngineSettings(args.engine, args.threads, args.precision, args.compile)
@@ -185,7 +212,8 @@ def _parser() -> argparse.ArgumentParser:
 
     evaluate = sub.add_parser("evaluate", help="metrics on a labelled test split")
     evaluate.add_argument("model")
-    evaluate.add_argument("data")
+    evaluate.add_argument("data", nargs="?", help="a data set folder (its test split); or --from-records")
+    _add_reviewed(evaluate)
     evaluate.add_argument("--json", help="also write the metrics to this JSON file")
     _add_engine(evaluate)
     evaluate.add_argument("--record", action="store_true",
@@ -231,7 +259,10 @@ def _parser() -> argparse.ArgumentParser:
     _add_ray(bench)
 
     serve = sub.add_parser("serve", help="HTTP inspection service with an operator page at /")
-    serve.add_argument("model")
+    serve.add_argument("model", nargs="?", help="a model file or line bundle; or leave it out and give --store")
+    serve.add_argument("--store", metavar="DIR", help="serve what is live on --target in this model store, and "
+                       "follow its promotions, rollbacks and shadow while running (records in the store's database)")
+    serve.add_argument("--target", default="serve", help="--store: this service's name in the store")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=_port, default=8000)
     _add_engine(serve)
@@ -266,6 +297,9 @@ def _parser() -> argparse.ArgumentParser:
     add_key = keys_sub.add_parser("add", help="make a key, store its hash in FILE and print the key once")
     add_key.add_argument("file")
     add_key.add_argument("--name", required=True, help="who or what uses the key, e.g. line3-camera")
+    add_key.add_argument("--role", choices=["operator", "admin"], default="operator",
+                         help="operator: inspect, read records, review verdicts; admin: also promote, roll back and "
+                              "change thresholds")
     list_keys = keys_sub.add_parser("list", help="the names of the keys in FILE (the keys themselves are not kept)")
     list_keys.add_argument("file")
     revoke_key = keys_sub.add_parser("revoke", help="remove a key from FILE; a running service re-reads FILE "
@@ -280,12 +314,15 @@ def _parser() -> argparse.ArgumentParser:
     check_station = station_sub.add_parser("check", help="check STATION.yaml: one line naming the key of each mistake")
     check_station.add_argument("file", metavar="STATION.yaml")
 
+    cli_models.add_parsers(sub)
+
     threshold = sub.add_parser("threshold", help="choose and store the model's decision threshold")
     threshold.add_argument("model")
     threshold.add_argument("--policy", required=True, metavar="f1|cost|false-reject-rate=R",
                            help="f1 and cost need --data with labelled images; false-reject-rate uses the "
                                 "held-out good images, or --data's good images when given")
     threshold.add_argument("--data", help="labelled validation data (a data set folder; its test split is used)")
+    _add_reviewed(threshold)
     threshold.add_argument("--fp-cost", type=float, default=1.0)
     threshold.add_argument("--fn-cost", type=float, default=10.0)
     threshold.add_argument("--defect-rate", type=float)
@@ -303,7 +340,8 @@ def main(argv: list[str] | None = None) -> int:
         return {"fit": cmd_fit, "predict": cmd_predict, "evaluate": cmd_evaluate, "demo": cmd_demo,
                 "backbones": cmd_backbones, "benchmark": cmd_benchmark, "threshold": cmd_threshold,
                 "serve": cmd_serve, "export": cmd_export, "records": cmd_records,
-                "keys": cmd_keys, "station": cmd_station}[args.command](args) or 0
+                "keys": cmd_keys, "station": cmd_station, "models": cli_models.cmd_models,
+                "update": cli_models.cmd_update}[args.command](args) or 0
     except VqcError as exc:
         print(f"vqc: error: {exc}", file=sys.stderr)
         return 2
@@ -500,13 +538,16 @@ def _metrics_json(result: dict) -> str:
 def cmd_evaluate(args) -> None:
     from .training.evaluation import evaluate
     from .files import write_text_atomic
+    data = _reviewed_data(args, args.data)
+    if data is None:
+        raise VqcError("give a data folder or --from-records STORE")
     model = _scoring_model(args)
-    result = evaluate(model, args.data)
-    print_metrics(result, f"{model.config.backbone} + {model.config.head} on {args.data}")
+    result = evaluate(model, data)
+    print_metrics(result, f"{model.config.backbone} + {model.config.head} on {data}")
     if args.json:
         write_text_atomic(args.json, _metrics_json(result) + "\n")
     if args.record:
-        model.info["evaluation"] = {**json.loads(_metrics_json(result)), "data": str(args.data)}
+        model.info["evaluation"] = {**json.loads(_metrics_json(result)), "data": str(data)}
         model.save(args.model)
 
 
@@ -608,11 +649,17 @@ def cmd_export(args) -> None:
 
 def cmd_serve(args) -> None:
     from .serve import ServeConfig, serve
+    if (args.model is None) == (args.store is None):
+        raise VqcError("give a model file or bundle, or --store DIR (not both)")
     if args.drift_window < 2:
         raise VqcError(f"--drift-window needs at least 2 inspections (got {args.drift_window})")
     if args.max_batch < 1 or args.batch_wait_ms < 0:
         raise VqcError("--max-batch needs at least 1 image and --batch-wait-ms 0 or more")
-    serve(args.model, args.host, args.port, ServeConfig(
+    store = None
+    if args.store:
+        from .store.versions import ModelStore
+        store = ModelStore.open(args.store, args.db)
+    serve(args.model, args.host, args.port, store=store, target=args.target, config=ServeConfig(
         engine=args.engine, threads=args.threads, precision=args.precision, compile=args.compile,
         max_upload_mb=args.max_upload_mb, max_pixels=args.max_pixels, db=args.db, image_store=args.image_store, keep_good=args.keep_good,
         api_key_file=args.api_key_file, protect_monitoring=args.protect_monitoring,
@@ -654,16 +701,16 @@ def cmd_records(args) -> None:
 def cmd_keys(args) -> None:
     from .access import ApiKeys, add_key, revoke_key
     if args.keys_command == "list":
-        names = list(ApiKeys.from_file(args.file).hashes)
-        print(f"{len(names)} keys in {args.file}:")
-        for name in names:
-            print(f"  {name}")
+        keys = ApiKeys.from_file(args.file)
+        print(f"{len(keys.hashes)} keys in {args.file}:")
+        for name in keys.hashes:
+            print(f"  {name} ({keys.role(name)})")
     elif args.keys_command == "revoke":
         left = revoke_key(args.file, args.name)
         print(f"revoked key {args.name} in {args.file} ({left} left); a running vqc serve refuses it from its next request")
     else:
-        key = add_key(args.file, args.name)
-        print(f"key {args.name} (only its hash is kept in {args.file}; this is the one time it is shown):")
+        key = add_key(args.file, args.name, args.role)
+        print(f"{args.role} key {args.name} (only its hash is kept in {args.file}; this is the one time it is shown):")
         print(key)
 
 
@@ -671,7 +718,8 @@ def cmd_threshold(args) -> None:
     from .training.model import load
     from .training.thresholds import choose_threshold
     model = load(args.model)
-    chosen = choose_threshold(model, args.policy, args.data, args.fp_cost, args.fn_cost, args.defect_rate)
+    chosen = choose_threshold(model, args.policy, _reviewed_data(args, args.data), args.fp_cost, args.fn_cost,
+                              args.defect_rate)
     model.threshold = chosen
     model.save(args.model)
     extra = ", ".join(f"{k} {v}" for k, v in chosen.items() if k not in ("policy", "value"))

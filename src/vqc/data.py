@@ -161,6 +161,19 @@ def detect_layout(root: Path) -> str:
     return "folder"
 
 
+def labelled_samples(data) -> list[Sample]:
+    """A data set's test split, or the samples of a labelled pool (vqc.store.reviews.ReviewedPool)."""
+    samples = getattr(data, "samples", None)
+    return list(samples) if samples is not None else read_split(data, "test")
+
+
+def image_manifest(images) -> list[dict]:
+    """[{"name", "sha256"}] of the image files among `images` (arrays have no file to name)."""
+    import hashlib
+    return [{"name": Path(item).name, "sha256": hashlib.sha256(read_bytes(item)).hexdigest()}
+            for item in images if isinstance(item, (str, Path))]
+
+
 def read_split(root: str | Path, split: str) -> list[Sample]:
     """Samples of a data set's 'train' (good only) or 'test' split, in any supported layout."""
     root = Path(root)

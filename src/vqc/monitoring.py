@@ -117,9 +117,16 @@ class Metrics:
                                      "validation scores", registry=registry)
         self.drift_p = Gauge("vqc_score_drift_p_value", "KS p-value (drifting below 0.001)", registry=registry)
         self.drifting = Gauge("vqc_score_drifting", "1 when the score distribution has drifted", registry=registry)
-        Info("vqc_model", "The model being served", registry=registry).info(
-            {"name": identity.name, "version": identity.version, "sha256": identity.sha256,
-             "engine": identity.engine, "vqc_version": __version__})
+        self.model = Info("vqc_model", "The model being served (live)", registry=registry)
+        self.swaps = Counter("vqc_model_swaps", "Live or shadow model changes taken without a restart",
+                             registry=registry)
+        self.shadow_skipped = Counter("vqc_shadow_skipped", "Inspections the shadow model did not score "
+                                      "(its queue was full)", registry=registry)
+        self.show_model(identity)
+
+    def show_model(self, identity) -> None:
+        self.model.info({"name": identity.name, "version": identity.version, "sha256": identity.sha256,
+                         "engine": identity.engine, "vqc_version": __version__})
 
     def observe(self, results: list[dict], model_seconds: float) -> None:
         for result in results:

@@ -13,10 +13,9 @@ import base64
 import io
 import logging
 import re
-import threading
 import time
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from importlib.resources import files
 from pathlib import Path
@@ -30,12 +29,14 @@ from PIL import Image
 
 from .version import __version__
 from .access import ApiKeys, presented_key
+from .serve_lifecycle import Caller, lifecycle_routes
 from .batching import Batcher
 from .loading import open_model
 from .data import decode_image
 from .engines import EngineSettings
 from .inspection import Inspected, NotRecorded, Recorder, inspection_rows
 from .errors import VqcError
+from .live import Judge, LiveModels
 from .monitoring import DriftMonitor, Metrics
 from .records import Filters, ModelIdentity, Records, default_locations
 
@@ -63,6 +64,7 @@ class ServeConfig:
     protect_monitoring: bool = False  # also ask for a key on /health and /metrics
     cors_origins: tuple[str, ...] = ()  # browser origins allowed to call the API; none by default
     drift_window: int = 200  # inspections compared with the model's validation scores
+    poll_s: float = 1.0  # with a model store: how often the target's deployment is looked at
 
 
 def _png_base64(image: np.ndarray) -> str:
@@ -71,88 +73,120 @@ def _png_base64(image: np.ndarray) -> str:
     return base64.b64encode(buffer.getvalue()).decode()
 
 
-def open_records(model_path: str | Path, config: ServeConfig) -> Records | None:
+def open_records(model_path: str | Path, config: ServeConfig, store=None) -> Records | None:
+    """The records: --db, else beside the model; with a model store, the store's database and images."""
     if config.db == "none":
+        if store is not None:
+            raise VqcError("a service on a model store keeps records in the store's database: leave out --db none")
         return None
+    if store is not None:
+        return Records(config.db or store.url, config.image_store or store.folder / "images", config.keep_good)
     default_db, default_store = default_locations(model_path)
     return Records(config.db or default_db, config.image_store or default_store, config.keep_good)
 
 
 class Inspector:
-    """The model behind the service: decode, score under a lock, record, describe the result."""
+    """The models behind the service: decode, score on the live judge, record, describe the result.
 
-    def __init__(self, model_path: str | Path, config: ServeConfig | None = None):
-        config = config or ServeConfig()
-        self.path = Path(model_path)
-        self.model = open_model(self.path, EngineSettings(config.engine, config.threads, config.precision,
-                                                          config.compile), config.max_pixels)
-        self.engine = self.model.engine_name
-        self.identity = ModelIdentity.of(self.path, self.engine)
-        self.name, self.version = self.identity.name, self.identity.version
-        self.lock = threading.Lock()
-        self.batcher = Batcher(self.model.predict, config.max_batch, config.batch_wait_ms) \
-            if config.batch_wait_ms > 0 else None
-        self.records = open_records(self.path, config)
-        self.recorder = Recorder(self.records, self.identity, self.model) if self.records is not None else None
-        self.drift = DriftMonitor(self.model.info["normal_scores"], config.drift_window)
-        if self.records is not None:  # a restart picks up the window where it was
-            self.drift.add(self.records.recent_scores(self.identity.sha256, config.drift_window))
-        self.metrics = Metrics(self.identity)
+    Without a store it serves one model file; with one (vqc.store) it serves what the store says
+    is live on `target` and follows promotions and rollbacks while it runs (vqc.live)."""
+
+    def __init__(self, model_path: str | Path | None, config: ServeConfig | None = None, store=None,
+                 target: str = "serve"):
+        self.config = config = config or ServeConfig()
+        self.store, self.target = store, target
+        if model_path is None:
+            live = store.deployment(target)["live"]
+            if live is None:
+                raise VqcError(f"nothing is live on target {target} in the store {store.folder}: "
+                               f"vqc models promote VERSION --target {target} --store {store.folder}")
+            model_path = store.path_of(live)
+        self.records = open_records(model_path, config, store)
+        first = self._open_judge(Path(model_path))
+        self.metrics = Metrics(first.identity)
+        self.models = LiveModels(first, self._open_judge, store, target if store else None, config.poll_s,
+                                 on_swap=lambda judge: (self.metrics.swaps.inc(), self.metrics.show_model(judge.identity)))
+
+    def _open_judge(self, path: Path, shadow: bool = False) -> Judge:
+        c = self.config
+        model = open_model(path, EngineSettings(c.engine, c.threads, c.precision, c.compile), c.max_pixels)
+        identity = ModelIdentity.of(path, model.engine_name)
+        if self.store is not None:  # the store's copy is named by its version; records name the model
+            identity = replace(identity, name=self.store.get(identity.version)["name"])
+        recorder = Recorder(self.records, identity, model) if self.records is not None and not shadow else None
+        drift = DriftMonitor(model.info["normal_scores"], c.drift_window)
+        if self.records is not None and not shadow:  # a restart picks up the window where it was
+            drift.add(self.records.recent_scores(identity.sha256, c.drift_window))
+        batcher = Batcher(model.predict, c.max_batch, c.batch_wait_ms) if c.batch_wait_ms > 0 and not shadow else None
+        return Judge(model, identity, path, recorder, drift, batcher)
+
+    @property
+    def live(self) -> Judge:
+        return self.models.live
 
     def describe(self) -> dict:
-        m = self.model
+        judge = self.live
+        m, identity = judge.model, judge.identity
         floor, top = m.normal_range()
-        return {"name": self.name, "version": self.version, "sha256": self.identity.sha256,
-                "vqc_version": __version__, "engine": self.engine, **m.describe(), "threshold": m.threshold,
+        shadow = self.models.shadow
+        return {"name": identity.name, "version": identity.version, "sha256": identity.sha256,
+                "vqc_version": __version__, "engine": identity.engine, **m.describe(), "threshold": m.threshold,
                 "score_normalisation": {"floor": floor, "top": top, "formula": "(score - floor) / (top - floor)"},
-                "validation": m.info.get("evaluation"), "records": self.records.url if self.records else None}
+                "validation": m.info.get("evaluation"), "records": self.records.url if self.records else None,
+                "shadow": shadow.identity.version if shadow else None,
+                "store": {"folder": str(self.store.folder), "target": self.target} if self.store else None}
 
     def inspect(self, images: list[tuple[str, bytes]], heatmap: bool, station: str | None = None,
                 part_ids: list[str | None] | None = None) -> list[dict]:
         received = datetime.now(timezone.utc)
-        decoded = [decode_image(data, name, self.model.max_pixels) for name, data in images]  # VqcError -> 422 first
-        start = time.perf_counter()
-        if self.batcher is not None:  # with other requests that arrive within batch_wait_ms
-            predictions = self.batcher.submit(decoded)
-        else:
-            with self.lock:
-                predictions = self.model.predict(decoded)
-        latency = (time.perf_counter() - start) * 1000 / len(images)
-        part_ids = part_ids or [None] * len(images)
-        items = [Inspected(name, data, image, pred, latency, received, station, part)
-                 for (name, data), image, pred, part in zip(images, decoded, predictions, part_ids)]
-        rows = inspection_rows(self.identity, self.model, items)
-        ids = [None] * len(rows)
-        if self.recorder is not None:
-            try:
-                ids = self.recorder.record(items, rows)
-            except NotRecorded:  # any failure to record ends in 503, never in a 200
-                self.metrics.unrecorded.inc(len(rows))
-                raise
-        self.metrics.observe(rows, latency / 1000)
-        self.drift.add([row["score"] for row in rows])
-        threshold = self.model.threshold
-        floor, top = self.model.normal_range()
-        results = []
-        for row, row_id, item in zip(rows, ids, items):
-            result = {"id": row_id, "inspected_at": received.isoformat(), "filename": row["filename"],
-                      "station": row["station"], "part_id": row["part_id"], "score": row["score"],
-                      "normalised_score": row["normalised_score"], "verdict": row["verdict"],
-                      "threshold": row["threshold"],
-                      "normalised_threshold": self.model.normalise(threshold["value"]) if threshold else None,
-                      "policy": row["policy"], "model": self.name, "model_version": self.version,
-                      "engine": self.engine, "width": row["width"], "height": row["height"],
-                      "size_bytes": row["size_bytes"], "latency_ms": round(latency, 2), "sha256": row["sha256"],
-                      "warning": item.prediction.warning}
-            if heatmap:
-                result["heatmap_png"] = _png_base64(item.overlay(floor, top))
-            results.append(result)
-        return results
+        with self.models.judging() as judge:
+            model = judge.model
+            decoded = [decode_image(data, name, model.max_pixels) for name, data in images]  # VqcError -> 422 first
+            start = time.perf_counter()
+            predictions = judge.predict(decoded)
+            latency = (time.perf_counter() - start) * 1000 / len(images)
+            part_ids = part_ids or [None] * len(images)
+            items = [Inspected(name, data, image, pred, latency, received, station, part)
+                     for (name, data), image, pred, part in zip(images, decoded, predictions, part_ids)]
+            rows = inspection_rows(judge.identity, model, items)
+            ids = [None] * len(rows)
+            if judge.recorder is not None:
+                try:
+                    ids = judge.recorder.record(items, rows)
+                except NotRecorded:  # any failure to record ends in 503, never in a 200
+                    self.metrics.unrecorded.inc(len(rows))
+                    raise
+            self.metrics.observe(rows, latency / 1000)
+            judge.drift.add([row["score"] for row in rows])
+            if not self.models.score_in_shadow(decoded, ids, self._record_shadow):
+                self.metrics.shadow_skipped.inc(len(rows))
+            threshold = model.threshold
+            floor, top = model.normal_range()
+            results = []
+            for row, row_id, item in zip(rows, ids, items):
+                result = {"id": row_id, "inspected_at": received.isoformat(), "filename": row["filename"],
+                          "station": row["station"], "part_id": row["part_id"], "score": row["score"],
+                          "normalised_score": row["normalised_score"], "verdict": row["verdict"],
+                          "threshold": row["threshold"],
+                          "normalised_threshold": model.normalise(threshold["value"]) if threshold else None,
+                          "policy": row["policy"], "model": judge.identity.name,
+                          "model_version": judge.identity.version, "engine": judge.identity.engine,
+                          "width": row["width"], "height": row["height"], "size_bytes": row["size_bytes"],
+                          "latency_ms": round(latency, 2), "sha256": row["sha256"], "warning": item.prediction.warning}
+                if heatmap:
+                    result["heatmap_png"] = _png_base64(item.overlay(floor, top))
+                results.append(result)
+            return results
+
+    def _record_shadow(self, rows: list[dict]) -> None:
+        from .store.shadow import add_shadow_scores
+        add_shadow_scores(self.records.engine, rows)
 
     def health(self) -> tuple[int, dict]:
-        drift = self.drift.check()
-        body = {"status": drift["status"], "model": self.name, "model_version": self.version, "drift": drift,
-                "database": None}
+        judge = self.live
+        drift = judge.drift.check()
+        body = {"status": drift["status"], "model": judge.identity.name, "model_version": judge.identity.version,
+                "drift": drift, "database": None}
         if self.records is not None:
             try:
                 self.records.ping()
@@ -230,28 +264,34 @@ def _station_and_parts(fields: dict[str, list[str]], n: int) -> tuple[str | None
     return (stations[0] if stations else None), (parts or [None] * n)
 
 
-def create_app(model_path: str | Path, config: ServeConfig | None = None, **settings) -> FastAPI:
-    """The service for one model; `settings` are ServeConfig fields (create_app(path, db="none"))."""
+def create_app(model_path: str | Path | None, config: ServeConfig | None = None, store=None, target: str = "serve",
+               **settings) -> FastAPI:
+    """The service for one model file, or for what is live on `target` in a model store
+    (vqc.store.versions.ModelStore); `settings` are ServeConfig fields (create_app(path, db="none"))."""
     config = config or ServeConfig(**settings)
     keys = ApiKeys.from_file(config.api_key_file) if config.api_key_file else None  # a bad file fails first
-    inspector = Inspector(model_path, config)
+    inspector = Inspector(model_path, config, store, target)
     limit = int(config.max_upload_mb * 2**20)
     if keys is None:
-        log.warning("no --api-key-file: anyone who can reach this service can inspect and read the records")
+        log.warning("no --api-key-file: anyone who can reach this service can inspect and read the records; "
+                    "model changes need an admin key and are refused")
 
-    def require_key(request: Request) -> None:
-        if keys is not None and keys.check(presented_key(request.headers)) is None:
+    def caller(request: Request) -> Caller:
+        if keys is None:
+            return Caller("anonymous", None)
+        name = keys.check(presented_key(request.headers))
+        if name is None:
             raise HTTPException(401, "missing or invalid API key: send it as 'Authorization: Bearer KEY' "
                                      "or 'X-API-Key: KEY'", headers={"WWW-Authenticate": "Bearer"})
+        return Caller(name, keys.role(name))
 
-    keyed = [Depends(require_key)]
+    keyed = [Depends(caller)]
     monitoring = keyed if config.protect_monitoring else []
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         yield
-        if inspector.batcher is not None:
-            inspector.batcher.close()
+        inspector.models.close()
         if inspector.records is not None:
             inspector.records.close()
 
@@ -293,7 +333,7 @@ def create_app(model_path: str | Path, config: ServeConfig | None = None, **sett
     @app.get("/metrics", dependencies=monitoring, summary="Prometheus metrics")
     def metrics() -> Response:
         from prometheus_client import CONTENT_TYPE_LATEST
-        return Response(inspector.metrics.exposition(inspector.drift.check()), media_type=CONTENT_TYPE_LATEST)
+        return Response(inspector.metrics.exposition(inspector.live.drift.check()), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/v1/model", dependencies=keyed)
     def model_info() -> dict:
@@ -355,6 +395,8 @@ def create_app(model_path: str | Path, config: ServeConfig | None = None, **sett
             raise HTTPException(422, f"shifts are comma-separated hours, e.g. 6,14,22 (got {shifts!r})") from None
         return {"by": by, "tz": tz, "buckets": records().stats(where, by, starts, tz)}
 
+    app.include_router(lifecycle_routes(inspector, caller, records))
+
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def page() -> str:
         return (files("vqc") / "static" / "operator.html").read_text()
@@ -391,7 +433,8 @@ async def _run(inspector: Inspector, uploads, fields, heatmap: bool, start: floa
     return results
 
 
-def serve(model_path: str, host: str = "127.0.0.1", port: int = 8000, config: ServeConfig | None = None) -> None:
+def serve(model_path: str | None, host: str = "127.0.0.1", port: int = 8000, config: ServeConfig | None = None,
+          store=None, target: str = "serve") -> None:
     import copy
 
     import uvicorn
@@ -399,4 +442,4 @@ def serve(model_path: str, host: str = "127.0.0.1", port: int = 8000, config: Se
     log_config = copy.deepcopy(LOGGING_CONFIG)
     log_config.setdefault("filters", {})["hide_secrets"] = {"()": HideSecretsInUrls}
     log_config["handlers"]["access"]["filters"] = ["hide_secrets"]
-    uvicorn.run(create_app(model_path, config), host=host, port=port, log_level="info", log_config=log_config)
+    uvicorn.run(create_app(model_path, config, store, target), host=host, port=port, log_level="info", log_config=log_config)

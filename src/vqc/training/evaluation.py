@@ -6,18 +6,19 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data import load_mask, read_split
+from ..data import labelled_samples, load_mask
 from .metrics import aupro, auroc, average_precision, f1_max, pixel_auroc
 from .model import AnomalyModel
 
 
 def evaluate(model: AnomalyModel, data: str | Path, progress: bool = True, keep_predictions: bool = False) -> dict:
-    """Image AUROC / average precision / F1-max and pixel AUROC / AUPRO on the test split.
+    """Image AUROC / average precision / F1-max and pixel AUROC / AUPRO on the test split (or on a
+    reviewed pool from the records, vqc.store.reviews.ReviewedPool).
 
     Pixel metrics use every good test image and every defective image that has a mask,
     at the masks' own resolution.
     """
-    samples = read_split(data, "test")
+    samples = labelled_samples(data)
     labels, scores, maps, masks, map_defects, predictions = [], [], [], [], [], []
     start = time.perf_counter()
     for sample, pred in zip(samples, model.predict_iter([s.path for s in samples], progress=progress)):

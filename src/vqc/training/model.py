@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from ..version import __version__
 from .backbones import build_trunk, get_spec, normalisation
-from ..data import default_max_pixels, list_images, read_split
+from ..data import default_max_pixels, image_manifest, list_images, read_split
 from .detector import Detector
 from ..engines import EngineSettings, open_graph_engine
 from ..errors import VqcError
@@ -144,6 +144,7 @@ class AnomalyModel(Scorer):
             "device": str(self.device), "head_fit": fit_stats,
             "normal_scores": [float(s) for s in val_scores], "map_floor": floor,
             "smallest_image": [min(h for h, _ in sizes), min(w for _, w in sizes)],  # (h, w) over fit images
+            "fit_manifest": image_manifest(images),  # which images, by hash: the model store's record of the fit
             "fitted_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         self.threshold = choose_threshold(self, "false-reject-rate=0.01")  # until a labelled choice is made

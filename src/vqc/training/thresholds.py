@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data import read_split
+from ..data import labelled_samples
 from ..errors import VqcError
 from .metrics import cost_threshold, f1_max, false_reject_threshold
 
@@ -43,7 +43,8 @@ def choose_threshold(model, policy: str, data: str | Path | None = None, fp_cost
     """A threshold by `policy`: f1 (best F1), cost (least expected cost of false rejects and
     escaped defects) or false-reject-rate=R (at most R of good parts rejected).
 
-    f1 and cost need labelled `data` (its test split); false-reject-rate uses its good images,
+    f1 and cost need labelled `data` (its test split, or a reviewed pool from the records);
+    false-reject-rate uses its good images,
     or without data the good images held out at fit time."""
     name, rate = parse_policy(policy)
     if data is None:
@@ -54,7 +55,7 @@ def choose_threshold(model, policy: str, data: str | Path | None = None, fp_cost
                   "validated_on": model.info.get("normal_scores_from", "held-out good training images"),
                   "n_images": len(scores)}
         return {**chosen, **few_images_warning(len(scores), rate)}
-    samples = read_split(data, "test")
+    samples = labelled_samples(data)
     labels = np.array([s.label for s in samples])
     scores = np.array([p.score for p in model.predict_iter([s.path for s in samples], progress=True)])
     chosen = {"policy": policy, "validated_on": str(data), "n_images": len(samples)}

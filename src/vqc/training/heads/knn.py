@@ -57,6 +57,25 @@ class KnnHead(nn.Module):
         self.bank_inputs = inputs
         return {"patches": n, "bank": keep}
 
+    @torch.no_grad()
+    def extend(self, batches) -> tuple[torch.Tensor, int]:
+        """Add good patches to the bank without a refit: the same share of them as the fit kept
+        (`coreset`), chosen farthest-first from what the bank holds already, so the patches that
+        made a good part score high come in first. Returns (the fit-input index of each added
+        row, the patches offered)."""
+        parts, inputs, seen = [], [], 0
+        for levels in batches:
+            features = patch_features(levels, self.pool)
+            parts.append(flatten_positions(features).cpu())
+            b, _, h, w = features.shape
+            inputs.append(torch.arange(seen, seen + b).repeat_interleave(h * w))
+            seen += b
+        patches, inputs = torch.cat(parts), torch.cat(inputs)
+        keep = len(patches) if self.coreset_method == "none" else max(1, math.ceil(len(patches) * self.coreset))
+        rows = greedy_extension(self.bank.cpu(), patches, min(keep, len(patches)), self.seed)
+        self.bank = torch.cat([self.bank, patches[rows].to(self.bank.device)]).contiguous()
+        return inputs[rows], len(patches)
+
     @contextlib.contextmanager
     def without(self, drop: torch.Tensor):
         """Score with the bank rows where `drop` (bool, one per row) is False, inside the block."""
@@ -111,18 +130,45 @@ def single_thread():
         torch.set_num_threads(threads)
 
 
-def _greedy_coreset(points: torch.Tensor, n: int, seed: int, progress: bool, dim: int) -> torch.Tensor:
-    generator = torch.Generator().manual_seed(seed)
-    if points.shape[1] > dim:
-        projection = torch.randn(points.shape[1], dim, generator=generator) / math.sqrt(dim)
-        points = points @ projection
+def _greedy_coreset(points: torch.Tensor, n: int, seed: int, progress: bool, dim: int,
+                    nearest: torch.Tensor | None = None) -> torch.Tensor:
+    """nearest: each point's squared (projected) distance to points chosen before; None: none were."""
+    points, generator = _projected(points, seed, dim)
     norms = (points * points).sum(1)
     chosen = torch.empty(n, dtype=torch.long)
-    chosen[0] = torch.randint(len(points), (1,), generator=generator)
-    nearest = torch.full((len(points),), float("inf"))
+    if nearest is None:
+        chosen[0] = torch.randint(len(points), (1,), generator=generator)
+        nearest = torch.full((len(points),), float("inf"))
+    else:
+        chosen[0] = nearest.argmax()
     for i in tqdm(range(n), desc="coreset", unit="patch", disable=not progress, miniters=max(1, n // 100)):
         if i:
             chosen[i] = nearest.argmax()
         c = chosen[i]
         torch.minimum(nearest, norms - 2 * (points @ points[c]) + norms[c], out=nearest)
     return chosen
+
+
+def _projected(points: torch.Tensor, seed: int, dim: int) -> tuple[torch.Tensor, torch.Generator]:
+    """The seeded random projection to `dim` dimensions (and the generator after drawing it)."""
+    generator = torch.Generator().manual_seed(seed)
+    if points.shape[1] <= dim:
+        return points, generator
+    projection = torch.randn(points.shape[1], dim, generator=generator) / math.sqrt(dim)
+    return points @ projection, generator
+
+
+def greedy_extension(bank: torch.Tensor, points: torch.Tensor, n: int, seed: int, dim: int = 128,
+                     block: int = 4096) -> torch.Tensor:
+    """Rows of `points` for a bank that already holds `bank`: greedy k-center continued from the
+    bank, so each step takes the point farthest from the bank and from the points taken so far."""
+    with single_thread():
+        both, _ = _projected(torch.cat([bank, points]), seed, dim)
+        old, new = both[:len(bank)], both[len(bank):]
+        nearest = torch.full((len(new),), float("inf"))
+        new_norms = (new * new).sum(1, keepdim=True)
+        for start in range(0, len(old), block):  # bounded memory, one block of the bank at a time
+            part = old[start:start + block]
+            distances = new_norms - 2 * new @ part.T + (part * part).sum(1)
+            torch.minimum(nearest, distances.amin(1), out=nearest)
+        return _greedy_coreset(new, n, seed, False, dim=new.shape[1], nearest=nearest)

@@ -1,0 +1,164 @@
+"""The models behind a service: the live one that judges and a shadow that scores beside it,
+changed while requests run.
+
+A `Judge` is one opened model version with what scoring it needs (its batcher, its recorder,
+its drift window). `LiveModels` hands each request the judge in force when it starts, and the
+request keeps it to the end, so its rows name the version that judged it. A promotion or a
+rollback opens the new version first, then swaps the reference: requests under way finish on
+the old judge, new ones start on the new, none waits and none fails; the old judge's batcher is
+closed once its last request is done. With a store, a thread looks at the target's deployment
+every `poll_s` seconds, so `vqc models promote` from another shell takes effect too.
+
+A shadow judge scores the live requests' images after they are answered, in one thread of
+its own with a bounded queue (a full queue skips and counts, it never slows the line), and its
+scores go to `shadow_scores`, not to anyone's verdict.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .batching import Batcher
+from .inspection import Recorder
+from .monitoring import DriftMonitor
+from .records import ModelIdentity
+from .scoring import Scorer
+
+log = logging.getLogger(__name__)
+SHADOW_QUEUE = 64  # requests waiting for the shadow model before it skips
+
+
+@dataclass
+class Judge:
+    model: Scorer
+    identity: ModelIdentity
+    path: Path
+    recorder: Recorder | None
+    drift: DriftMonitor
+    batcher: Batcher | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    users: int = 0
+    retired: bool = False
+
+    def predict(self, images: list[np.ndarray]) -> list:
+        if self.batcher is not None:  # with other requests that arrive within batch_wait_ms
+            return self.batcher.submit(images)
+        with self.lock:  # the model is not re-entrant on one device
+            return self.model.predict(images)
+
+    def close(self) -> None:
+        if self.batcher is not None:
+            self.batcher.close()
+
+
+class LiveModels:
+    def __init__(self, live: Judge, open_judge: Callable[[Path], Judge] | None = None, store=None,
+                 target: str | None = None, poll_s: float = 1.0, on_swap: Callable[[Judge], None] | None = None):
+        """open_judge(path): a Judge for a model path (used for later versions); store and target:
+        the deployment to follow (vqc.store.versions.ModelStore)."""
+        self.live, self.shadow = live, None
+        self.open_judge, self.store, self.target, self.on_swap = open_judge, store, target, on_swap
+        self.lock = threading.Lock()
+        self.changing = threading.Lock()  # one change at a time: the poller and an admin request
+        self.shadow_pool = ThreadPoolExecutor(1, "vqc-shadow")
+        self.shadow_waiting = threading.BoundedSemaphore(SHADOW_QUEUE)
+        self.stopping = threading.Event()
+        self.poller = None
+        if store is not None:
+            self.refresh()
+            self.poller = threading.Thread(target=self._poll, args=(poll_s,), name="vqc-deployment", daemon=True)
+            self.poller.start()
+
+    @contextlib.contextmanager
+    def judging(self):
+        """The live judge for one request, held until the request is done."""
+        with self.lock:
+            judge = self.live
+            judge.users += 1
+        try:
+            yield judge
+        finally:
+            with self.lock:
+                judge.users -= 1
+                done = judge.retired and judge.users == 0
+            if done:
+                judge.close()
+
+    # ------------------------------------------------------------ changes
+
+    def refresh(self) -> bool:
+        """Take the store's deployment of the target; True when something changed."""
+        with self.changing:
+            wanted = self.store.deployment(self.target)
+            changed = False
+            if wanted["live"] is not None and wanted["live"] != self.live.identity.version:
+                self._swap_live(self.open_judge(self.store.path_of(wanted["live"])))
+                changed = True
+            shadow = self.shadow.identity.version if self.shadow else None
+            if wanted["shadow"] != shadow:
+                self.shadow = self.open_judge(self.store.path_of(wanted["shadow"]), shadow=True) \
+                    if wanted["shadow"] else None
+                log.info("%s: shadow %s", self.target, wanted["shadow"] or "none")
+                changed = True
+            return changed
+
+    def _swap_live(self, judge: Judge) -> None:
+        with self.lock:
+            old, self.live = self.live, judge
+            old.retired = True
+            idle = old.users == 0
+        if idle:
+            old.close()
+        log.warning("%s: live model %s -> %s", self.target or "service", old.identity.version, judge.identity.version)
+        if self.on_swap is not None:
+            self.on_swap(judge)
+
+    def _poll(self, every: float) -> None:
+        while not self.stopping.wait(every):
+            try:
+                self.refresh()
+            except Exception as exc:  # a database away for a moment: the models in force stay
+                log.warning("deployment of %s not read: %s", self.target, str(exc).splitlines()[0])
+
+    # ------------------------------------------------------------ shadow
+
+    def score_in_shadow(self, images: list[np.ndarray], inspection_ids: list[int | None],
+                        record: Callable[[list[dict]], None]) -> bool:
+        """Queue the shadow's scoring of a live request's images; False when skipped (queue full)."""
+        shadow = self.shadow
+        if shadow is None or not any(i is not None for i in inspection_ids):
+            return True
+        if not self.shadow_waiting.acquire(blocking=False):
+            return False
+
+        def run():
+            try:
+                predictions = shadow.predict(images)
+                record([{"inspection_id": i, "model_version": shadow.identity.version, "score": float(p.score),
+                         "verdict": p.verdict, "threshold": shadow.model.threshold["value"]
+                         if shadow.model.threshold else None}
+                        for i, p in zip(inspection_ids, predictions) if i is not None])
+            except Exception as exc:  # the shadow is not the line: say it, go on
+                log.warning("shadow %s did not score: %s", shadow.identity.version, exc)
+            finally:
+                self.shadow_waiting.release()
+        self.shadow_pool.submit(run)
+        return True
+
+    def drain(self) -> None:
+        """Wait for the shadow scores queued so far."""
+        self.shadow_pool.submit(lambda: None).result()
+
+    def close(self) -> None:
+        self.stopping.set()
+        if self.poller is not None:
+            self.poller.join(5)
+        self.shadow_pool.shutdown(wait=True)
+        self.live.close()

@@ -1,0 +1,256 @@
+"""The model store (issue 24): versions, promotion and rollback under load, shadow, reviews, roles, update."""
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import sqlalchemy as sa
+
+import vqc
+from vqc.access import add_key
+from vqc.data import read_split
+from vqc.errors import VqcError
+from vqc.modelfile import read_metadata, rewrite_metadata
+from vqc.records import Inspection
+from vqc.store.tables import AuditEntry, Review, ShadowScore
+from vqc.store.versions import ModelStore
+
+from .line_peers import free_port
+
+
+@pytest.fixture
+def store(tmp_path, demo_model_file) -> ModelStore:
+    store = ModelStore.open(tmp_path / "store")
+    store.add(demo_model_file, "test")
+    return store
+
+
+def _images(demo_root) -> list[Path]:
+    return [s.path for s in read_split(demo_root, "test")]
+
+
+def test_versions_are_file_hashes_with_parents_and_every_change_audited(store, demo_model_file, tmp_path):
+    first = store.versions()[0]
+    assert first["version"] == vqc.records.ModelIdentity.of(demo_model_file, "").version
+    assert store.add(demo_model_file, "again")["version"] == first["version"]  # the same file: one version
+    assert len(first["fit_manifest"]) == vqc.load(demo_model_file).info["n_train"]
+    lower = dict(first["evidence"]["threshold"], value=first["evidence"]["threshold"]["value"] * 0.5, policy="manual")
+    second = store.with_threshold(first["version"], lower, "ann")
+    assert second["parent"] == first["version"] and second["version"] != first["version"]
+    assert vqc.load(store.path_of(second["version"])).threshold["value"] == pytest.approx(lower["value"])
+    assert store.find(first["version"][:6])["version"] == first["version"]
+    with pytest.raises(VqcError, match="no model version ffff"):
+        store.get("ffff")
+    with pytest.raises(VqcError, match="no earlier live version"):
+        store.rollback("line", "ann")
+    store.promote("line", first["version"], "ann")
+    store.set_shadow("line", second["version"], "ann")
+    assert store.deployment("line") == {"live": first["version"], "shadow": second["version"]}
+    store.promote("line", second["version"], "bob")  # the shadow promoted: the slot empties
+    assert store.deployment("line") == {"live": second["version"], "shadow": None}
+    assert store.rollback("line", "bob") == first["version"]
+    assert store.rollback("line", "bob") == second["version"]  # a rollback of a rollback goes forward again
+    actions = [(r["actor"], r["action"], r["version"]) for r in store.audit_trail()][::-1]
+    assert actions == [("test", "add", first["version"]), ("ann", "add", second["version"]),
+                       ("ann", "promote", first["version"]), ("ann", "shadow", second["version"]),
+                       ("bob", "promote", second["version"]), ("bob", "rollback", first["version"]),
+                       ("bob", "rollback", second["version"])]
+
+
+def test_header_rewrite_keeps_every_tensor(demo_model_file, demo_root, tmp_path):
+    """The torch-free threshold change: the same scores before and after, a new threshold."""
+    target = tmp_path / "rewritten.safetensors"
+    rewrite_metadata(demo_model_file, target, threshold={"policy": "manual", "value": 1.5})
+    assert read_metadata(target)["threshold"] == {"policy": "manual", "value": 1.5}
+    before, after = vqc.load(demo_model_file), vqc.load(target)
+    images = _images(demo_root)[:4]
+    assert [p.score for p in after.predict(images)] == pytest.approx([p.score for p in before.predict(images)], rel=1e-6)
+    assert after.info == before.info and after.threshold["value"] == 1.5
+    with pytest.raises(VqcError, match="not a vqc model"):
+        read_metadata(demo_root / "SOURCE.md")
+
+
+class Service:
+    """vqc serve on a model store, in a thread, on a free port."""
+
+    def __init__(self, store: ModelStore, keys: Path | None, **settings):
+        import uvicorn
+
+        from vqc.serve import create_app
+        self.app = create_app(None, store=store, target="line", api_key_file=str(keys) if keys else None,
+                              engine="onnx", keep_good=1.0, **settings)
+        port = free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.time() + 60
+        while not self.server.started and time.time() < deadline:
+            time.sleep(0.05)
+
+    def close(self):
+        self.server.should_exit = True
+        self.thread.join(10)
+
+
+@pytest.fixture
+def served(store, tmp_path):
+    keys = tmp_path / "keys.txt"
+    admin, operator = add_key(keys, "alice", "admin"), add_key(keys, "oscar")
+    first = store.versions()[0]
+    threshold = first["evidence"]["threshold"]
+    second = store.with_threshold(first["version"], dict(threshold, value=threshold["value"] * 0.5), "test")
+    store.promote("line", first["version"], "test")
+    service = Service(store, keys)
+    yield service, {"admin": admin, "operator": operator}, first["version"], second["version"]
+    service.close()
+
+
+def _bearer(key):
+    return {"Authorization": f"Bearer {key}"}
+
+
+def test_promote_and_rollback_under_8_clients_drop_nothing(served, store, demo_root):
+    service, keys, first, second = served
+    images = [p.read_bytes() for p in _images(demo_root)[:8]]
+    answers, failures, stop = [], [], threading.Event()
+
+    def client(n):
+        with httpx.Client(base_url=service.url, headers=_bearer(keys["operator"]), timeout=60) as http:
+            i = n
+            while not stop.is_set():
+                response = http.post("/v1/inspect", content=images[i % len(images)])
+                if response.status_code != 200:
+                    failures.append((response.status_code, response.text))
+                else:
+                    answers.append(response.json())
+                i += 1
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    with httpx.Client(base_url=service.url, headers=_bearer(keys["admin"]), timeout=120) as admin:
+        steps = []
+        for action, body in (("promote", {"version": second}), ("rollback", None), ("promote", {"version": second})):
+            time.sleep(1.5)
+            response = admin.post(f"/v1/models/{action}", json=body)
+            assert response.status_code == 200, response.text
+            steps.append((response.json()["live"], len(answers)))
+        time.sleep(1.5)
+    stop.set()
+    for thread in threads:
+        thread.join(60)
+    assert failures == []
+    assert [live for live, _ in steps] == [second, first, second]
+    with store.engine.connect() as connection:
+        recorded = {row.id: row.model_version for row in connection.execute(sa.select(Inspection.id, Inspection.model_version))}
+    assert len(recorded) == len(answers) > 40
+    assert all(recorded[a["id"]] == a["model_version"] for a in answers)  # each record names the version that judged
+    assert {a["model_version"] for a in answers} == {first, second}
+    tail = [a["model_version"] for a in answers[steps[-1][1] + 8:]]  # begun after the last promotion returned
+    assert tail and set(tail) == {second}
+    threshold_of = {v: vqc.load(store.path_of(v)).threshold["value"] for v in (first, second)}
+    assert all(a["threshold"] == pytest.approx(threshold_of[a["model_version"]]) for a in answers)
+
+
+def test_operator_keys_cannot_change_models_and_admin_actions_are_audited(served, store, demo_root):
+    service, keys, first, second = served
+    with httpx.Client(base_url=service.url, timeout=120) as http:
+        for path, body in (("/v1/models/promote", {"version": second}), ("/v1/models/rollback", None),
+                           ("/v1/models/shadow", {"version": second}), ("/v1/threshold", {"value": 1.0})):
+            response = http.post(path, json=body, headers=_bearer(keys["operator"]))
+            assert response.status_code == 403 and "oscar is an operator key" in response.json()["detail"]
+        assert http.get("/v1/audit", headers=_bearer(keys["operator"])).status_code == 403
+        assert http.post("/v1/models/promote", json={"version": "ffffffff"},
+                         headers=_bearer(keys["admin"])).status_code == 404
+        before = len(store.audit_trail())
+        response = http.post("/v1/threshold", json={"value": 7.5, "note": "shift B"}, headers=_bearer(keys["admin"]))
+        assert response.status_code == 200, response.text
+        live = response.json()["live"]
+        assert live not in (first, second) and store.get(live)["parent"] == first
+        inspected = http.post("/v1/inspect", content=_images(demo_root)[0].read_bytes(),
+                              headers=_bearer(keys["operator"])).json()
+        assert inspected["model_version"] == live and inspected["threshold"] == 7.5
+        assert http.post("/v1/models/rollback", headers=_bearer(keys["admin"])).json()["live"] == first
+        trail = http.get("/v1/audit", headers=_bearer(keys["admin"])).json()["items"]
+    new = trail[:len(trail) - before]
+    assert [(r["actor"], r["action"]) for r in new][::-1] == [("alice", "add"), ("alice", "threshold"),
+                                                              ("alice", "promote"), ("alice", "rollback")]
+    with store.engine.connect() as connection:  # nothing the operator tried left a row
+        assert connection.execute(sa.select(sa.func.count()).select_from(AuditEntry)
+                                  .where(AuditEntry.actor == "oscar")).scalar_one() == 0
+
+
+def test_no_key_file_no_admin(store, demo_root):
+    store.promote("line", store.versions()[0]["version"], "test")
+    service = Service(store, None)
+    try:
+        response = httpx.post(f"{service.url}/v1/models/rollback", timeout=30)
+        assert response.status_code == 403 and "without --api-key-file" in response.json()["detail"]
+    finally:
+        service.close()
+
+
+def test_reviews_shadow_and_compare(served, store, demo_root):
+    from vqc.store.reviews import reviewed_pool
+    from vqc.store.shadow import compare
+    service, keys, first, second = served
+    operator = _bearer(keys["operator"])
+    samples = read_split(demo_root, "test")
+    with httpx.Client(base_url=service.url, timeout=120) as http:
+        response = http.post("/v1/models/shadow", json={"version": second}, headers=_bearer(keys["admin"]))
+        assert response.json() == {"target": "line", "live": first, "shadow": second}
+        results = [http.post("/v1/inspect", content=s.path.read_bytes(), headers=operator).json() for s in samples]
+        for sample, result in zip(samples, results):  # the operator tells the truth about each part
+            label = "defective" if sample.label else "good"
+            body = {"label": label, "defect_type": sample.defect if sample.label else None, "note": "checked"}
+            reviewed = http.post(f"/v1/inspections/{result['id']}/review", json=body, headers=operator)
+            assert reviewed.status_code == 200 and reviewed.json()["reviewer"] == "oscar"
+        assert http.post("/v1/inspections/999999/review", json={"label": "good"}, headers=operator).status_code == 404
+        assert http.post(f"/v1/inspections/{results[0]['id']}/review", json={"label": "fine"},
+                         headers=operator).status_code == 422
+    service.app.state.inspector.models.drain()
+    candidate = vqc.load(store.path_of(second))
+    expected = {r["id"]: p.score for r, p in zip(results, candidate.predict([s.path for s in samples]))}
+    with store.engine.connect() as connection:
+        shadow = {row.inspection_id: row for row in connection.execute(sa.select(ShadowScore.__table__))}
+        assert connection.execute(sa.select(sa.func.count()).select_from(Review)).scalar_one() == len(samples)
+    assert set(shadow) == set(expected) and all(row.model_version == second for row in shadow.values())
+    assert [shadow[i].score for i in expected] == pytest.approx(list(expected.values()), rel=1e-4)
+    result = compare(store.engine, first, second)
+    truth = {r["id"]: s.label for r, s in zip(results, samples)}
+    live_verdicts = {r["id"]: r["verdict"] for r in results}
+    shadow_verdicts = {i: row.verdict for i, row in shadow.items()}
+    good = [i for i in truth if truth[i] == 0]
+    assert result["inspections"] == len(samples) and result["confirmed_good"] == len(good)
+    assert result["agreement"] == pytest.approx(np.mean([live_verdicts[i] == shadow_verdicts[i] for i in truth]))
+    assert result["live_side"]["false_rejects"] == sum(live_verdicts[i] == "defective" for i in good)
+    assert result["candidate_side"]["false_rejects"] == sum(shadow_verdicts[i] == "defective" for i in good)
+    assert result["candidate_side"]["confirmed_defects_passed"] == sum(
+        shadow_verdicts[i] == "ok" for i in truth if truth[i] == 1)
+    pool = reviewed_pool(store.engine, store.folder / "images", "reviews")
+    assert [s.label for s in pool.samples] == [s.label for s in samples] and pool.unavailable == 0
+
+
+def test_update_adds_confirmed_false_rejects_to_the_knn_bank(demo_root, tmp_path):
+    from vqc.training.update import update_model
+    good = sorted((demo_root / "train" / "good").iterdir())
+    model = vqc.AnomalyModel(backbone="efficientnet_lite0", head="knn").fit(good[:6], progress=False)
+    new = [s.path for s in read_split(demo_root, "test") if s.label == 0][:2]
+    before = [p.score for p in model.predict(new)]
+    bank = len(model.detector.head.bank)
+    threshold = dict(model.threshold)
+    done = update_model(model, new + new[:1])  # an image confirmed twice counts once
+    per_image = done["patches_offered"] // 2
+    assert done["images_added"] == 2 and done["bank"] - bank == int(np.ceil(2 * per_image * 0.1)) == len(
+        model.detector.head.bank) - bank
+    after = [p.score for p in model.predict(new)]
+    assert all(a < b for a, b in zip(after, before))  # their own patches are in the bank now
+    assert all(loo <= b + 1e-4 for loo, b in zip(done["added_leave_one_out_scores"], before))
+    assert model.threshold["value"] == pytest.approx(threshold["value"])  # the fit's normal scores, as documented
+    assert len(model.info["fit_manifest"]) == 8
+    with pytest.raises(VqcError, match="in the model already"):
+        update_model(model, new)
+    saved = vqc.load(model.save(tmp_path / "updated.safetensors"))
+    assert [p.score for p in saved.predict(new)] == pytest.approx(after, rel=1e-5)
