@@ -254,3 +254,53 @@ def test_update_adds_confirmed_false_rejects_to_the_knn_bank(demo_root, tmp_path
         update_model(model, new)
     saved = vqc.load(model.save(tmp_path / "updated.safetensors"))
     assert [p.score for p in saved.predict(new)] == pytest.approx(after, rel=1e-5)
+
+
+def test_a_station_follows_its_store_live_and_shadow_without_stopping(store, demo_root, tmp_path):
+    """vqc station on a model store: promotion while parts come, and a shadow scoring beside it."""
+    import shutil
+
+    from vqc.station.config import load_line
+    from vqc.station.line import Line
+    first = store.versions()[0]
+    threshold = first["evidence"]["threshold"]
+    second = store.with_threshold(first["version"], dict(threshold, value=threshold["value"] * 0.5), "test")["version"]
+    first = first["version"]
+    store.promote("cam1", first, "test")
+    camera = tmp_path / "camera"
+    camera.mkdir()
+    config = tmp_path / "line.yaml"
+    config.write_text(f"store: {store.folder}\nkeep_good: 1.0\nstations:\n  cam1:\n    trigger: camera\n"
+                      f"    engine: onnx\n    camera: {{kind: folder, folder: {camera}, trigger: free}}\n")
+    line = Line(load_line(config))
+    images = _images(demo_root)
+
+    def parts(batch, n):
+        for i, image in enumerate(images[:n]):
+            shutil.copy(image, camera / f"{batch}-{i}{image.suffix}")
+        deadline = time.time() + 60
+        while line.stations["cam1"].state.parts < want[0] + n:
+            assert time.time() < deadline, line.status()
+            time.sleep(0.1)
+        want[0] += n
+    want = [0]
+    line.start()
+    try:
+        parts("a", 4)
+        store.promote("cam1", second, "test")
+        store.set_shadow("cam1", first, "test")
+        deadline = time.time() + 60
+        while line.stations["cam1"].models.shadow is None:
+            assert time.time() < deadline
+            time.sleep(0.1)
+        parts("b", 4)
+        line.stations["cam1"].models.drain()
+        status = line.status()[0]
+    finally:
+        line.close()
+    assert status["errors"] == 0 and status["model"] == f"{store.get(second)['name']} {second}"
+    with store.engine.connect() as connection:
+        judged = [v for (v,) in connection.execute(sa.select(Inspection.model_version).order_by(Inspection.id))]
+        shadow = {i: v for i, v in connection.execute(sa.select(ShadowScore.inspection_id, ShadowScore.model_version))}
+    assert judged == [first] * 4 + [second] * 4
+    assert sorted(shadow.values()) == [first] * 4 and len(shadow) == 4

@@ -32,7 +32,9 @@ TORCH_FREE = ("vqc", "vqc.cli", "vqc.bundle", "vqc.loading", "vqc.inspection", "
               "vqc.access", "vqc.viz", "vqc.files", "vqc.choices", "vqc.version", "vqc.errors",
               "vqc.station.config", "vqc.station.sources", "vqc.station.aravis", "vqc.station.delivery",
               "vqc.station.opcua", "vqc.station.mqtt", "vqc.station.webhook", "vqc.station.station",
-              "vqc.station.line", "vqc.station.page", "vqc.station.run", "vqc.station.fake_camera")
+              "vqc.station.line", "vqc.station.page", "vqc.station.run", "vqc.station.fake_camera",
+              "vqc.cli_models", "vqc.live", "vqc.serve_lifecycle", "vqc.modelfile", "vqc.store.tables",
+              "vqc.store.versions", "vqc.store.reviews", "vqc.store.shadow")
 SITE_PACKAGES_LIMIT_MB = 400
 
 

@@ -212,7 +212,7 @@ def test_plc_handshake_scores_the_cameras_frames_and_records_each_before_it_sign
     rows = line.records.find(limit=100)[::-1]
     assert [row["part_id"] for row in rows] == [f"part-{k}" for k in range(len(images))]
     assert all(row["station"] == "cam1" and row["width"] == SIDE for row in rows)
-    assert plc.read("cam1", "ModelVersion") == line.stations["cam1"].identity.version
+    assert plc.read("cam1", "ModelVersion") == line.stations["cam1"].models.live.identity.version
 
 
 @needs_parts

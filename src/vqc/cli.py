@@ -674,7 +674,7 @@ def cmd_station(args) -> None:
         for station in config.stations:
             outputs = ", ".join(station.outputs) or "none"
             print(f"{station.name}: {station.source.kind} camera {station.source.id or station.source.folder or ''}"
-                  f" ({station.source.trigger}), trigger {station.trigger}, outputs {outputs}, model {station.model}")
+                  f" ({station.source.trigger}), trigger {station.trigger}, outputs {outputs}, model {station.model or f'live on {station.name} in {config.store}'}")
         print(f"{args.file}: {len(config.stations)} station(s), no mistakes found")
         return
 

@@ -45,7 +45,7 @@ class SourceConfig:
 @dataclass
 class StationConfig:
     name: str
-    model: Path
+    model: Path | None  # None: what is live on this station's name in the line's model store
     source: SourceConfig
     trigger: str = "opcua"
     outputs: tuple[str, ...] = ("opcua",)
@@ -78,6 +78,7 @@ class LineConfig:
     stations: list[StationConfig]
     records: str | None = None  # URL or SQLite path; "none": no records; None: <file stem>.records.sqlite beside it
     image_store: Path | None = None
+    store: Path | None = None  # a model store: stations without a model run what is live on their name
     keep_good: float = 0.01
     page: tuple[str, int] | None = None  # host, port of the operator page; None: no page
     opcua: OpcUaConfig | None = None
@@ -184,8 +185,9 @@ def _station(reader: _Reader, name: str, line: dict) -> StationConfig:
     if not NAME.match(name):
         reader.fail("a station name is 1 to 64 letters, digits, - or _")
     model = reader.path("model")
-    if model is None:
-        reader.fail("every station needs its model (a bundle folder or a .safetensors file)", "model")
+    if model is None and line.get("store") is None:
+        reader.fail("every station needs its model (a bundle folder or a .safetensors file), or the line a "
+                    "store: to take it from", "model")
     source_reader = reader.sub("camera")
     if source_reader is None:
         reader.fail("every station needs its camera (kind: aravis, video or folder)", "camera")
@@ -267,7 +269,7 @@ def load_line(path: str | Path) -> LineConfig:
     stations_reader = top.sub("stations")
     if stations_reader is None or not stations_reader.value:
         top.fail("a line needs at least one station under stations:", "stations")
-    line_raw = {"opcua": raw.get("opcua"), "mqtt": raw.get("mqtt")}
+    line_raw = {"opcua": raw.get("opcua"), "mqtt": raw.get("mqtt"), "store": raw.get("store")}
     stations = []
     for name, value in stations_reader.value.items():
         station_reader = _Reader(path, f"stations.{name}", value)
@@ -280,7 +282,7 @@ def load_line(path: str | Path) -> LineConfig:
     if records is not None and records != "none" and "://" not in records:
         records = str(path.parent / records)
     line = LineConfig(path=path, stations=stations, records=records,
-                      image_store=top.path("image_store"), keep_good=top.get("keep_good", float, 0.01, minimum=0),
+                      image_store=top.path("image_store"), store=top.path("store"), keep_good=top.get("keep_good", float, 0.01, minimum=0),
                       page=_address(top, "page"), opcua=opcua, mqtt=mqtt, queue_size=queue_size, when_full=when_full)
     top.done()
     return line

@@ -12,11 +12,15 @@ import os
 import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from pathlib import Path
 
 from ..engines import EngineSettings
 from ..errors import VqcError
 from ..inspection import Recorder
+from ..live import Judge, LiveModels
 from ..loading import open_model
+from ..monitoring import DriftMonitor
 from ..records import ModelIdentity, Records
 from .config import LineConfig, SourceConfig
 from .delivery import Outbox
@@ -49,6 +53,10 @@ class Line:
         self.stations: dict[str, Station] = {}
         self.links: list = []
         self.overlays = ThreadPoolExecutor(1, "overlays", _lower_priority)  # kept images' overlays, after the answer
+        self.store = None
+        if config.store is not None:
+            from ..store.versions import ModelStore
+            self.store = ModelStore.open(config.store)
         self.records = self._records()
         try:
             self._build()
@@ -60,24 +68,41 @@ class Line:
         c = self.config
         if c.records == "none":
             return None
+        if self.store is not None:  # reviews, shadow scores and versions sit beside the inspections
+            return Records(c.records or self.store.url, c.image_store or self.store.folder / "images", c.keep_good)
         folder, stem = c.path.parent, c.path.stem
         return Records(c.records or folder / f"{stem}.records.sqlite", c.image_store or folder / f"{stem}-images",
                        c.keep_good)
 
+    def _model_path(self, station) -> Path:
+        if station.model is not None:
+            return station.model
+        live = self.store.deployment(station.name)["live"]
+        if live is None:
+            raise VqcError(f"station {station.name}: nothing is live on it in the store {self.store.folder} "
+                           f"(vqc models promote VERSION --target {station.name} --store {self.store.folder})")
+        return self.store.path_of(live)
+
+    def _open_judge(self, station, path: Path, shadow: bool = False) -> Judge:
+        model = open_model(path, EngineSettings(station.engine, self.config.threads_for(station)))
+        if model.threshold is None:
+            raise VqcError(f"station {station.name}: model {path} has no threshold "
+                           "(vqc threshold MODEL --data GOOD_IMAGES)")
+        identity = ModelIdentity.of(path, model.engine_name)
+        if self.store is not None and self.store.find(identity.version) is not None:
+            identity = replace(identity, name=self.store.get(identity.version)["name"])
+        recorder = Recorder(self.records, identity, model, self._draw_later) \
+            if self.records is not None and not shadow else None
+        return Judge(model, identity, path, recorder, DriftMonitor(model.info["normal_scores"]))
+
     def _build(self) -> None:
         c = self.config
-        models = {}
-        for station in c.stations:
-            model = open_model(station.model, EngineSettings(station.engine, c.threads_for(station)))
-            if model.threshold is None:
-                raise VqcError(f"station {station.name}: model {station.model} has no threshold "
-                               "(vqc threshold MODEL --data GOOD_IMAGES)")
-            models[station.name] = (model, ModelIdentity.of(station.model, model.engine_name))
+        judges = {station.name: self._open_judge(station, self._model_path(station)) for station in c.stations}
         server = client = mqtt = None
         if c.opcua is not None and c.opcua.server:
             from .opcua import OpcUaServer
             server = OpcUaServer(c.opcua.server, c.opcua.namespace,
-                                 {name: identity.version for name, (_, identity) in models.items()},
+                                 {name: judge.identity.version for name, judge in judges.items()},
                                  c.opcua.heartbeat_s, self._trigger)
             self.links.append(server)
         elif c.opcua is not None:
@@ -90,7 +115,6 @@ class Line:
             mqtt = MqttLink(c.mqtt, [s.name for s in c.stations if s.trigger == "mqtt"], self._trigger)
             self.links.append(mqtt)
         for station in c.stations:
-            model, identity = models[station.name]
             uses_opcua = station.trigger == "opcua" or "opcua" in station.outputs
             signals = [server] if server is not None and uses_opcua else []
             error_signals = [client] if client is not None and uses_opcua else []
@@ -102,9 +126,22 @@ class Line:
             if "webhook" in station.outputs:
                 from .webhook import Webhook
                 outboxes.append(self._outbox(f"{station.name} webhook", Webhook(station.webhook, self.run_id).deliver))
-            recorder = Recorder(self.records, identity, model, self._draw_later) if self.records is not None else None
-            self.stations[station.name] = Station(station, model, identity, recorder, open_source(station.source),
-                                                  signals, outboxes, error_signals)
+            follows = self.store if self.store is not None and station.model is None else None
+            models = LiveModels(judges[station.name], functools.partial(self._open_judge, station), follows,
+                                station.name if follows else None, on_swap=self._swapped(station.name))
+            self.stations[station.name] = Station(station, models, open_source(station.source), signals, outboxes,
+                                                  error_signals, record_shadow=self._record_shadow)
+
+    def _swapped(self, name: str):
+        def changed(judge: Judge) -> None:
+            if name in self.stations:
+                self.stations[name].model_changed(judge)
+        return changed
+
+    def _record_shadow(self, rows: list[dict]) -> None:
+        if self.records is not None:
+            from ..store.shadow import add_shadow_scores
+            add_shadow_scores(self.records.engine, rows)
 
     def _draw_later(self, draw) -> None:
         def logged():

@@ -34,7 +34,7 @@ VARIABLES = {  # name: (variant type, initial value, written by the PLC)
     "Score": ("Double", 0.0, False), "Sequence": ("UInt32", 0, False), "ResultPartId": ("String", "", False),
     "ModelVersion": ("String", "", False), "Error": ("String", "", False), "Heartbeat": ("UInt32", 0, False),
 }
-RESULT_ORDER = ("Result", "Score", "Sequence", "ResultPartId", "Busy", "Done")  # Done last
+RESULT_ORDER = ("Result", "Score", "Sequence", "ResultPartId", "ModelVersion", "Busy", "Done")  # Done last
 PLC_NODE_NAMES = {"trigger": "Trigger", "part_id": "PartId", "busy": "Busy", "done": "Done", "result": "Result",
                   "score": "Score", "sequence": "Sequence", "model_version": "ModelVersion", "error": "Error",
                   "heartbeat": "Heartbeat"}
@@ -50,7 +50,8 @@ def _ua():
 
 def result_values(result: dict) -> dict:
     return {"Result": result["result"], "Score": float(result["score"] or 0.0), "Sequence": result["sequence"],
-            "ResultPartId": result["part_id"] or "", "Busy": False, "Done": True}
+            "ResultPartId": result["part_id"] or "", "ModelVersion": result["model_version"], "Busy": False,
+            "Done": True}
 
 
 class EventLoop:

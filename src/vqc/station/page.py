@@ -34,7 +34,7 @@ def create_page(line: Line) -> FastAPI:
         item = station.state.last_item
         if item is None:
             raise HTTPException(404, f"station {name} has inspected no part yet")
-        floor, top = station.model.normal_range()
+        floor, top = station.models.live.model.normal_range()
         buffer = io.BytesIO()
         Image.fromarray(item.overlay(floor, top)).save(buffer, format="PNG", compress_level=1)
         return Response(buffer.getvalue(), media_type="image/png", headers={"Cache-Control": "no-store"})

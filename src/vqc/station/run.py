@@ -18,6 +18,8 @@ def check_line(path: str | Path) -> LineConfig:
     config = load_line(path)
     for station in config.stations:
         model = station.model
+        if model is None:  # from the store: looked up when the line opens it
+            continue
         if not model.exists():
             raise VqcError(f"{config.path.name}: stations.{station.name}.model: {model} does not exist")
         if model.is_dir() and not (model / MANIFEST).is_file():

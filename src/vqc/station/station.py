@@ -18,9 +18,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from ..errors import VqcError
-from ..inspection import Inspected, NotRecorded, Recorder
-from ..records import ModelIdentity
-from ..scoring import Scorer
+from ..inspection import Inspected, NotRecorded
+from ..live import Judge, LiveModels
 from .config import StationConfig
 from .delivery import Outbox
 from .sources import CameraLost, Source
@@ -52,14 +51,16 @@ class StationState:
 
 
 class Station:
-    def __init__(self, config: StationConfig, model: Scorer, identity: ModelIdentity, recorder: Recorder | None,
-                 source: Source, signals: list, outboxes: list[Outbox], error_signals: list = (),
-                 trigger_queue: int = 64):
-        """signals: told each result and error at once (the OPC UA server's nodes); error_signals: told
-        errors only (the PLC's nodes as its client: results reach them through an outbox, in order)."""
-        self.config, self.name, self.model, self.identity = config, config.name, model, identity
-        self.recorder, self.source, self.signals, self.outboxes = recorder, source, signals, outboxes
-        self.error_signals = list(error_signals)
+    def __init__(self, config: StationConfig, models: LiveModels, source: Source, signals: list,
+                 outboxes: list[Outbox], error_signals: list = (), trigger_queue: int = 64, record_shadow=None):
+        """models: the live judge (and a shadow), swapped while the station runs (vqc.live);
+        signals: told each result and error at once (the OPC UA server's nodes); error_signals: told
+        errors only (the PLC's nodes as its client: results reach them through an outbox, in order);
+        record_shadow(rows): where a shadow's scores go."""
+        self.config, self.name, self.models = config, config.name, models
+        self.source, self.signals, self.outboxes = source, signals, outboxes
+        self.error_signals, self.record_shadow = list(error_signals), record_shadow
+        identity = models.live.identity
         self.state = StationState(self.name, f"{identity.name} {identity.version}", source.label)
         self.triggers: queue.Queue = queue.Queue(trigger_queue)
         self.sequence = 0
@@ -137,18 +138,22 @@ class Station:
             return result
         except VqcError as exc:  # a file that is not an image, say: this part only
             return self._answer_error(part_id, triggered, str(exc))
-        received = datetime.now(timezone.utc)
-        prediction = self.model.predict([frame.image])[0]
-        latency = (time.perf_counter() - frame.captured) * 1000
-        item = Inspected(f"{self.name}-{frame.name}", frame.encoded(), frame.image, prediction, latency, received,
-                         self.name, part_id)
-        inspection_id = None
-        if self.recorder is not None:
-            try:
-                inspection_id = self.recorder.record([item])[0]
-            except NotRecorded as exc:
-                return self._answer_error(part_id, triggered, str(exc))
-        result = self._result(part_id, RESULTS[prediction.verdict], prediction.score, triggered, inspection_id)
+        with self.models.judging() as judge:  # one version judges the part, start to end
+            received = datetime.now(timezone.utc)
+            prediction = judge.model.predict([frame.image])[0]
+            latency = (time.perf_counter() - frame.captured) * 1000
+            item = Inspected(f"{self.name}-{frame.name}", frame.encoded(), frame.image, prediction, latency, received,
+                             self.name, part_id)
+            inspection_id = None
+            if judge.recorder is not None:
+                try:
+                    inspection_id = judge.recorder.record([item])[0]
+                except NotRecorded as exc:
+                    return self._answer_error(part_id, triggered, str(exc))
+            result = self._result(part_id, RESULTS[prediction.verdict], prediction.score, triggered, inspection_id,
+                                  judge)
+        if self.record_shadow is not None:  # after the answer is made: the shadow never delays a part
+            self.models.score_in_shadow([frame.image], [inspection_id], self.record_shadow)
         self.state.last_item = item
         self.state.defective += result["result"] == "NG"
         self._signal(result)
@@ -156,13 +161,15 @@ class Station:
             self._set_error(None)
         return result
 
-    def _result(self, part_id, verdict: str, score, triggered: float, inspection_id) -> dict:
+    def _result(self, part_id, verdict: str, score, triggered: float, inspection_id, judge: Judge | None = None) -> dict:
+        judge = judge or self.models.live
+        identity = judge.identity
         with self.lock:
             self.sequence += 1
             return {"station": self.name, "sequence": self.sequence, "part_id": part_id, "result": verdict,
                     "score": None if score is None else float(score),
-                    "threshold": self.model.threshold, "model": self.identity.name,
-                    "model_version": self.identity.version, "model_sha256": self.identity.sha256,
+                    "threshold": judge.model.threshold, "model": identity.name,
+                    "model_version": identity.version, "model_sha256": identity.sha256,
                     "inspection_id": inspection_id, "inspected_at": datetime.now(timezone.utc).isoformat(),
                     "latency_ms": round((time.perf_counter() - triggered) * 1000, 2)}
 
@@ -201,7 +208,11 @@ class Station:
             except Exception as exc:
                 log.warning("%s: error not signalled: %s", self.name, exc)
 
+    def model_changed(self, judge: Judge) -> None:
+        self.state.model = f"{judge.identity.name} {judge.identity.version}"
+
     def stop(self) -> None:
         self.stopping.set()
         self.thread.join(10)
         self.source.close()
+        self.models.close()
