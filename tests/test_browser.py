@@ -88,3 +88,47 @@ def test_operator_page_shows_verdicts_for_good_and_defective_images(server, demo
         page.wait_for_function("document.getElementById('model').textContent.includes('knn')")
         assert not page.is_visible("#keyform")
         browser.close()
+
+
+def test_operator_reviews_verdicts_on_the_page(server, demo_root):
+    """Issue 24: confirm or override a verdict on the page; stored with the inspection and the key's name."""
+    from playwright.sync_api import sync_playwright
+
+    from vqc.records import Records, default_locations
+    from vqc.store.reviews import latest_reviews
+    url, path, key = server
+    samples = read_split(demo_root, "test")
+    good = next(s for s in samples if s.label == 0)
+    bad = next(s for s in samples if s.label == 1)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu", "--no-first-run"])
+        page = browser.new_page()
+        page.goto(url)
+        page.wait_for_selector("#keyform.shown")
+        page.fill("#key", key)
+        page.click("#keyform button")
+        page.wait_for_function("document.getElementById('model').textContent.includes('knn')")
+        assert not page.is_visible("#review")  # nothing to review before a part is inspected
+        page.set_input_files("#file", str(good.path))
+        page.wait_for_function("document.getElementById('review-title').textContent.includes('inspection')")
+        good_id = int(page.inner_text("#review-title").split("inspection ")[1].rstrip(")"))
+        page.set_input_files("#file", str(bad.path))
+        page.wait_for_function(f"!document.getElementById('review-title').textContent.includes('inspection {good_id})')")
+        bad_id = int(page.inner_text("#review-title").split("inspection ")[1].rstrip(")"))
+        page.fill("#defect-type", bad.defect)
+        page.fill("#review-note", "seen at the bench")
+        page.click("#review-defective")
+        page.wait_for_function("document.getElementById('review-status').textContent.startsWith('saved')")
+        assert page.inner_text("#review-status") == f"saved: defective ({bad.defect}) by operator"
+        page.locator("#history tr").nth(1).click()  # the earlier, good part, from the history
+        assert f"inspection {good_id}" in page.inner_text("#review-title")
+        page.click("#review-good")
+        page.wait_for_function("document.getElementById('review-status').textContent.startsWith('saved: good')")
+        assert page.locator("#history tr").nth(1).locator("td").nth(4).inner_text() == "good"
+        browser.close()
+    records = Records(default_locations(path)[0], create=False)
+    reviews = latest_reviews(records.engine, [good_id, bad_id])
+    records.close()
+    assert reviews[bad_id]["label"] == "defective" and reviews[bad_id]["defect_type"] == bad.defect
+    assert reviews[bad_id]["note"] == "seen at the bench" and reviews[bad_id]["reviewer"] == "operator"
+    assert reviews[good_id]["label"] == "good" and reviews[good_id]["defect_type"] is None
