@@ -304,3 +304,51 @@ def test_a_station_follows_its_store_live_and_shadow_without_stopping(store, dem
         shadow = {i: v for i, v in connection.execute(sa.select(ShadowScore.inspection_id, ShadowScore.model_version))}
     assert judged == [first] * 4 + [second] * 4
     assert sorted(shadow.values()) == [first] * 4 and len(shadow) == 4
+
+
+def test_the_command_line_runs_the_store_and_reads_the_reviews(store, demo_root, demo_model_file, tmp_path, capsys):
+    """vqc models / update / threshold --from-records / evaluate --from-records, on records made by vqc predict --db."""
+    import shutil
+
+    from vqc.cli import main
+    from vqc.store.reviews import add_review
+    samples = read_split(demo_root, "test")
+    first = store.versions()[0]["version"]
+    s = ["--store", str(store.folder)]
+    assert main(["predict", str(demo_model_file), *[str(x.path) for x in samples], "--out", str(tmp_path / "out"),
+                 "--db", str(store.url), "--image-store", str(store.folder / "images"), "--keep-good", "1",
+                 "--no-overlays"]) == 0
+    with store.engine.connect() as connection:
+        rows = connection.execute(sa.select(Inspection.id, Inspection.filename, Inspection.verdict)
+                                  .order_by(Inspection.id)).all()
+    by_name = {x.path.name: x for x in samples}
+    for row in rows:  # the truth, and one defective-judged part the operator overrides to good
+        sample = by_name[row.filename]
+        add_review(store.engine, row.id, "defective" if sample.label else "good", "op1",
+                   sample.defect if sample.label else None)
+    flagged = next(row for row in rows if row.verdict == "defective" and by_name[row.filename].label == 1)
+    add_review(store.engine, flagged.id, "good", "op1", note="a mark, not a defect")
+    capsys.readouterr()
+    assert main(["models", "promote", first[:6], "--target", "t", *s, "--by", "lead"]) == 0
+    assert main(["update", "live", "--from-records", str(store.folder), "--target", "t", "--by", "lead"]) == 0
+    out = capsys.readouterr().out
+    assert "1 confirmed false rejects added" in out and "in shadow on t" in out
+    candidate = out.split("version ")[1].split()[0]
+    assert store.deployment("t") == {"live": first, "shadow": candidate} and store.get(candidate)["parent"] == first
+    assert store.get(candidate)["evidence"]["update"]["images_added"] == 1
+    assert main(["models", "list", *s]) == 0
+    listing = capsys.readouterr().out
+    assert "live on t" in listing and "shadow on t" in listing
+    assert main(["models", "rollback", "--target", "t", *s]) == 2  # nothing live before
+    assert "no earlier live version" in capsys.readouterr().err
+    assert main(["models", "audit", *s]) == 0
+    assert [line.split()[3] for line in capsys.readouterr().out.splitlines()][:3] == ["shadow", "update", "add"]
+    copy = shutil.copy(demo_model_file, tmp_path / "copy.safetensors")
+    assert main(["threshold", str(copy), "--policy", "f1", "--from-records", str(store.folder)]) == 0
+    out = capsys.readouterr().out
+    assert f"{len(samples)} reviewed images" in out
+    chosen = vqc.load(copy).threshold
+    assert chosen["policy"] == "f1" and chosen["validated_on"] == f"reviewed records in {store.folder}"
+    assert chosen["n_images"] == len(samples)
+    assert main(["evaluate", str(copy), "--from-records", str(store.folder), "--engine", "torch"]) == 0
+    assert "image AUROC" in capsys.readouterr().out
