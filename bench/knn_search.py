@@ -34,7 +34,7 @@ threads = torch.get_num_threads()
 model = vqc.AnomalyModel(backbone="efficientnet_lite0", head="knn").fit(args.data, progress=False)
 head = model.detector.head
 paths = [s.path for s in read_split(args.data, "test")][:args.images]
-levels = [torch.cat(parts) for parts in zip(*model._feature_batches(paths, progress=False))]
+levels = [torch.cat(parts) for parts in zip(*model.feature_batches(paths, progress=False))]
 queries = flatten_positions(patch_features(levels, head.pool)).contiguous()
 bank = head.bank
 per_image = len(queries) // len(paths)

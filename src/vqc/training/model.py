@@ -125,8 +125,8 @@ class AnomalyModel(Scorer):
         torch.manual_seed(self.config.seed)
         sizes: list[tuple[int, int]] = []
         owners: list[int] = []  # the train image of each network input, in the order the head sees them
-        val_levels = list(self._feature_batches(val, progress=False, sizes=sizes))
-        fit_stats = self.detector.head.fit(self._feature_batches(train, progress, sizes, owners), val_levels,
+        val_levels = list(self.feature_batches(val, progress=False, sizes=sizes))
+        fit_stats = self.detector.head.fit(self.feature_batches(train, progress, sizes, owners), val_levels,
                                            progress=progress)
         self.detector.eval().requires_grad_(False)  # fitted: inference never needs gradients
         fit_seconds = time.perf_counter() - start
@@ -150,7 +150,7 @@ class AnomalyModel(Scorer):
         self.threshold = choose_threshold(self, "false-reject-rate=0.01")  # until a labelled choice is made
         return self
 
-    def _feature_batches(self, images: list, progress: bool, sizes: list | None = None,
+    def feature_batches(self, images: list, progress: bool, sizes: list | None = None,
                          owners: list | None = None) -> Iterator[list[torch.Tensor]]:
         """Feature levels of the images' network inputs (tiles, for tiling), batch by batch; a head
         decides whether to keep them. `sizes` collects each image's (h, w), `owners` the index in

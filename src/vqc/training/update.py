@@ -65,7 +65,7 @@ def _extend_bank(model: AnomalyModel, images: list[Path], progress: bool) -> dic
     head = model.detector.head
     bank_before = len(head.bank)
     owners: list[int] = []
-    rows, offered = head.extend(model._feature_batches(images, progress, owners=owners))
+    rows, offered = head.extend(model.feature_batches(images, progress, owners=owners))
     image_of_row = torch.tensor(owners)[rows]
     scores = []
     for i, image in enumerate(images):  # each new image scored without its own new rows
