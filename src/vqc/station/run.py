@@ -18,7 +18,10 @@ def check_line(path: str | Path) -> LineConfig:
     config = load_line(path)
     for station in config.stations:
         model = station.model
-        if model is None:  # from the store: looked up when the line opens it
+        if model is None:  # from the store: what is live is looked up when the line opens it
+            if not (config.store / "records.sqlite").is_file():
+                raise VqcError(f"{config.path.name}: store: {config.store} is not a model store (no records.sqlite; "
+                               f"vqc models add MODEL --store {config.store})")
             continue
         if not model.exists():
             raise VqcError(f"{config.path.name}: stations.{station.name}.model: {model} does not exist")
