@@ -352,3 +352,31 @@ def test_the_command_line_runs_the_store_and_reads_the_reviews(store, demo_root,
     assert chosen["n_images"] == len(samples)
     assert main(["evaluate", str(copy), "--from-records", str(store.folder), "--engine", "torch"]) == 0
     assert "image AUROC" in capsys.readouterr().out
+
+
+def test_update_fits_a_trained_head_again_on_its_fit_images_and_the_new_ones(demo_root, tmp_path):
+    import shutil
+
+    from vqc.training.update import update_model
+    good = sorted((demo_root / "train" / "good").iterdir())
+    fitted = tmp_path / "fit"
+    fitted.mkdir()
+    for path in good[:6]:
+        shutil.copy(path, fitted / path.name)
+    model = vqc.AnomalyModel(backbone="efficientnet_lite0", head="gmm").fit(fitted, progress=False)
+    new = [s.path for s in read_split(demo_root, "test") if s.label == 0][:2]
+    with pytest.raises(VqcError, match="pass --fit-data"):
+        update_model(model, new)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    shutil.copy(good[7], elsewhere / good[7].name)
+    with pytest.raises(VqcError, match="holds 0 of the 6 images"):
+        update_model(model, new, fit_data=elsewhere)
+    done = update_model(model, new, fit_data=fitted)
+    assert done["method"].startswith("gmm fitted again on 6 fit images")
+    assert model.info["n_train"] + model.info["n_validation"] == 8 and len(model.info["fit_manifest"]) == 8
+    reference = vqc.AnomalyModel(backbone="efficientnet_lite0", head="gmm").fit(
+        sorted(fitted.iterdir()) + new, progress=False)
+    images = [s.path for s in read_split(demo_root, "test")][:3]
+    assert [p.score for p in model.predict(images)] == pytest.approx([p.score for p in reference.predict(images)],
+                                                                       rel=1e-4)

@@ -49,9 +49,10 @@ def update_model(model: AnomalyModel, confirmed: list[Path], reviewed=None, fit_
     before = model.threshold
     if model.config.head == "knn":
         done = _extend_bank(model, [p for p, _ in new], progress)
-    else:
+        model.info["fit_manifest"] = model.info.get("fit_manifest", []) + [{"name": p.name, "sha256": h}
+                                                                           for p, h in new]
+    else:  # the new fit's manifest names them all
         done = _refit(model, [p for p, _ in new], fit_data, progress)
-    model.info["fit_manifest"] = model.info.get("fit_manifest", []) + [{"name": p.name, "sha256": h} for p, h in new]
     policy = before["policy"] if before else "false-reject-rate=0.01"
     model.threshold = _rechoose(model, policy, before, reviewed)
     done.update({"images_added": len(new), "image_sha256": [h for _, h in new], "seconds": round(time.perf_counter() - start, 2),
