@@ -75,7 +75,7 @@ def test_the_batching_service_answers_eight_clients_as_the_model_scores_alone(de
 
         with ThreadPoolExecutor(8) as pool:
             answers = list(pool.map(inspect, images * 2))
-        batches = app.state.inspector.batcher.batches
+        batches = app.state.inspector.live.batcher.batches
     assert all(status == 200 for status, _ in answers), [a for a in answers if a[0] != 200][:2]
     want = {p.name: demo_model.predict(p)[0].score for p in images}
     for (_, body), path in zip(answers, images * 2):

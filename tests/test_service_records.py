@@ -13,6 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from vqc.access import add_key
 from vqc.cli import main
 from vqc.data import read_split
+from vqc.errors import VqcError
 from vqc.records import Records
 from vqc.serve import create_app
 from vqc.training.thresholds import choose_threshold
@@ -205,9 +206,21 @@ def test_keys_add_prints_the_key_once_and_stores_its_hash(tmp_path, capsys):
     key = capsys.readouterr().out.splitlines()[-1]
     assert key.startswith("vqc_") and key not in path.read_text() and (path.stat().st_mode & 0o777) == 0o600
     assert ApiKeys.from_file(path).check(key) == "line3" and ApiKeys.from_file(path).check(key + "x") is None
+    assert ApiKeys.from_file(path).role("line3") == "operator"  # the least a key may do, unless asked
+    assert main(["keys", "add", str(path), "--name", "lead", "--role", "admin"]) == 0
+    assert capsys.readouterr().out.startswith("admin key lead") and ApiKeys.from_file(path).role("lead") == "admin"
+    assert main(["keys", "list", str(path)]) == 0
+    assert capsys.readouterr().out.splitlines()[1:] == ["  line3 (operator)", "  lead (admin)"]
+    text = path.read_text()
+    path.write_text(text.replace(" admin\n", "\n"))  # a line from before roles: an operator key
+    assert ApiKeys.from_file(path).role("lead") == "operator"
+    path.write_text(text.replace(" admin\n", " root\n"))
+    with pytest.raises(VqcError, match="role 'root' is not one of operator, admin"):
+        ApiKeys.from_file(path)
+    path.write_text(text)
     assert main(["keys", "add", str(path), "--name", "line3"]) == 2
     assert "already has a key named line3" in capsys.readouterr().err
     path.write_text(f"line4 {key}\n")  # a key pasted in by mistake: refused, and not echoed
     assert main(["serve", "model.safetensors", "--api-key-file", str(path)]) == 2
     err = capsys.readouterr().err
-    assert "line 1 is not 'NAME sha256:HEX'" in err and key not in err
+    assert "line 1 is not 'NAME sha256:HEX [ROLE]'" in err and key not in err
