@@ -54,7 +54,7 @@ def update_model(model: AnomalyModel, confirmed: list[Path], reviewed=None, fit_
     else:  # the new fit's manifest names them all
         done = _refit(model, [p for p, _ in new], fit_data, progress)
     policy = before["policy"] if before else "false-reject-rate=0.01"
-    model.threshold = _rechoose(model, policy, before, reviewed)
+    model.threshold = _rechoose(model, policy, reviewed)
     done.update({"images_added": len(new), "image_sha256": [h for _, h in new], "seconds": round(time.perf_counter() - start, 2),
                  "threshold_before": before["value"] if before else None, "threshold": model.threshold["value"],
                  "policy": policy, "updated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
@@ -95,7 +95,7 @@ def _refit(model: AnomalyModel, images: list[Path], fit_data, progress: bool) ->
     return {"method": f"{model.config.head} fitted again on {len(found)} fit images and the new ones"}
 
 
-def _rechoose(model: AnomalyModel, policy: str, before: dict | None, reviewed) -> dict:
+def _rechoose(model: AnomalyModel, policy: str, reviewed) -> dict:
     name, _ = parse_policy(policy)
     if name == "false-reject-rate":
         return choose_threshold(model, policy)
@@ -126,8 +126,7 @@ def update_in_store(store, version: str, target: str, by: str, image_store: Path
     model = load(store.folder / row["path"])
     done = update_model(model, [s.path for s in confirmed.samples], reviewed, fit_data, progress)
     done.update({"parent": row["version"], "reviews": [r["review_id"] for r in confirmed.rows],
-                 "reviewed_without_image": confirmed.unavailable})
-    model.info["update"] = done
+                 "reviewed_without_image": confirmed.unavailable})  # the same dict as model.info["update"]
     with tempfile.TemporaryDirectory(dir=store.folder) as scratch:
         made = store.add(model.save(Path(scratch) / f"{row['name']}.safetensors"), by, parent=row["version"],
                          note=f"update: {done['images_added']} confirmed false rejects")
