@@ -335,10 +335,10 @@ def test_14_version_help_and_key_management(tmp_path, capsys):
 
     keys = tmp_path / "keys.txt"
     assert main(["keys", "add", str(keys), "--name", "line3"]) == 0
-    assert main(["keys", "add", str(keys), "--name", "admin"]) == 0
+    assert main(["keys", "add", str(keys), "--name", "admin", "--role", "admin"]) == 0
     capsys.readouterr()
     assert main(["keys", "list", str(keys)]) == 0
-    assert capsys.readouterr().out.split("\n")[1:3] == ["  line3", "  admin"]
+    assert capsys.readouterr().out.split("\n")[1:3] == ["  line3 (operator)", "  admin (admin)"]
     assert main(["keys", "revoke", str(keys), "--name", "line3"]) == 0
     assert "line3" not in keys.read_text() and "admin" in keys.read_text()
     assert main(["keys", "revoke", str(keys), "--name", "nobody"]) == 2
