@@ -1,3 +1,4 @@
+import json
 import math
 
 import numpy as np
@@ -6,7 +7,7 @@ from sklearn.metrics import roc_auc_score
 
 from vqc.training import metrics
 from vqc.training.metrics import (aupro, auroc, average_precision, cost_threshold, f1_max, f1_threshold,
-                         false_reject_threshold, pixel_auroc, pro_curve)
+                         false_reject_threshold, pixel_auroc, pointing, pointing_hits, pro_curve)
 
 
 def test_auroc_hand_computed():
@@ -292,3 +293,90 @@ def test_false_reject_threshold():
         rate = float(rng.random())
         candidates = [*np.unique(scores), np.nextafter(scores.max(), np.inf)]
         assert false_reject_threshold(scores, rate) == min(t for t in candidates if np.mean(scores >= t) <= rate)
+
+
+# --------------------------------------------------------------------------- pointing
+
+def peak_map(shape, peak):
+    amap = np.zeros(shape, np.float32)
+    amap[peak] = 1.0
+    return amap
+
+
+def test_pointing_hand_computed():
+    # 100 x 60 images: radius max(1, ceil(0.02 * 100)) = 2 pixels; the defect is rows and columns 10..19
+    mask = np.zeros((100, 60), bool)
+    mask[10:20, 10:20] = True
+    peaks = [(15, 15),  # inside the mask: a hit
+             (15, 21),  # 2 pixels right of it: outside the mask, inside the dilation, a hit
+             (21, 21),  # sqrt(8) > 2 from its corner: a miss (a square dilation would take it)
+             (50, 50)]  # far away: a miss
+    masks = [mask] * 4 + [np.zeros((100, 60), bool)]  # the empty mask is left out
+    maps = [peak_map(mask.shape, p) for p in peaks] + [peak_map(mask.shape, (15, 15))]
+    assert pointing_hits(masks, maps).tolist() == [True, True, False, False]
+    assert pointing(masks, maps) == 0.5
+    # 20 x 20: 2 % is 0.4 pixels, so the radius is its floor of 1
+    small = np.zeros((20, 20), bool)
+    small[5, 5] = True
+    assert pointing_hits([small] * 2, [peak_map((20, 20), (6, 5)), peak_map((20, 20), (7, 5))]).tolist() == [True, False]
+    assert math.isnan(pointing([np.zeros((4, 4), bool)], [np.ones((4, 4))]))
+    with pytest.raises(ValueError):
+        pointing([mask], [np.zeros((60, 100))])
+
+
+def test_pointing_matches_a_disk_dilation():
+    from scipy import ndimage
+    rng = np.random.default_rng(6)
+    for _ in range(30):
+        shape = tuple(int(n) for n in rng.integers(8, 120, size=2))
+        mask = rng.random(shape) > 0.995
+        amap = rng.random(shape)
+        radius = max(1, math.ceil(0.05 * max(shape)))
+        offsets = np.arange(-radius, radius + 1)
+        disk = offsets[:, None] ** 2 + offsets[None, :] ** 2 <= radius ** 2
+        dilated = ndimage.binary_dilation(mask, disk)
+        expected = [bool(dilated[np.unravel_index(np.argmax(amap), shape)])] if mask.any() else []
+        assert pointing_hits([mask], [amap], dilation=0.05).tolist() == expected
+
+
+def test_evaluate_reports_pointing_overall_and_per_defect(tmp_path, capsys):
+    """A constructed 100 x 100 set and a stand-in model whose maps peak where the test says."""
+    from types import SimpleNamespace
+
+    from PIL import Image
+
+    from vqc.training.evaluation import evaluate
+
+    def write(path, array):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(array).save(path)
+
+    defect = np.zeros((100, 100), np.uint8)
+    defect[40:50, 40:50] = 255
+    peaks = {"g": (5, 5), "a": (45, 45), "b": (45, 51), "c": (45, 45), "d": (90, 90), "e": (45, 45)}
+    for folder, stem in [("good", "g"), ("scratch", "a"), ("scratch", "b"), ("scratch", "c"), ("dent", "d"),
+                         ("dent", "e")]:
+        write(tmp_path / "test" / folder / f"{stem}.png", np.zeros((100, 100, 3), np.uint8))
+    write(tmp_path / "ground_truth" / "scratch" / "a_mask.png", defect)
+    write(tmp_path / "ground_truth" / "scratch" / "b_mask.png", defect)  # c has no mask: left out
+    write(tmp_path / "ground_truth" / "dent" / "d_mask.png", defect)
+    write(tmp_path / "ground_truth" / "dent" / "e_mask.png", np.zeros((100, 100), np.uint8))  # empty: left out
+
+    def predict_iter(paths, progress):
+        for path in paths:
+            amap = peak_map((100, 100), peaks[path.stem])
+            yield SimpleNamespace(score=float(amap.max()), anomaly_map=amap)
+
+    model = SimpleNamespace(predict_iter=predict_iter, threshold=None)
+    result = evaluate(model, tmp_path, progress=False)
+    # a: inside, b: 2 pixels right of the defect (radius 2), d: far off
+    assert (result["pointing"], result["n_pointing"]) == (pytest.approx(2 / 3), 3)
+    assert {k: (row["pointing"], row["n_pointing"]) for k, row in result["per_defect"].items()} == {
+        "scratch": (1.0, 2), "dent": (0.0, 1)}
+    assert 0 <= result["pointing"] <= 1
+
+    from vqc.cli import _metrics_json, print_metrics
+    print_metrics(result, "constructed")
+    out = capsys.readouterr().out
+    assert "pointing" in out and "0.6667 of 3" in out and "1.0000 of 2" in out
+    assert json.loads(_metrics_json(result))["per_defect"]["dent"]["n_pointing"] == 1

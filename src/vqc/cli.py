@@ -507,18 +507,23 @@ def _fmt(value: float) -> str:
     return "n/a" if isinstance(value, float) and math.isnan(value) else f"{value:.4f}"
 
 
+def _pointing_cell(row: dict) -> str:
+    """The share and the images it counts: defective images without a mask are not among them."""
+    return "n/a" if not row["n_pointing"] else f"{_fmt(row['pointing'])} of {row['n_pointing']}"
+
+
 def print_metrics(result: dict, title: str) -> None:
     from rich.table import Table
     table = Table(title=title)
     for column in ("set", "images", "defective", "image AUROC", "image AP", "F1-max", "pixel AUROC", "AUPRO@0.3",
-                   "defect pixels"):
+                   "pointing", "defect pixels"):
         table.add_column(column, justify="left" if column == "set" else "right")
     table.add_row("all", str(result["n_images"]), str(result["n_defective"]), _fmt(result["image_auroc"]),
                   _fmt(result["image_ap"]), _fmt(result["image_f1_max"]), _fmt(result["pixel_auroc"]),
-                  _fmt(result["aupro"]), "100%")
+                  _fmt(result["aupro"]), _pointing_cell(result), "100%")
     for defect, row in result["per_defect"].items():
         table.add_row(f"  {defect}", "", str(row["n_images"]), _fmt(row["image_auroc"]), "", "",
-                      _fmt(row["pixel_auroc"]), "", f"{row['pixel_share']:.1%}")
+                      _fmt(row["pixel_auroc"]), "", _pointing_cell(row), f"{row['pixel_share']:.1%}")
     _console().print(table)
     verdict = result.get("at_threshold")
     if verdict:

@@ -7,16 +7,17 @@ from pathlib import Path
 import numpy as np
 
 from ..data import labelled_samples, load_mask
-from .metrics import aupro, auroc, average_precision, f1_max, pixel_auroc
+from .metrics import aupro, auroc, average_precision, f1_max, pixel_auroc, pointing_hits
 from .model import AnomalyModel
 
 
 def evaluate(model: AnomalyModel, data: str | Path, progress: bool = True, keep_predictions: bool = False) -> dict:
-    """Image AUROC / average precision / F1-max and pixel AUROC / AUPRO on the test split (or on a
-    reviewed pool from the records, vqc.store.reviews.ReviewedPool).
+    """Image AUROC / average precision / F1-max and pixel AUROC / AUPRO / pointing on the test split
+    (or on a reviewed pool from the records, vqc.store.reviews.ReviewedPool).
 
     Pixel metrics use every good test image and every defective image that has a mask,
-    at the masks' own resolution.
+    at the masks' own resolution. Pointing counts the defective images whose mask holds a defect;
+    n_pointing says how many.
     """
     samples = labelled_samples(data)
     labels, scores, maps, masks, map_defects, predictions = [], [], [], [], [], []
@@ -45,6 +46,7 @@ def evaluate(model: AnomalyModel, data: str | Path, progress: bool = True, keep_
             "pixel_auroc": pixel_auroc([masks[i] for i in pick], [maps[i] for i in pick]) if pick else float("nan"),
             # its share of all defect pixels: how much this type weighs in the whole set's pixel AUROC
             "pixel_share": defect_pixels[defect] / max(1, sum(defect_pixels.values())),
+            **_pointing([masks[i] for i in pick], [maps[i] for i in pick]),
         }
     f1, f1_thr = f1_max(labels, scores)
     result = {
@@ -53,6 +55,7 @@ def evaluate(model: AnomalyModel, data: str | Path, progress: bool = True, keep_
         "image_f1_max": f1, "f1_threshold": f1_thr,
         "pixel_auroc": pixel_auroc(masks, maps) if masks else float("nan"),
         "aupro": aupro(masks, maps) if masks else float("nan"),
+        **_pointing(masks, maps),
         "n_images": len(samples),
         "n_defective": int(labels.sum()),
         "per_defect": per_defect,
@@ -68,3 +71,9 @@ def evaluate(model: AnomalyModel, data: str | Path, progress: bool = True, keep_
     if keep_predictions:
         result["predictions"] = predictions
     return result
+
+
+def _pointing(masks, maps) -> dict:
+    """Pointing and the number of images it was measured on (good images' empty masks drop out)."""
+    hits = pointing_hits(masks, maps)
+    return {"pointing": float(hits.mean()) if hits.size else float("nan"), "n_pointing": int(hits.size)}

@@ -2,8 +2,9 @@
 
 Image level: ``auroc``, ``average_precision``, ``f1_max`` / ``f1_threshold``, ``cost_threshold``
 and ``false_reject_threshold``. Pixel level: ``pixel_auroc``, ``pro_curve`` and ``aupro`` (the
-MVTec AD per-region-overlap metric). An image or pixel is called defective when its score is
-``>= threshold``; pixels or images with equal scores always switch together.
+MVTec AD per-region-overlap metric), and ``pointing`` (does the map's maximum land on the defect?).
+An image or pixel is called defective when its score is ``>= threshold``; pixels or images with
+equal scores always switch together.
 
 The pixel metrics are exact and memory-bounded: every pixel becomes one uint64 sort key (score
 order in the high 32 bits, region id in the low 32 bits, see ``_sorted_keys``), the keys are sorted
@@ -11,6 +12,8 @@ once in place, and the curve is walked in fixed-size chunks, so the cost is abou
 instead of the several float64 and index arrays per pixel of a direct implementation.
 """
 from __future__ import annotations
+
+import math
 
 import numpy as np
 from scipy import ndimage
@@ -298,3 +301,37 @@ def pixel_auroc(masks, maps) -> float:
         twice_area += int(np.dot(np.diff(fp), tp[1:] + tp[:-1]))
         fp0, tp0 = fp[-1], tp[-1]
     return twice_area / (2 * int(n_good) * int(n_defective))
+
+
+def pointing_hits(masks, maps, dilation: float = 0.02) -> np.ndarray:
+    """For every image whose mask holds a defect, in order: whether its anomaly map's maximum lies
+    in the mask dilated by ``radius = max(1, ceil(dilation * max(h, w)))`` pixels, at the mask's
+    resolution. The dilation is by a disk: a pixel within Euclidean distance ``radius`` of a defect
+    pixel counts (the same as ``ndimage.binary_dilation`` with a disk of that radius), so a peak
+    at the edge of a defect, where maps blur it, still points at it. Images with an empty mask are
+    left out, so the result may be shorter than the input. Of tied maxima the first in row-major
+    order counts."""
+    if len(masks) != len(maps):
+        raise ValueError(f"{len(masks)} masks but {len(maps)} anomaly maps")
+    hits = []
+    for mask, amap in zip(masks, maps):
+        mask, amap = np.asarray(mask, dtype=bool), np.asarray(amap)
+        if mask.shape != amap.shape:
+            raise ValueError(f"mask shape {mask.shape} differs from anomaly map shape {amap.shape}")
+        if np.isnan(amap).any():
+            raise ValueError("anomaly maps contain NaN")
+        if not mask.any():
+            continue
+        radius = max(1, math.ceil(dilation * max(mask.shape)))
+        peak = np.array(np.unravel_index(np.argmax(amap), amap.shape))
+        # distance from the peak to the nearest defect pixel: no dilated mask is ever built
+        nearest = int(np.min(np.sum((np.argwhere(mask) - peak) ** 2, axis=1)))
+        hits.append(nearest <= radius * radius)
+    return np.array(hits, dtype=bool)
+
+
+def pointing(masks, maps, dilation: float = 0.02) -> float:
+    """The share of images with a defect whose anomaly-map maximum lies in their mask dilated by
+    ``dilation`` of the longer side (see ``pointing_hits``); NaN when no mask holds a defect."""
+    hits = pointing_hits(masks, maps, dilation)
+    return float(hits.mean()) if hits.size else float("nan")
