@@ -109,3 +109,4 @@ def test_summary_table_gives_image_pixel_auroc_and_fit_seconds_per_cell():
     assert "| model | bottle | tile |" in table
     assert "| b + h | 0.990 / 0.951 / 12 | 1.000 / - / 301 |" in table
     assert "| b + x | - | - |" in table
+    assert "### pointing (map maximum on the defect)" in table  # records without it: "-" cells

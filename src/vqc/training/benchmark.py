@@ -282,12 +282,12 @@ def _finite(value):
 # ---------------------------------------------------------------- outputs
 
 METRICS = [("image_auroc", "image AUROC"), ("image_ap", "image AP (PRAUC)"), ("image_f1_max", "image F1-max"),
-           ("pixel_auroc", "pixel AUROC"), ("aupro", "AUPRO@0.3")]
+           ("pixel_auroc", "pixel AUROC"), ("aupro", "AUPRO@0.3"), ("pointing", "pointing (map maximum on the defect)")]
 COSTS = [("params_backbone", "backbone params"), ("params_head", "head tensors"), ("flops_per_image", "GFLOPs"),
          ("latency_ms", "latency b1 ms"), ("throughput_ips", "img/s b32"), ("fit_seconds", "fit s"),
          ("peak_memory_mb", "peak MB")]
 CSV_COLUMNS = ["key", "model", "backbone", "layers", "head", "category", "status", "error", "image_auroc",
-               "image_ap", "image_f1_max", "pixel_auroc", "aupro", "params_backbone", "params_head",
+               "image_ap", "image_f1_max", "pixel_auroc", "aupro", "pointing", "params_backbone", "params_head",
                "flops_per_image", "latency_ms", "latency_p99_ms", "throughput_ips", "fit_seconds", "peak_memory_mb",
                "device", "weights_source"]
 
