@@ -22,7 +22,8 @@ def server(demo_model, demo_root, tmp_path_factory):
     import uvicorn
     model = demo_model
     saved = model.threshold
-    model.threshold = choose_threshold(model, "f1", demo_root)  # a threshold that separates the demo set
+    # a threshold that separates the demo set; on its 71 % defective test split it rejects most good parts
+    model.threshold = choose_threshold(model, "f1", demo_root, allow_high_reject=True)
     folder = tmp_path_factory.mktemp("page")
     path = model.save(folder / "tiles.safetensors")
     model.threshold = saved

@@ -1,10 +1,14 @@
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 
 import vqc
 from vqc import VqcError
 from vqc.cli import main
-from vqc.data import read_split
+from vqc.data import Sample, read_split
 from vqc.training.metrics import cost_threshold, f1_max
 from vqc.training.thresholds import choose_threshold, parse_policy
 
@@ -28,10 +32,13 @@ def test_cost_and_f1_policies_on_labelled_data(demo_model, demo_root):
     samples = read_split(demo_root, "test")
     labels = np.array([s.label for s in samples])
     scores = np.array([p.score for p in demo_model.predict([s.path for s in samples])])
-    cost = choose_threshold(demo_model, "cost", demo_root, fp_cost=1, fn_cost=20)
-    assert cost["value"] == cost_threshold(labels, scores, 1, 20)["threshold"]
+    cost = choose_threshold(demo_model, "cost", demo_root, fp_cost=1, fn_cost=20, defect_rate=0.01)
+    assert cost["value"] == cost_threshold(labels, scores, 1, 20, 0.01)["threshold"]
     assert cost["expected_cost_per_1000"] >= 0 and cost["n_images"] == 42
-    f1 = choose_threshold(demo_model, "f1", demo_root)
+    assert (cost["defect_rate"], cost["defect_rate_from"]) == (0.01, "given")
+    assert cost["false_reject_rate"] == round(float(np.mean(scores[labels == 0] >= cost["value"])), 4)
+    # the demo's test split is 71 % defective: its F1-best threshold rejects most good parts, so only on request
+    f1 = choose_threshold(demo_model, "f1", demo_root, allow_high_reject=True)
     assert f1["value"] == f1_max(labels, scores)[1]
     with pytest.raises(VqcError, match="needs labelled validation data"):
         choose_threshold(demo_model, "cost")
@@ -45,9 +52,11 @@ def test_threshold_command_stores_policy_and_predict_uses_it(demo_root, tmp_path
     images = [s.path for s in read_split(demo_root, "train")][:15]
     model = vqc.AnomalyModel(head_options={"coreset": 0.05}).fit(images, progress=False)
     path = model.save(tmp_path / "m.safetensors")
-    assert main(["threshold", str(path), "--policy", "cost", "--data", str(demo_root), "--fn-cost", "5"]) == 0
+    assert main(["threshold", str(path), "--policy", "cost", "--data", str(demo_root), "--fn-cost", "5",
+                 "--defect-rate", "0.01"]) == 0
+    assert "defect_rate 0.01, defect_rate_from given" in capsys.readouterr().out
     stored = vqc.load(path).threshold
-    assert stored["policy"] == "cost" and stored["fn_cost"] == 5
+    assert stored["policy"] == "cost" and stored["fn_cost"] == 5 and stored["defect_rate"] == 0.01
     test = read_split(demo_root, "test")[:4]
     assert main(["predict", str(path), *[str(s.path) for s in test], "--out", str(tmp_path / "p"), "--no-overlays"]) == 0
     rows = (tmp_path / "p" / "scores.csv").read_text().splitlines()[1:]
@@ -82,3 +91,75 @@ def test_a_threshold_on_few_good_images_says_so_and_evaluate_reports_the_rate_it
     assert verdict["n_good"] == int((labels == 0).sum())
     assert verdict["false_reject_rate"] == np.mean(scores[labels == 0] >= chosen["value"])
     assert verdict["miss_rate"] == np.mean(scores[labels == 1] < chosen["value"])
+
+
+# --------------------------------------------------------------------------- thresholds that cannot silently fail
+
+def predictions(score_of, images):
+    """Scores as score_of(path) says: the threshold each policy picks is known in advance."""
+    return (SimpleNamespace(score=score_of(Path(path))) for path in images)
+
+
+def scored_by(score_of):
+    return SimpleNamespace(predict_iter=lambda images, progress=False: predictions(score_of, images))
+
+
+def test_cost_without_a_defect_rate_on_a_test_split_is_refused_naming_its_share(demo_model_file, demo_root,
+                                                                                 tmp_path, capsys):
+    path = shutil.copy(demo_model_file, tmp_path / "m.safetensors")
+    before = Path(path).read_bytes()
+    assert main(["threshold", str(path), "--policy", "cost", "--data", str(demo_root)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "71% of its images are defective" in err and "--defect-rate" in err  # 30 of 42
+    assert Path(path).read_bytes() == before
+
+
+def test_a_threshold_rejecting_most_good_images_is_refused_and_nothing_is_written(demo_model_file, demo_root,
+                                                                                   tmp_path, capsys, monkeypatch):
+    # 9 of the 12 good images score above all 30 defects: F1 is best at 1.0, which rejects those 9
+    good = sorted(p for p in (demo_root / "test" / "good").iterdir())
+    score_of = lambda p: 1.0 if p.parent.name != "good" else 2.0 if good.index(p) < 9 else 0.0  # noqa: E731
+    monkeypatch.setattr(vqc.AnomalyModel, "predict_iter",
+                        lambda self, images, progress=False, **_: predictions(score_of, images))
+    path = shutil.copy(demo_model_file, tmp_path / "m.safetensors")
+    before = Path(path).read_bytes()
+    assert main(["threshold", str(path), "--policy", "f1", "--data", str(demo_root)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "policy f1" in err and "rejects 75% of the 12 good images" in err and "--allow-high-reject" in err
+    assert Path(path).read_bytes() == before
+
+    assert main(["threshold", str(path), "--policy", "f1", "--data", str(demo_root), "--allow-high-reject"]) == 0
+    stored = vqc.load(path).threshold
+    assert (stored["value"], stored["false_reject_rate"], stored["high_reject_allowed"]) == (1.0, 0.75, True)
+
+
+class Pool:
+    """A labelled pool, as vqc.store.reviews.ReviewedPool: samples and a name."""
+    def __init__(self, labels):
+        self.samples = [Sample(Path(f"{i}.png"), label, "dent" if label else "good") for i, label in enumerate(labels)]
+
+    def __str__(self):
+        return "a pool"
+
+
+def test_cost_on_a_line_like_set_uses_its_share_and_says_so():
+    # 2 defective of 20 (10 %): the data's own share is a line's; the threshold at the defects' 1.0 rejects 1 good
+    model = scored_by(lambda p: 1.0 if int(p.stem) in (0, 1, 2) else 0.1)
+    chosen = choose_threshold(model, "cost", Pool([1, 1] + [0] * 18), fp_cost=1, fn_cost=10)
+    assert chosen["value"] == 1.0 and (chosen["defect_rate"], chosen["defect_rate_from"]) == (0.1, "data")
+    assert chosen["false_reject_rate"] == round(1 / 18, 4) and "high_reject_allowed" not in chosen
+    with pytest.raises(VqcError, match="between 0 and 1"):
+        choose_threshold(model, "cost", Pool([1, 1] + [0] * 18), defect_rate=5)
+
+
+def test_update_chooses_again_with_the_stored_costs_and_defect_rate():
+    from vqc.training.update import _rechoose
+    model = scored_by(lambda p: 1.0 if int(p.stem) < 10 else 0.1)
+    pool = Pool([1] * 10 + [0] * 10)  # reviewed records: half defective, as reviews of rejects tend to be
+    before = {"policy": "cost", "fp_cost": 2.0, "fn_cost": 30.0, "defect_rate": 0.01}
+    chosen = _rechoose(model, "cost", pool, before)
+    assert (chosen["fp_cost"], chosen["fn_cost"], chosen["defect_rate"]) == (2.0, 30.0, 0.01)
+    with pytest.raises(VqcError, match="50% of its images are defective"):
+        _rechoose(model, "cost", pool, {"policy": "cost"})

@@ -148,6 +148,10 @@ def _ray_options(args):
                       cpus_per_worker=args.cpus_per_worker)
 
 
+HIGH_REJECT_HELP = ("store the threshold even when it rejects more than half of the good images it was chosen on "
+                    "(refused otherwise: a line would throw most good parts away)")
+
+
 def _parser() -> argparse.ArgumentParser:
     from .version import __version__
     parser = _Parser(prog="vqc", description="Visual quality control from defect-free images.")
@@ -180,6 +184,9 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("--threshold-data", help="labelled validation data for the threshold policy")
     fit.add_argument("--fp-cost", type=float, default=1.0, help="cost policy: cost of rejecting a good part")
     fit.add_argument("--fn-cost", type=float, default=10.0, help="cost policy: cost of an escaped defect")
+    fit.add_argument("--defect-rate", type=float, help="cost policy: your line's share of defective parts "
+                                                       "(needed when the threshold data is over 20 %% defective)")
+    fit.add_argument("--allow-high-reject", action="store_true", help=HIGH_REJECT_HELP)
     fit.add_argument("--out", help="model file to write (default model.safetensors; --per-category: a folder, "
                                    "default models)")
     fit.add_argument("--auto", action="store_true",
@@ -325,7 +332,9 @@ def _parser() -> argparse.ArgumentParser:
     _add_reviewed(threshold)
     threshold.add_argument("--fp-cost", type=float, default=1.0)
     threshold.add_argument("--fn-cost", type=float, default=10.0)
-    threshold.add_argument("--defect-rate", type=float)
+    threshold.add_argument("--defect-rate", type=float, help="cost policy: your line's share of defective parts "
+                                                             "(needed when DATA is over 20 %% defective)")
+    threshold.add_argument("--allow-high-reject", action="store_true", help=HIGH_REJECT_HELP)
     return parser
 
 
@@ -373,7 +382,7 @@ def _model_options(args) -> dict:
 
 
 def cmd_fit(args) -> int | None:
-    from .training.thresholds import choose_threshold, parse_policy
+    from .training.thresholds import choose_threshold, cost_defect_rate, data_labels, parse_policy
     policy = parse_policy(args.threshold)[0]
     if args.per_category:
         return _fit_per_category(args, policy)
@@ -382,11 +391,14 @@ def cmd_fit(args) -> int | None:
     from .training.model import AnomalyModel
     if policy != "false-reject-rate" and not args.threshold_data:
         raise VqcError(f"--threshold {args.threshold} needs --threshold-data with labelled images")
+    if policy == "cost":  # a refusal before the fit, not after it
+        cost_defect_rate(args.threshold_data, data_labels(args.threshold_data), args.defect_rate)
     model, auto = _auto_model(args) if args.auto else (AnomalyModel(**_model_options(args)), None)
     model.fit(args.data)
     if auto is not None:
         model.info["auto"] = auto  # every candidate's numbers and the choice, kept with the model
-    model.threshold = choose_threshold(model, args.threshold, args.threshold_data, args.fp_cost, args.fn_cost)
+    model.threshold = choose_threshold(model, args.threshold, args.threshold_data, args.fp_cost, args.fn_cost,
+                                       args.defect_rate, args.allow_high_reject)
     path = model.save(args.out or "model.safetensors")
     info = model.info
     print(f"fitted {model.config.backbone} + {model.config.head} on {info['n_train']} images "
@@ -724,8 +736,8 @@ def cmd_threshold(args) -> None:
     from .training.thresholds import choose_threshold
     model = load(args.model)
     chosen = choose_threshold(model, args.policy, _reviewed_data(args, args.data), args.fp_cost, args.fn_cost,
-                              args.defect_rate)
-    model.threshold = chosen
+                              args.defect_rate, args.allow_high_reject)
+    model.threshold = chosen  # written only once the policy's choice stands
     model.save(args.model)
     extra = ", ".join(f"{k} {v}" for k, v in chosen.items() if k not in ("policy", "value"))
     print(f"threshold {chosen['value']:.6g} ({chosen['policy']}; {extra}) stored in {args.model}")
