@@ -113,6 +113,10 @@ def test_cost_without_a_defect_rate_on_a_test_split_is_refused_naming_its_share(
     assert len(err.splitlines()) == 1
     assert "71% of its images are defective" in err and "--defect-rate" in err  # 30 of 42
     assert Path(path).read_bytes() == before
+    out = tmp_path / "fitted.safetensors"  # vqc fit refuses before fitting, not after
+    assert main(["fit", str(demo_root), "--threshold", "cost", "--threshold-data", str(demo_root),
+                 "--out", str(out)]) == 2
+    assert "71% of its images are defective" in capsys.readouterr().err and not out.exists()
 
 
 def test_a_threshold_rejecting_most_good_images_is_refused_and_nothing_is_written(demo_model_file, demo_root,

@@ -403,8 +403,10 @@ def cmd_fit(args) -> int | None:
     info = model.info
     print(f"fitted {model.config.backbone} + {model.config.head} on {info['n_train']} images "
           f"({info['n_validation']} held out) in {info['fit_seconds']:.1f} s; weights {info['weights_source']}")
-    print(f"threshold {model.threshold['value']:.6g} ({model.threshold['policy']}, on {model.threshold['n_images']} "
-          f"images: {model.threshold['validated_on']}); saved {path}")
+    t = model.threshold
+    rate = f", defect rate {t['defect_rate']:g} ({t['defect_rate_from']})" if "defect_rate" in t else ""
+    print(f"threshold {t['value']:.6g} ({t['policy']}, on {t['n_images']} images: {t['validated_on']}{rate}); "
+          f"saved {path}")
     if model.threshold.get("warning"):
         print(f"vqc: warning: {model.threshold['warning']}", file=sys.stderr)
 
