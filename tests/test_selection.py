@@ -73,3 +73,20 @@ def test_auto_candidates_follow_the_images_shape(tmp_path):
         assert names[0] == "lite0 knn 224"
         assert any("letterbox" in n for n in names) == (name == "long")
         assert any("tiles" in n for n in names) == (name == "large")
+
+
+def test_auto_prints_one_row_per_candidate(capsys):
+    from vqc.cli import print_candidates
+
+    def judged(name, k, image, score):
+        return {"name": name + (f", top-{k} score" if k else ""), "candidate": name, "options": {}, "top_k": k,
+                "status": "ok", "seconds": 3.0, "image_auroc": image, "pixel_auroc": 0.9, "false_reject_rate": 0.0,
+                "selection_score": score}
+    result = {"candidates": [judged("a", 0, 0.81, 0.85), judged("a", 10, 0.83, 0.86),
+                             judged("b", 0, 0.91, 0.90), judged("b", 10, 0.92, 0.91),
+                             {"name": "c", "candidate": "c", "options": {}, "status": "skipped: the time budget"}],
+              "chosen": 3, "fit_images": 40, "held_out_good": 10, "synthetic_defects": 20, "seconds": 12}
+    print_candidates(result)
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.strip().startswith(("│ a", "│ b", "│ c"))]
+    assert [line.split()[1] for line in lines] == ["a", "b", "c"]  # one row each, none twice
+    assert "0.8100 / 0.8300" in lines[0] and "<- chosen, top-10 score" in lines[1]

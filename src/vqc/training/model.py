@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..choices import BORDERS
 from ..version import __version__
 from .backbones import build_trunk, get_spec, normalisation
 from ..data import default_max_pixels, image_manifest, list_images, read_split
@@ -43,6 +44,7 @@ class ModelConfig:
     tile_scale: float = 1.0  # geometry "tile": image scale before tiling
     head_options: dict = field(default_factory=dict)
     smoothing_sigma: float = 4.0  # Gaussian smoothing of the map, in input pixels
+    border: str = "zero"  # zero: the trunk's own zero padding; reflect: the input mirrored outwards first
     top_k: int = 0  # image score: 0 = max of the map, k = mean of the k highest positions
     validation_fraction: float = 0.1  # good training images held out to learn the normal score range
     leave_one_out: bool = True  # heads that can (knn): fit every image, each scored without its own patches
@@ -68,6 +70,8 @@ class AnomalyModel(Scorer):
         self.config = ModelConfig(backbone=backbone, head=head, layers=tuple(layers or spec.layers_for(head)),
                                   image_size=image_size, head_options=dict(head_options or {}), **config)
         self.geometry = Geometry(self.config.geometry, image_size, self.config.tile_stride, self.config.tile_scale)
+        if self.config.border not in BORDERS:
+            raise VqcError(f"unknown border {self.config.border!r}; choose one of: {', '.join(BORDERS)}")
         if spec.fixed_size and (self.geometry.mode == "native" or image_size != 224):
             raise VqcError(f"backbone {backbone} takes 224 x 224 inputs only (fixed position embeddings or "
                            f"windows): use geometry resize, letterbox or tile with size 224")
@@ -102,7 +106,8 @@ class AnomalyModel(Scorer):
         head = create_head(cfg.head, trunk.channels, cfg.head_options)
         self.config = cfg = replace(cfg, head_options=head.options())  # saved files name every option
         mean, std = normalisation(get_spec(cfg.backbone))
-        self.detector = Detector(trunk, head, mean, std, cfg.smoothing_sigma, cfg.top_k).to(self.device).eval()
+        self.detector = Detector(trunk, head, mean, std, cfg.smoothing_sigma, cfg.top_k,
+                                 cfg.border).to(self.device).eval()
         return source
 
     # ------------------------------------------------------------ fitting

@@ -158,14 +158,11 @@ def choose(data: str | Path, policy_rate: float = 0.01, budget_s: float = AUTO_B
         seconds = time.perf_counter() - start
         slowest = max(slowest, seconds)
         for k, numbers in judged.items():
-            records.append({"name": candidate.name + (f", top-{k} score" if k else ""),
+            records.append({"name": candidate.name + (f", top-{k} score" if k else ""), "candidate": candidate.name,
                             "options": _plain(candidate.options), "top_k": k, "status": "ok",
                             "seconds": round(seconds, 1), **{m: round(v, 4) for m, v in numbers.items()},
                             "selection_score": round(selection_score(numbers, policy_rate), 4),
                             **{m: round(v, 4) for m, v in real.get(k, {}).items()}})
-        say(f"  {candidate.name}: synthetic image AUROC {judged[0]['image_auroc']:.3f} (top-{TOP_K} score "
-            f"{judged[TOP_K]['image_auroc']:.3f}), pixel AUROC {judged[0]['pixel_auroc']:.3f}, false rejects "
-            f"{judged[0]['false_reject_rate']:.1%}, {seconds:.0f} s")
     judged_ok = [i for i, r in enumerate(records) if r["status"] == "ok"]
     if not judged_ok:
         raise VqcError("--auto: no candidate could be fitted: " + "; ".join(r["status"] for r in records))
