@@ -76,6 +76,12 @@ VARIANTS = {
     "sub": Variant(calib="sub"),
     "native320-pad": Variant(geometry="native", size=320, pad=16),
     "pad32": Variant(pad=16, coreset="all32"),
+    "s46-32": Variant(groups=((4, 6),), coreset="all32"),
+    "fuse24+46-32": Variant(groups=((2, 4), (4, 6)), coreset="all32"),
+    "native224-32": Variant(geometry="native", size=224, coreset="all32"),
+    "native224-s46-pad32": Variant(geometry="native", size=224, pad=16, groups=((4, 6),), coreset="all32"),
+    "native224-fuse-pad32": Variant(geometry="native", size=224, pad=16, groups=((2, 4), (4, 6)), coreset="all32"),
+    "native320-pad32": Variant(geometry="native", size=320, pad=16, coreset="all32"),
     "native224-pad32": Variant(geometry="native", size=224, pad=16, coreset="all32"),
     "lb448-pad32": Variant(geometry="letterbox", size=448, pad=16, coreset="all32"),
     "s46-pad32": Variant(groups=((4, 6),), pad=16, coreset="all32"),
@@ -124,7 +130,7 @@ def stage_trunk(backbone: str):
 
 
 def cache_key(name: str, v: Variant) -> str:
-    return f"{name}-{v.backbone}-{v.geometry}{v.size}-pad{v.pad}-v2"
+    return f"{Path(name).name}-{v.backbone}-{v.geometry}{v.size}-pad{v.pad}-v2"
 
 
 def build_cache(root: Path, v: Variant, path: Path) -> dict:

@@ -171,6 +171,9 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("--geometry", default="resize", choices=choices.GEOMETRIES,
                      help="resize: squash to a square; letterbox: keep aspect, pad (masked out); "
                           "native: keep aspect, short side = --image-size; tile: see --tile")
+    fit.add_argument("--border", default="zero", choices=choices.BORDERS,
+                     help="zero: the backbone's own zero padding at the image edge; reflect: the image mirrored "
+                          "outwards first, so edges are not hot on new parts (about 1.3x the backbone's work)")
     fit.add_argument("--tile", type=int, metavar="N", help="tile the image with N x N tiles (sets --geometry tile)")
     fit.add_argument("--stride", type=int, default=0, help="pixels between tiles (default 7/8 of the tile)")
     fit.add_argument("--scale", type=float, default=1.0, help="scale the image by this before tiling")
@@ -378,7 +381,8 @@ def _model_options(args) -> dict:
         options["coreset"] = args.coreset
     return dict(backbone=args.backbone, head=args.head, layers=args.layers, image_size=args.tile or args.image_size,
                 weights=args.weights, head_options=options, top_k=args.top_k,
-                geometry="tile" if args.tile else args.geometry, tile_stride=args.stride, tile_scale=args.scale)
+                geometry="tile" if args.tile else args.geometry, tile_stride=args.stride, tile_scale=args.scale,
+                border=args.border)
 
 
 def cmd_fit(args) -> int | None:
