@@ -43,8 +43,12 @@ class Variant:
     pad: int = 0  # reflect-pad the input by this many pixels, crop the features back (border handling)
     groups: tuple = ((2, 4),)  # banks: each a group of stage indexes (timm block groups); several = fused
     pool: int = 3
+    head: str = "knn"  # knn | simplenet (adaptor + discriminator against Gaussian-noised features)
+    noise: float = 0.5  # simplenet: noise std as a share of the adapted features' per-channel std
+    equalise: bool = False  # scale each level so its patches' mean squared norm is 1 (each level weighs the same)
     bank: int = 4096  # coreset rows per bank (0: every patch)
-    coreset: str = "exact"  # exact: the knn head's greedy over every patch; fast: over a random 10 x bank, 32-d
+    coreset: str = "exact"  # exact: greedy over every patch, 128-d; all32: the same, 32-d (the knn head's);
+    # fast: over a random 10 x bank, 32-d
     score: str = "max"  # max | top10 | zmax (per-position z of leave-one-out maps, the score only)
     calib: str = "none"  # none | sub | z: the map itself less the good images' per-position mean (/ std)
     sigma: float = 4.0
@@ -77,6 +81,23 @@ VARIANTS = {
     "native320-pad": Variant(geometry="native", size=320, pad=16),
     "pad32": Variant(pad=16, coreset="all32"),
     "s46-32": Variant(groups=((4, 6),), coreset="all32"),
+    "eq24-32": Variant(equalise=True, coreset="all32"),
+    "eq46-32": Variant(groups=((4, 6),), equalise=True, coreset="all32"),
+    "eq246-32": Variant(groups=((2, 4, 6),), equalise=True, coreset="all32"),
+    "s46-edge-sub": Variant(groups=((4, 6),), coreset="all32", calib="edge-sub"),
+    "s46-edge-div": Variant(groups=((4, 6),), coreset="all32", calib="edge-div"),
+    "s24-edge-div": Variant(coreset="all32", calib="edge-div"),
+    "320-s46-32": Variant(size=320, groups=((4, 6),), coreset="all32"),
+    "lite2-260-s46-32": Variant(backbone="efficientnet_lite2", size=260, groups=((4, 6),), coreset="all32"),
+    "lite1-240-s46-32": Variant(backbone="efficientnet_lite1", size=240, groups=((4, 6),), coreset="all32"),
+    "simplenet24": Variant(head="simplenet"),
+    "simplenet46": Variant(head="simplenet", groups=((4, 6),)),
+    "simplenet46-n01": Variant(head="simplenet", groups=((4, 6),), noise=0.1),
+    "native224-fuse-pad-16k": Variant(geometry="native", size=224, pad=16, groups=((2, 4), (4, 6)), bank=16384,
+                                      coreset="all32"),
+    "s46-all": Variant(groups=((4, 6),), bank=0),
+    "s46-16k": Variant(groups=((4, 6),), bank=16384, coreset="all32"),
+    "s24-16k": Variant(bank=16384, coreset="all32"),
     "fuse24+46-32": Variant(groups=((2, 4), (4, 6)), coreset="all32"),
     "native224-32": Variant(geometry="native", size=224, coreset="all32"),
     "native224-s46-pad32": Variant(geometry="native", size=224, pad=16, groups=((4, 6),), coreset="all32"),
@@ -171,7 +192,15 @@ def cached(name: str, v: Variant, folder: Path) -> dict:
 
 # ---------------------------------------------------------------- stage 2: a variant from the cache
 
-def group_features(levels: list, group: tuple, pool: int) -> list[torch.Tensor]:
+def level_scales(levels: list, group: tuple) -> list[float]:
+    """1 / RMS norm of each level's patches over the fit images: after it every level weighs the
+    same in a distance, whatever its channel count (PatchCore gets this by pooling every level to
+    the same dimension)."""
+    return [float(torch.stack([image[s - 1].float().pow(2).sum(0).mean() for image in levels]).mean().rsqrt())
+            for s in group]
+
+
+def group_features(levels: list, group: tuple, pool: int, scales: list[float] | None = None) -> list[torch.Tensor]:
     """Per image [C, h, w] at the finest level of the group (stage indexes: timm's block groups,
     1-based since the cache drops stage 0), each level averaged over pool x pool; images of one
     shape are computed together."""
@@ -183,20 +212,21 @@ def group_features(levels: list, group: tuple, pool: int) -> list[torch.Tensor]:
     for indexes in by_shape.values():
         for start in range(0, len(indexes), 64):
             part = indexes[start:start + 64]
-            got = patch_features([torch.stack([levels[i][s - 1] for i in part]).float() for s in group], pool)
+            got = patch_features([torch.stack([levels[i][s - 1] for i in part]).float() * (scales[k] if scales else 1)
+                                  for k, s in enumerate(group)], pool)
             for j, i in enumerate(part):
                 out[i] = got[j]
     return out
 
 
 def coreset(patches: torch.Tensor, n: int, how: str, seed: int = 0, dim: int = 32) -> torch.Tensor:
-    """exact: the knn head's greedy k-center; fast: the same over a random share of 10 n
-    patches, distances in a 32-d projection (a bounded-time stand-in)."""
+    """Greedy k-center rows. exact: every patch, 128-d projection; all32: every patch, 32-d (the
+    knn head's); fast: a random share of 10 n patches, 32-d (a bounded-time stand-in)."""
     from vqc.training.heads.knn import greedy_coreset
     if not n or n >= len(patches):
         return torch.arange(len(patches))
     if how == "exact":
-        return greedy_coreset(patches, n, seed)
+        return greedy_coreset(patches, n, seed, dim=128)
     if how == "all32":
         return greedy_coreset(patches, n, seed, dim=32)
     pre = torch.randperm(len(patches), generator=torch.Generator().manual_seed(seed))[:10 * n]
@@ -239,21 +269,73 @@ def patch_maps(features: list[torch.Tensor], bank: torch.Tensor, owners=None, ba
 
 def group_maps(cache: dict, group: tuple, v: Variant) -> tuple[list, list]:
     """(test patch maps, leave-one-out train patch maps) for one bank."""
-    train = group_features(cache["train"]["levels"], group, v.pool)
+    scales = level_scales(cache["train"]["levels"], group) if v.equalise else None
+    train = group_features(cache["train"]["levels"], group, v.pool, scales)
     flat = torch.cat([f.flatten(1).T for f in train])
     owner = torch.cat([torch.full((f[0].numel(),), i) for i, f in enumerate(train)])
     rows = coreset(flat, v.bank, v.coreset)
     bank, bank_owner = flat[rows].contiguous(), owner[rows]
-    test = group_features(cache["test"]["levels"], group, v.pool)
+    test = group_features(cache["test"]["levels"], group, v.pool, scales)
     return patch_maps(test, bank), patch_maps(train, bank, bank_owner)
 
 
-def fused(cache: dict, v: Variant) -> tuple[list, list]:
+def simplenet_maps(train: list, test: list, noise: float, epochs: int = 8, seed: int = 0) -> tuple[list, list]:
+    """SimpleNet on frozen patch features: a linear adaptor and an MLP discriminator trained to
+    tell the good patches from the same patches with Gaussian noise added (its std a share of
+    each channel's std, so the scale follows the backbone). Score: the discriminator's logit,
+    negated (higher = more anomalous)."""
+    from torch import nn
+    torch.manual_seed(seed)
+    flat = torch.cat([f.flatten(1).T for f in train])
+    mean, std = flat.mean(0), flat.std(0) + 1e-6
+    c = flat.shape[1]
+    adaptor = nn.Linear(c, c)
+    with torch.no_grad():
+        adaptor.weight.copy_(torch.eye(c)), adaptor.bias.zero_()
+    disc = nn.Sequential(nn.Linear(c, 1024), nn.BatchNorm1d(1024), nn.LeakyReLU(0.2), nn.Linear(1024, 1))
+    opt = torch.optim.Adam([{"params": adaptor.parameters(), "lr": 1e-4},
+                            {"params": disc.parameters(), "lr": 2e-4, "weight_decay": 1e-5}])
+    z = (flat - mean) / std
+    for _ in range(epochs):
+        for idx in torch.randperm(len(z)).split(2048):
+            good = adaptor(z[idx])
+            fake = good + noise * torch.randn_like(good)
+            out = disc(torch.cat([good, fake]))
+            loss = (torch.clamp(0.5 - out[:len(idx)], min=0) + torch.clamp(0.5 + out[len(idx):], min=0)).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    disc.eval()
+
+    def score(features: list) -> list:
+        with torch.no_grad():
+            return [-disc(adaptor((f.flatten(1).T - mean) / std)).view(1, *f.shape[-2:]) for f in features]
+    return score(test), score(train)
+
+
+def stored_group_maps(cache: dict, group: tuple, v: Variant, stem: Path | None) -> tuple[list, list]:
+    """group_maps, kept on disk beside the cache: variants that differ only in what comes after
+    the distances (smoothing, calibration, image score) share one bank and one search."""
+    if v.head == "simplenet":
+        return simplenet_maps(group_features(cache["train"]["levels"], group, v.pool),
+                              group_features(cache["test"]["levels"], group, v.pool), v.noise)
+    if stem is None:
+        return group_maps(cache, group, v)
+    path = stem.with_name(f"{stem.name}-maps-g{''.join(map(str, group))}-p{v.pool}-b{v.bank}-{v.coreset}"
+                          f"{'-eq' if v.equalise else ''}.pt")
+    if path.exists():
+        return torch.load(path)
+    maps = group_maps(cache, group, v)
+    torch.save(maps, path)
+    return maps
+
+
+def fused(cache: dict, v: Variant, stem: Path | None = None) -> tuple[list, list]:
     """Each bank's maps divided by its leave-one-out scale (the 99th percentile of the good
     images' patch distances), on each image's finest grid, summed over banks."""
     tests, trains = None, None
     for group in v.groups:
-        test, train = group_maps(cache, group, v)
+        test, train = stored_group_maps(cache, group, v, stem)
         if len(v.groups) > 1:
             sample = torch.cat([t.flatten() for t in train])
             scale = torch.quantile(sample[torch.randperm(len(sample))[:1_000_000]].float(), 0.99)
@@ -282,6 +364,30 @@ def canvases(patch: list, levels: list, plans: list, sigma: float) -> list[np.nd
 
 def resize_map(m: np.ndarray, shape: tuple) -> np.ndarray:
     return F.interpolate(torch.from_numpy(m)[None, None], size=shape, mode="bilinear", align_corners=False)[0, 0].numpy()
+
+
+def edge_distance(shape: tuple) -> np.ndarray:
+    """Each position's distance in pixels to the nearest image edge."""
+    y = np.minimum(np.arange(shape[0]), shape[0] - 1 - np.arange(shape[0]))
+    x = np.minimum(np.arange(shape[1]), shape[1] - 1 - np.arange(shape[1]))
+    return np.minimum(y[:, None], x[None, :])
+
+
+def edge_calibrated(test: list, train: list, how: str, bins: int = 64) -> list[np.ndarray]:
+    """Each map less (or over) the good images' leave-one-out mean at its distance from the
+    nearest edge: the border's inflation is taken out wherever the part sits."""
+    total, count = np.zeros(bins), np.zeros(bins)
+    for c in train:
+        d = np.minimum(edge_distance(c.shape), bins - 1)
+        total += np.bincount(d.ravel(), c.ravel(), bins)
+        count += np.bincount(d.ravel(), None, bins)
+    profile = total / np.maximum(count, 1)
+    profile[count == 0] = profile[count > 0][-1]
+    out = []
+    for c in test:
+        p = profile[np.minimum(edge_distance(c.shape), bins - 1)]
+        out.append(c - p if how == "edge-sub" else c / p)
+    return out
 
 
 def calibrated(test: list, train: list, how: str) -> list[np.ndarray]:
@@ -333,12 +439,14 @@ def evaluate_variant(name: str, v: Variant, cache_dir: Path, eval_side: int) -> 
     cache = cached(name, v, cache_dir)
     cache_s = time.perf_counter() - start
     start = time.perf_counter()
-    test_patch, train_patch = fused(cache, v)
+    test_patch, train_patch = fused(cache, v, cache_dir / cache_key(name, v))
     test_c = canvases(test_patch, cache["test"]["levels"], cache["test"]["plans"], v.sigma)
     train_c = (canvases(train_patch, cache["train"]["levels"], cache["train"]["plans"], v.sigma)
                if v.score == "zmax" or v.calib != "none" else [])
-    if v.calib != "none":
+    if v.calib in ("sub", "z"):
         test_c = calibrated(test_c, train_c, v.calib)
+    elif v.calib != "none":
+        test_c = edge_calibrated(test_c, train_c, v.calib)
     scores = image_scores(test_c, train_c, v.score)
     labels = np.array([s[1] for s in cache["test"]["samples"]])
     maps, masks, point_maps, point_masks = [], [], [], []
