@@ -95,6 +95,9 @@ VARIANTS = {
     "simplenet46-n01": Variant(head="simplenet", groups=((4, 6),), noise=0.1),
     "native224-fuse-pad-16k": Variant(geometry="native", size=224, pad=16, groups=((2, 4), (4, 6)), bank=16384,
                                       coreset="all32"),
+    "keep-s46-32": Variant(geometry="keep", groups=((4, 6),), coreset="all32"),
+    "keep-32": Variant(geometry="keep", coreset="all32"),
+    "keep-fuse-32": Variant(geometry="keep", groups=((2, 4), (4, 6)), coreset="all32"),
     "s46-all": Variant(groups=((4, 6),), bank=0),
     "s46-16k": Variant(groups=((4, 6),), bank=16384, coreset="all32"),
     "s24-16k": Variant(bank=16384, coreset="all32"),
@@ -154,16 +157,25 @@ def cache_key(name: str, v: Variant) -> str:
     return f"{Path(name).name}-{v.backbone}-{v.geometry}{v.size}-pad{v.pad}-v2"
 
 
+def keep_scale(image: np.ndarray):
+    """Geometry "keep": the image at its own pixel scale, each side rounded to a multiple of 32
+    (parts imaged by one camera keep one texture scale, however large the crop)."""
+    from vqc.geometry import Plan, resize
+    h, w = image.shape[:2]
+    nh, nw = (max(32, round(side / 32) * 32) for side in (h, w))
+    return Plan([resize(image, nh, nw)], [(nh, nw)], [(0, 0)], (nh, nw), (h, w))
+
+
 def build_cache(root: Path, v: Variant, path: Path) -> dict:
     """Per split: each image's stage outputs (a list of [C, h, w] fp16, stage 0 left out), its
     plan's (content, original) sizes, and its sample. Images of one input shape share a batch."""
     from vqc.data import decode_image, labelled_samples, read_split
     from vqc.geometry import Geometry
-    geometry = Geometry(v.geometry, v.size)
+    planner = keep_scale if v.geometry == "keep" else Geometry(v.geometry, v.size).plan
     run = stage_trunk(v.backbone)
     out = {}
     for split, samples in (("train", read_split(root, "train")), ("test", labelled_samples(root))):
-        plans = [geometry.plan(decode_image(s.path)) for s in samples]
+        plans = [planner(decode_image(s.path)) for s in samples]
         levels: list = [None] * len(plans)
         by_shape: dict = {}
         for i, plan in enumerate(plans):

@@ -126,3 +126,18 @@ def test_to_original_is_torch_bilinear_and_jet_is_matplotlib_jet(rng):
         got = to_original(Plan([], [], [], (h, w), (height, width)), canvas)
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-3)
     np.testing.assert_allclose(_jet(), colormaps["jet"](np.linspace(0, 1, 256))[:, :3] * 255, atol=1e-3)
+
+
+def test_native_at_the_images_own_scale():
+    """native with size 0: no rescaling, each side only rounded to the coarsest stride; other
+    geometries refuse size 0; the decode bound is the own-scale one."""
+    from vqc.data import OWN_SCALE_MAX_PIXELS, default_max_pixels
+    from vqc.errors import VqcError
+    from vqc.geometry import Geometry
+    image = np.zeros((200, 512, 3), np.uint8)
+    plan = Geometry("native", 0).plan(image)
+    assert plan.inputs[0].shape == (192, 512, 3) and plan.original == (200, 512)
+    assert Geometry("native", 224).plan(image).inputs[0].shape == (224, 576, 3)  # the short side to 224
+    with pytest.raises(VqcError, match="image size must be positive"):
+        Geometry("resize", 0)
+    assert default_max_pixels(0) == OWN_SCALE_MAX_PIXELS < default_max_pixels(224)

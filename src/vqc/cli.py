@@ -167,7 +167,7 @@ def _parser() -> argparse.ArgumentParser:
                           "mdn: mixture density network; ae: auto-encoder on pixels")
     fit.add_argument("--layers", type=_layers, help="feature layers, e.g. 2,3 (stages) or 7,11 (ViT blocks)")
     fit.add_argument("--image-size", type=int, default=224,
-                     help="network input side (geometry native: the short side)")
+                     help="network input side (geometry native: the short side; 0 keeps each image's own scale)")
     fit.add_argument("--geometry", default="resize", choices=choices.GEOMETRIES,
                      help="resize: squash to a square; letterbox: keep aspect, pad (masked out); "
                           "native: keep aspect, short side = --image-size; tile: see --tile")

@@ -36,8 +36,15 @@ def default_max_pixels(input_side: int) -> int:
     """The largest image decoded by default for a network input of `input_side` pixels: 1000
     times the input (50.2 MP at 224), held between 16 and 64 megapixels. Decoding costs 3 bytes a
     pixel and the full-resolution map 4 more, so the bound is what keeps one image's memory
-    bounded (about 0.5 GB at 64 MP); a larger image is refused by name, never half-scored."""
+    bounded (about 0.5 GB at 64 MP); a larger image is refused by name, never half-scored.
+    `input_side` 0 (geometry native at the image's own scale): the image itself is the network
+    input, so 4 MP (about 2000 x 2000); larger parts want tile geometry."""
+    if not input_side:
+        return OWN_SCALE_MAX_PIXELS
     return int(min(64e6, max(16e6, 1000 * input_side * input_side)))
+
+
+OWN_SCALE_MAX_PIXELS = 4_000_000
 
 
 DEFAULT_MAX_PIXELS = default_max_pixels(224)  # where no model is at hand: the default input size

@@ -70,7 +70,7 @@ def blend_weights(size: int, overlap: int) -> np.ndarray:
 @dataclass(frozen=True)
 class Geometry:
     mode: str = "resize"
-    size: int = 224  # network input side (resize, letterbox, tile) or short side (native)
+    size: int = 224  # network input side (resize, letterbox, tile) or short side (native; 0: the image's own scale)
     stride: int = 0  # tile: pixels between tile starts; 0 = size * 7 // 8
     scale: float = 1.0  # tile: image scale before tiling
 
@@ -81,6 +81,9 @@ class Geometry:
             raise VqcError(f"tile stride must be in 1..{self.size}, got {self.stride}")
         if self.scale <= 0:
             raise VqcError(f"tile scale must be positive, got {self.scale}")
+        if self.size < 0 or (self.size == 0 and self.mode != "native"):
+            raise VqcError(f"image size must be positive (0 only for geometry native: the image's own scale), "
+                           f"got {self.size}")
 
     @property
     def tile_stride(self) -> int:
@@ -99,7 +102,9 @@ class Geometry:
             padded[:ch, :cw] = resize(image, ch, cw)
             return Plan([padded], [(ch, cw)], [(0, 0)], (ch, cw), (h, w))
         if self.mode == "native":
-            ratio = s / min(h, w)
+            # size 0: each image at its own pixel scale, so one camera's parts keep one texture
+            # scale however large the crop (each side still rounded to the coarsest stride)
+            ratio = s / min(h, w) if s else 1.0
             nh, nw = (max(NATIVE_STRIDE, round(side * ratio / NATIVE_STRIDE) * NATIVE_STRIDE) for side in (h, w))
             return Plan([resize(image, nh, nw)], [(nh, nw)], [(0, 0)], (nh, nw), (h, w))
         # tile: a side shorter than one tile is scaled up to it (aspect kept)

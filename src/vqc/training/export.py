@@ -57,7 +57,7 @@ def export_onnx(model, path: str | Path, check_images: list | None = None, sidec
     check_images: images scored by both engines; seeded noise is added."""
     model.require_ready()
     path = Path(path)
-    size, mode = model.config.image_size, model.geometry.mode
+    size, mode = model.config.image_size or 224, model.geometry.mode  # native at its own scale: check at 224
     if model.detector.trunk_dtype is not None:  # checked before moving the model, so a refusal leaves it as it was
         raise VqcError("export the fp32 model: call use_engine('torch') (precision fp32) first")
     detector = model.detector.to("cpu").eval()
