@@ -73,6 +73,7 @@ def test_auto_candidates_follow_the_images_shape(tmp_path):
         assert names[0] == "lite0 knn 224"
         assert any("letterbox" in n for n in names) == (name == "long")
         assert any("tiles" in n for n in names) == (name == "large")
+        assert any("own scale" in n for n in names) == (name == "long")
 
 
 def test_auto_prints_one_row_per_candidate(capsys):

@@ -117,7 +117,9 @@ def test_fp16_backbone_keeps_scores_within_1e_2_and_the_same_auroc(demo_model, d
     finally:
         demo_model.use_engine("torch")
     np.testing.assert_allclose(scores, ref_scores, rtol=1e-2)
-    assert reduced["image_auroc"] == pytest.approx(reference["image_auroc"], abs=0.002)
+    # the same ranking but for at most one near-tied pair of images (the demo set has such pairs)
+    pairs = (reference["n_images"] - reference["n_defective"]) * reference["n_defective"]
+    assert reduced["image_auroc"] == pytest.approx(reference["image_auroc"], abs=1.01 / pairs)
 
 
 @needs_bf16

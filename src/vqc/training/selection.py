@@ -62,7 +62,8 @@ def candidates(paths: list[Path]) -> list[Candidate]:
            Candidate("lite0 knn 320", {"image_size": 320})]
     if aspect >= 1.3:  # elongated parts: squashing distorts them, letterbox keeps the shape
         out += [Candidate("lite0 knn letterbox 320", {"geometry": "letterbox", "image_size": 320}),
-                Candidate("lite0 knn letterbox 448", {"geometry": "letterbox", "image_size": 448})]
+                Candidate("lite0 knn letterbox 448", {"geometry": "letterbox", "image_size": 448}),
+                Candidate("lite0 knn own scale, layers 3,4", {"geometry": "native", "image_size": 0, "layers": (3, 4)})]
     if min(h, w) >= 448:  # large images: tiles keep the fine detail a squash to 224 loses
         out.append(Candidate("lite0 knn tiles 224", {"geometry": "tile", "image_size": 224}))
     out += [Candidate("lite2 knn 260", {"backbone": "efficientnet_lite2", "image_size": 260}),
