@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import time
 from dataclasses import dataclass
@@ -434,23 +433,10 @@ def image_scores(test_canvases: list, train_canvases: list, how: str) -> np.ndar
     raise ValueError(how)
 
 
-def pointing(masks: list[np.ndarray], maps: list[np.ndarray], dilation: float = 0.02) -> float:
-    from scipy.ndimage import binary_dilation
-    hits = []
-    for mask, amap in zip(masks, maps):
-        if not mask.any():
-            continue
-        r = max(1, math.ceil(dilation * max(mask.shape)))
-        y, x = np.ogrid[-r:r + 1, -r:r + 1]
-        grown = binary_dilation(mask, structure=(x * x + y * y) <= r * r)
-        hits.append(bool(grown.flat[int(np.argmax(amap))]))
-    return float(np.mean(hits)) if hits else float("nan")
-
-
 def evaluate_variant(name: str, v: Variant, cache_dir: Path, eval_side: int) -> dict:
     from vqc.data import load_mask
     from vqc.geometry import Plan, to_original
-    from vqc.training.metrics import aupro, auroc, pixel_auroc
+    from vqc.training.metrics import aupro, auroc, pixel_auroc, pointing
     start = time.perf_counter()
     cache = cached(name, v, cache_dir)
     cache_s = time.perf_counter() - start

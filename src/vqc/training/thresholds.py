@@ -79,14 +79,14 @@ def choose_threshold(model, policy: str, data: str | Path | None = None, fp_cost
                   "validated_on": model.info.get("normal_scores_from", "held-out good training images"),
                   "n_images": len(good), **few_images_warning(len(good), rate)}
     else:
-        chosen, good = _on_labelled(model, policy, data, fp_cost, fn_cost, defect_rate)
+        chosen, good = _on_labelled(model, policy, name, rate, data, fp_cost, fn_cost, defect_rate)
     return {**chosen, **_false_rejects(chosen, good, allow_high_reject)}
 
 
-def _on_labelled(model, policy: str, data, fp_cost: float, fn_cost: float,
+def _on_labelled(model, policy: str, name: str, rate: float | None, data, fp_cost: float, fn_cost: float,
                  defect_rate: float | None) -> tuple[dict, np.ndarray]:
-    """The threshold chosen on labelled data, and the scores of its good images."""
-    name, rate = parse_policy(policy)
+    """The threshold chosen on labelled data (`policy` parsed into `name` and `rate`), and the
+    scores of its good images."""
     samples = labelled_samples(data)
     labels = np.array([s.label for s in samples])
     if name == "false-reject-rate" and not (labels == 0).any():
