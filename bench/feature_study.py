@@ -98,6 +98,8 @@ VARIANTS = {
     "keep-32": Variant(geometry="keep", coreset="all32"),
     "keep-fuse-32": Variant(geometry="keep", groups=((2, 4), (4, 6)), coreset="all32"),
     "lb448-32": Variant(geometry="letterbox", size=448, coreset="all32"),
+    "320-32": Variant(size=320, coreset="all32"),
+    "lb320-32": Variant(geometry="letterbox", size=320, coreset="all32"),
     "keep-s46-16k": Variant(geometry="keep", groups=((4, 6),), bank=16384, coreset="all32"),
     "s46-top10": Variant(groups=((4, 6),), coreset="all32", score="top10"),
     "s46-sigma2": Variant(groups=((4, 6),), coreset="all32", sigma=2.0),

@@ -84,3 +84,16 @@ def test_watch_scores_each_new_image_once_and_skips_bad_files(fitted, demo_root,
     rows = list(csv.DictReader(open(tmp_path / "out" / "scores.csv")))
     assert sorted(Path(r["path"]).name for r in rows) == [i.name for i in images]  # once each, not the bad one
     assert "broken.png" in capsys.readouterr().err
+
+
+def test_preset_sets_size_and_geometry_and_explicit_options_win(demo_root, tmp_path):
+    import vqc
+    from vqc.choices import PRESETS
+    out = tmp_path / "balanced.safetensors"
+    assert main(["fit", str(demo_root), "--preset", "balanced", "--geometry", "letterbox", "--coreset", "0.02",
+                 "--out", str(out)]) == 0
+    config = vqc.load(out).config
+    assert config.image_size == PRESETS["balanced"]["image_size"] == 320  # from the preset
+    assert config.geometry == "letterbox"  # given explicitly: wins over the preset's resize
+    with pytest.raises(SystemExit):
+        main(["fit", str(demo_root), "--preset", "quickest"])

@@ -166,9 +166,13 @@ def _parser() -> argparse.ArgumentParser:
                      help="knn: nearest neighbour (PatchCore); nf: normalizing flow; gmm: Gaussian mixture; "
                           "mdn: mixture density network; ae: auto-encoder on pixels")
     fit.add_argument("--layers", type=_layers, help="feature layers, e.g. 2,3 (stages) or 7,11 (ViT blocks)")
-    fit.add_argument("--image-size", type=int, default=224,
+    fit.add_argument("--preset", choices=choices.PRESETS, default=choices.DEFAULT_PRESET,
+                     help="input size and geometry: " + "; ".join(
+                         f"{name}: {o['geometry']} {o['image_size']}" for name, o in choices.PRESETS.items())
+                     + " (default fast; --image-size and --geometry override it)")
+    fit.add_argument("--image-size", type=int,
                      help="network input side (geometry native: the short side; 0 keeps each image's own scale)")
-    fit.add_argument("--geometry", default="resize", choices=choices.GEOMETRIES,
+    fit.add_argument("--geometry", choices=choices.GEOMETRIES,
                      help="resize: squash to a square; letterbox: keep aspect, pad (masked out); "
                           "native: keep aspect, short side = --image-size; tile: see --tile")
     fit.add_argument("--border", default="zero", choices=choices.BORDERS,
@@ -379,10 +383,12 @@ def _model_options(args) -> dict:
     options = dict(args.option)
     if args.coreset is not None:
         options["coreset"] = args.coreset
-    return dict(backbone=args.backbone, head=args.head, layers=args.layers, image_size=args.tile or args.image_size,
+    preset = choices.PRESETS[args.preset]
+    size = args.tile or (preset["image_size"] if args.image_size is None else args.image_size)
+    geometry = "tile" if args.tile else args.geometry or preset["geometry"]
+    return dict(backbone=args.backbone, head=args.head, layers=args.layers, image_size=size,
                 weights=args.weights, head_options=options, top_k=args.top_k,
-                geometry="tile" if args.tile else args.geometry, tile_stride=args.stride, tile_scale=args.scale,
-                border=args.border)
+                geometry=geometry, tile_stride=args.stride, tile_scale=args.scale, border=args.border)
 
 
 def cmd_fit(args) -> int | None:
