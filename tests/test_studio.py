@@ -1,0 +1,165 @@
+"""vqc studio: projects and uploads, fit jobs (queue, cancel, failure), roles, and the whole path
+from an empty project to a promoted version in Chromium."""
+import json
+import shutil
+import time
+
+import pytest
+from fastapi.testclient import TestClient
+
+from vqc.access import add_key
+from vqc.store.versions import ModelStore
+from vqc.studio.app import create_studio_app
+from vqc.studio.jobs import progress
+from vqc.studio.projects import place
+
+from .studio_walk import CHROMIUM, CHROMIUM_ARGS, running_studio, small_png, walk_to_promoted
+
+
+@pytest.fixture
+def studio(tmp_path):
+    """A studio on an empty store with an admin and an operator key: (client, store, admin, operator headers)."""
+    keys = tmp_path / "keys.txt"
+    admin, operator = add_key(keys, "quality", "admin"), add_key(keys, "line3", "operator")
+    store = ModelStore.open(tmp_path / "store")
+    with TestClient(create_studio_app(store, keys, poll_s=0.1)) as client:
+        yield client, store, {"Authorization": f"Bearer {admin}"}, {"Authorization": f"Bearer {operator}"}
+
+
+def _good_files(demo_root, n):
+    return [("file", (f"good/{p.name}", p.read_bytes())) for p in sorted((demo_root / "train" / "good").glob("*.png"))[:n]]
+
+
+def _wait(client, headers, job_id, states, timeout=180):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        job = next(j for j in client.get("/api/projects/tiles/jobs", headers=headers).json()["items"] if j["id"] == job_id)
+        if job["state"] in states:
+            return job
+        time.sleep(0.2)
+    raise AssertionError(f"job {job_id} still {job['state']} after {timeout} s: {job}")
+
+
+def test_test_images_are_labelled_by_their_folder():
+    assert place("magnetic_tile/test/crack/a.png", "test").defect == "crack"
+    assert place("test/good/a.png", "test").label == "good"
+    assert place("ground_truth/crack/a_mask.png", "test").role == "mask"
+    assert place("anything/a.png", "good").folder == "train/good"
+    with pytest.raises(Exception, match="a.png: a test image needs its folder"):
+        place("a.png", "test")
+
+
+def test_upload_keeps_images_with_hashes_says_duplicates_and_names_a_non_image(studio, demo_root):
+    client, store, admin, _ = studio
+    client.post("/api/projects", json={"name": "tiles"}, headers=admin).raise_for_status()
+    files = _good_files(demo_root, 3) + [("file", ("good/SOURCE.md", (demo_root / "SOURCE.md").read_bytes())),
+                                         ("file", ("good/again.png", _good_files(demo_root, 1)[0][1][1]))]
+    answer = client.post("/api/projects/tiles/images?kind=good", files=files, headers=admin)
+    assert answer.status_code == 200
+    report = answer.json()
+    assert len(report["added"]) == 3 and report["images"]["train"] == 3
+    assert report["duplicates"] == [{"name": "good/again.png", "duplicate_of": files[0][1][0]}]
+    assert [r["name"] for r in report["refused"]] == ["good/SOURCE.md"]
+    assert "SOURCE.md is not an image file" in report["refused"][0]["reason"]
+    kept = json.loads((store.folder / "studio" / "tiles" / "images.json").read_text())
+    import hashlib
+    for row in kept:
+        data = (store.folder / "studio" / "tiles" / "data" / row["path"]).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == row["sha256"]
+    assert client.post("/api/projects", json={"name": "../x"}, headers=admin).status_code == 422
+
+
+def test_operator_key_cannot_fit_save_a_threshold_or_promote(studio, demo_root, demo_model_file, tmp_path):
+    client, store, admin, operator = studio
+    client.post("/api/projects", json={"name": "tiles"}, headers=operator).raise_for_status()
+    assert client.post("/api/projects/tiles/images?kind=good", files=_good_files(demo_root, 2),
+                       headers=operator).status_code == 200  # any key uploads
+    named = shutil.copy(demo_model_file, tmp_path / "tiles.safetensors")  # a version of the project is named after it
+    version = store.add(named, "test")["version"]
+    refused = [client.post("/api/projects/tiles/fit", json={"preset": "quick"}, headers=operator),
+               client.post(f"/api/projects/tiles/versions/{version}/threshold", json={"value": 1.0}, headers=operator),
+               client.post(f"/api/projects/tiles/versions/{version}/promote", headers=operator)]
+    assert [r.status_code for r in refused] == [403, 403, 403]
+    assert "need an admin key (line3 is an operator key)" in refused[0].json()["detail"]
+    assert client.get("/api/projects/tiles/jobs", headers=operator).json()["items"] == []
+    assert store.deployment("serve")["live"] is None
+    assert client.post(f"/api/projects/tiles/versions/{version}/promote", headers=admin).json()["live"] == version
+    assert client.get("/api/projects", headers={"Authorization": "Bearer wrong"}).status_code == 401
+
+
+def test_jobs_queue_per_project_and_a_cancel_leaves_no_version(studio, demo_root):
+    client, store, admin, _ = studio
+    client.post("/api/projects", json={"name": "tiles"}, headers=admin).raise_for_status()
+    client.post("/api/projects/tiles/images?kind=good", files=_good_files(demo_root, 30), headers=admin).raise_for_status()
+    first = client.post("/api/projects/tiles/fit", json={"preset": "default"}, headers=admin).json()
+    second = client.post("/api/projects/tiles/fit", json={"preset": "quick"}, headers=admin).json()
+    assert (first["state"], second["state"]) == ("running", "queued")  # one job per project at a time
+    assert client.post(f"/api/projects/tiles/jobs/{second['id']}/cancel", headers=admin).json()["state"] == "cancelled"
+    deadline = time.time() + 120
+    while "features" not in str(_wait(client, admin, first["id"], ("running",)).get("progress")):
+        assert time.time() < deadline, "the fit showed no progress bar"
+        time.sleep(0.3)
+    cancelled = client.post(f"/api/projects/tiles/jobs/{first['id']}/cancel", headers=admin).json()
+    assert cancelled["state"] == "cancelled" and cancelled["cancelled_by"] == "quality"
+    time.sleep(1)  # a process that was not stopped would go on writing
+    assert store.versions() == []
+    jobs = store.folder / "studio" / "tiles" / "jobs"
+    assert not (jobs / first["id"]).exists()  # the scratch folder with the half-made model is gone
+    assert not list((store.folder).rglob("*.tmp")) and not (store.folder / "studio" / "tiles" / "results").exists()
+    assert _wait(client, admin, second["id"], ("cancelled",))["state"] == "cancelled"  # never started
+    assert client.post(f"/api/projects/tiles/jobs/{first['id']}/cancel", headers=admin).status_code == 422
+
+
+def test_a_failed_fit_shows_its_one_line_reason(studio, demo_root):
+    client, store, admin, _ = studio
+    client.post("/api/projects", json={"name": "tiles"}, headers=admin).raise_for_status()
+    client.post("/api/projects/tiles/images?kind=good", files=_good_files(demo_root, 1), headers=admin).raise_for_status()
+    job = client.post("/api/projects/tiles/fit", json={"preset": "quick"}, headers=admin).json()
+    failed = _wait(client, admin, job["id"], ("failed", "done"))
+    assert failed["state"] == "failed"
+    assert failed["error"] == "project tiles: a fit needs at least 2 good images (1 uploaded)"
+    assert client.post("/api/projects/tiles/fit", json={"preset": "huge"}, headers=admin).status_code == 422
+
+
+def test_progress_is_the_current_steps_latest_bar():
+    log = "step: fitting on 9 good images\nfeatures:  10%|#  | 1/9\rfeatures:  55%|#####  | 5/9\r"
+    assert progress(log) == {"step": "fitting on 9 good images", "bar": "features:  55%|#####  | 5/9", "percent": 55}
+    assert progress(log + "step: adding the model to the store\n")["bar"] is None
+
+
+@pytest.fixture
+def browser_page():
+    if not shutil.which("chromium"):
+        pytest.skip("Chromium is not installed (Debian: apt-get install chromium); .ci/run installs it")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (in the test extras)")
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        yield page
+        browser.close()
+
+
+def test_studio_walks_a_project_from_empty_to_promoted(browser_page, demo_root, tmp_path):
+    from vqc.serve import create_app
+    keys = tmp_path / "keys.txt"
+    admin = add_key(keys, "quality", "admin")
+    pictures = tmp_path / "pictures"
+    pictures.mkdir()
+
+    def shoot(step, selector):
+        small_png(browser_page.locator(selector).screenshot(), pictures / f"studio-{step}.png")
+    with running_studio(tmp_path / "store", keys) as url:
+        seen = walk_to_promoted(browser_page, url, admin, demo_root, shoot)
+    assert "refused SOURCE.md is not an image file" in seen["upload_report"]
+    assert "0 images kept" in seen["upload_report"] and "1 duplicates not kept again" in seen["upload_report"]
+    (frr_low, miss_low), (frr_high, miss_high) = seen["rates"]
+    assert float(frr_low.rstrip(" %")) > float(frr_high.rstrip(" %"))  # a higher threshold rejects fewer good parts
+    assert float(miss_low.rstrip(" %")) < float(miss_high.rstrip(" %"))  # and misses more defects
+    assert sorted(p.name for p in pictures.iterdir()) == [f"studio-{s}.png" for s in
+                                                          ("check", "compare", "fit", "images", "project", "ship", "threshold")]
+    store = ModelStore.open(tmp_path / "store")
+    assert store.get(seen["saved"])["parent"] == seen["fitted"]
+    assert [a["action"] for a in store.audit_trail(3)] == ["promote", "threshold", "add"]
+    with TestClient(create_app(None, store=store)) as service:  # what vqc serve --store runs
+        model = service.get("/v1/model").json()
+    assert model["version"] == seen["saved"] and model["threshold"]["value"] == pytest.approx(seen["threshold"])
