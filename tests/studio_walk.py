@@ -74,21 +74,22 @@ def walk_to_promoted(page, url: str, admin_key: str, demo_root: Path, shoot: Cal
     shoot("project", "#step-project")
     page.set_input_files("#good-folder", str(demo_root / "train" / "good"))
     page.wait_for_function("document.getElementById('upload-report').textContent.includes('60 images kept')")
-    # a non-image and a duplicate among good images: the one refused by name, the other said, the rest kept
-    page.set_input_files("#good-files", [str(demo_root / "SOURCE.md"), *sorted((demo_root / "train" / "good").glob("*.png"))[:1]])
-    page.wait_for_selector("#upload-report .refused")
-    said = page.inner_text("#upload-report")
     for folder in ("test", "ground_truth"):
         page.set_input_files("#test-folder", str(demo_root / folder))
         page.wait_for_function("document.getElementById('upload-report').textContent.includes('images kept')"
                                " && !document.getElementById('upload-report').textContent.includes('uploading')")
     page.wait_for_function("document.getElementById('project-info').textContent.includes('30 masks')")
+    # a non-image and a duplicate among good images: the one refused by name, the other said, the rest kept
+    page.set_input_files("#good-files", [str(demo_root / "SOURCE.md"), *sorted((demo_root / "train" / "good").glob("*.png"))[:2]])
+    page.wait_for_selector("#upload-report .refused")
+    said = page.inner_text("#upload-report")
     shoot("images", "#step-images")
     page.select_option("#preset", "quick")
     page.click("#fit")
     page.wait_for_selector("#jobs tr.running")
     job = page.get_attribute("#jobs tr", "data-job")
-    page.wait_for_function("document.querySelector('#jobs tr progress') !== null", timeout=FIT_TIMEOUT_MS)
+    page.wait_for_function(f"document.querySelector(\"#jobs tr[data-job='{job}'] progress[value='0']\") === null &&"
+                           f" document.querySelector(\"#jobs tr[data-job='{job}'] progress\") !== null", timeout=FIT_TIMEOUT_MS)
     shoot("fit", "#step-fit")
     page.reload()  # the fit goes on without the page; the reloaded page finds it
     page.wait_for_selector(f"#jobs tr[data-job='{job}']")
@@ -102,6 +103,7 @@ def walk_to_promoted(page, url: str, admin_key: str, demo_root: Path, shoot: Cal
     first = move_slider(page, scores[len(scores) // 4])
     second = move_slider(page, scores[3 * len(scores) // 4])
     shoot("threshold", "#step-threshold")
+    chosen = float(page.input_value("#slider"))
     page.click("#save-threshold")
     page.wait_for_function("document.getElementById('save-status').textContent.startsWith('saved')")
     saved = page.inner_text("#save-status").split("version ")[1].split(" ")[0]
@@ -115,4 +117,4 @@ def walk_to_promoted(page, url: str, admin_key: str, demo_root: Path, shoot: Cal
     page.wait_for_function("document.getElementById('compare-summary').textContent.includes('agree')")
     shoot("compare", "#step-compare")
     return {"job": job, "fitted": fitted, "saved": saved, "rates": (first, second), "slider": (low, high),
-            "upload_report": said, "threshold": float(page.get_attribute("#slider", "value") or 0)}
+            "upload_report": said, "threshold": chosen}

@@ -151,7 +151,7 @@ def test_studio_walks_a_project_from_empty_to_promoted(browser_page, demo_root, 
     with running_studio(tmp_path / "store", keys) as url:
         seen = walk_to_promoted(browser_page, url, admin, demo_root, shoot)
     assert "refused SOURCE.md is not an image file" in seen["upload_report"]
-    assert "0 images kept" in seen["upload_report"] and "1 duplicates not kept again" in seen["upload_report"]
+    assert "0 images kept" in seen["upload_report"] and "2 duplicates not kept again" in seen["upload_report"]
     (frr_low, miss_low), (frr_high, miss_high) = seen["rates"]
     assert float(frr_low.rstrip(" %")) > float(frr_high.rstrip(" %"))  # a higher threshold rejects fewer good parts
     assert float(miss_low.rstrip(" %")) < float(miss_high.rstrip(" %"))  # and misses more defects
@@ -160,6 +160,24 @@ def test_studio_walks_a_project_from_empty_to_promoted(browser_page, demo_root, 
     store = ModelStore.open(tmp_path / "store")
     assert store.get(seen["saved"])["parent"] == seen["fitted"]
     assert [a["action"] for a in store.audit_trail(3)] == ["promote", "threshold", "add"]
-    with TestClient(create_app(None, store=store)) as service:  # what vqc serve --store runs
+    with TestClient(create_app(None, store=store, engine="torch")) as service:  # what vqc serve --store runs
         model = service.get("/v1/model").json()
     assert model["version"] == seen["saved"] and model["threshold"]["value"] == pytest.approx(seen["threshold"])
+
+
+def test_export_makes_a_downloadable_bundle_version_whose_parent_is_the_model(studio, demo_model_file, tmp_path):
+    import io
+    import zipfile
+    client, store, admin, operator = studio
+    client.post("/api/projects", json={"name": "tiles"}, headers=admin).raise_for_status()
+    version = store.add(shutil.copy(demo_model_file, tmp_path / "tiles.safetensors"), "test")["version"]
+    assert client.post(f"/api/projects/tiles/versions/{version}/export", headers=operator).status_code == 403
+    job = client.post(f"/api/projects/tiles/versions/{version}/export", headers=admin).json()
+    done = _wait(client, admin, job["id"], ("done", "failed"), timeout=300)
+    assert done["state"] == "done", done.get("error")
+    bundle = store.get(done["bundle_version"])
+    assert (bundle["kind"], bundle["parent"], bundle["name"]) == ("bundle", version, "tiles")
+    download = client.get(f"/api/projects/tiles/exports/{done['download']}", headers=operator)
+    assert download.status_code == 200
+    assert "tiles/bundle.json" in zipfile.ZipFile(io.BytesIO(download.content)).namelist()
+    assert client.get("/api/projects/tiles/exports/..%2Fproject.json", headers=admin).status_code == 404
