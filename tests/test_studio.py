@@ -181,3 +181,35 @@ def test_export_makes_a_downloadable_bundle_version_whose_parent_is_the_model(st
     assert download.status_code == 200
     assert "tiles/bundle.json" in zipfile.ZipFile(io.BytesIO(download.content)).namelist()
     assert client.get("/api/projects/tiles/exports/..%2Fproject.json", headers=admin).status_code == 404
+
+
+def test_vqc_studio_command_serves_the_page_and_keeps_keyless_use_on_this_machine(tmp_path, capsys):
+    import socket
+    import subprocess
+    import sys
+    import urllib.request
+
+    from vqc.cli import main
+    assert main(["studio", "--store", str(tmp_path / "store"), "--host", "0.0.0.0"]) == 2
+    assert "--host 0.0.0.0 opens the studio to other machines: give --api-key-file" in capsys.readouterr().err
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    studio = subprocess.Popen([sys.executable, "-m", "vqc.cli", "studio", "--store", str(tmp_path / "store"),
+                               "--port", str(port)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert studio.stdout.readline().startswith(f"vqc studio on http://127.0.0.1:{port}/")
+        deadline = time.time() + 60
+        while True:
+            try:
+                page = urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5).read().decode()
+                break
+            except OSError:
+                assert time.time() < deadline, "the studio did not answer"
+                time.sleep(0.3)
+        assert "<title>vqc studio</title>" in page
+        who = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/api/whoami", timeout=5).read())
+        assert who == {"name": "local", "role": "admin"}
+    finally:
+        studio.terminate()
+        studio.wait(timeout=30)
