@@ -47,6 +47,8 @@ def test_test_images_are_labelled_by_their_folder():
     assert place("anything/a.png", "good").folder == "train/good"
     with pytest.raises(Exception, match="a.png: a test image needs its folder"):
         place("a.png", "test")
+    with pytest.raises(Exception, match="a folder named .. says no label"):
+        place("test/../a.png", "test")
 
 
 def test_upload_keeps_images_with_hashes_says_duplicates_and_names_a_non_image(studio, demo_root):

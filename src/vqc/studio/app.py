@@ -21,7 +21,7 @@ from starlette.concurrency import run_in_threadpool
 
 from ..access import ApiKeys, presented_key
 from ..errors import VqcError
-from ..serve import _same_origin
+from ..serve import _same_origin, _uploads
 from ..serve_lifecycle import Caller
 from ..version import __version__
 from . import results
@@ -30,8 +30,7 @@ from .projects import Project, Projects
 
 log = logging.getLogger(__name__)
 
-UPLOAD_LIMIT = 50 * 2**20  # bytes in one upload request; the page sends a dropped folder in parts
-FILES_PER_UPLOAD = 200
+UPLOAD_LIMIT = 200 * 2**20  # bytes in one upload request; the page sends a dropped folder 40 files at a time
 
 
 class ProjectIn(BaseModel):
@@ -83,7 +82,7 @@ def create_studio_app(store, api_key_file: str | Path | None = None, poll_s: flo
                                      f"({who.name} is an {who.role} key)")
         return who
 
-    def project(name: str, who: Caller = Depends(caller)) -> Project:
+    def project(name: str, who: Caller = Depends(caller)) -> Project:  # every project route asks for a key
         return projects.get(name)
 
     @asynccontextmanager
@@ -143,18 +142,7 @@ def _project_routes(store, projects: Projects, runner: JobRunner, caller: Callab
 
     @router.post("/projects/{name}/images", summary="Upload images (multipart; file names carry their folders)")
     async def upload(request: Request, kind: Literal["good", "test"], p: Project = Depends(project)) -> dict:
-        declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > UPLOAD_LIMIT:
-            raise HTTPException(413, f"an upload of {int(declared)} bytes is over {UPLOAD_LIMIT} bytes: send the "
-                                     "images in parts")
-        try:
-            form = await request.form(max_files=FILES_PER_UPLOAD, max_part_size=UPLOAD_LIMIT)
-        except Exception as exc:  # malformed multipart, too many files: one line, 400
-            raise HTTPException(400, f"malformed upload: {getattr(exc, 'detail', exc)}") from None
-        uploads = [(value.filename or key, await value.read()) for key, value in form.multi_items()
-                   if not isinstance(value, str)]
-        if not uploads:
-            raise HTTPException(400, "no file in the upload: send images as multipart fields named 'file'")
+        uploads, _ = await _uploads(request, UPLOAD_LIMIT)  # the service's reader: 413 over the limit, 400 malformed
         return await run_in_threadpool(p.add_files, uploads, kind)
 
     @router.post("/projects/{name}/images/folder", summary="Take the images of a folder on the studio's machine "

@@ -45,6 +45,8 @@ def place(relative_name: str, kind: str) -> Placed:
     if folder is None:
         raise VqcError(f"{relative_name}: a test image needs its folder (good, or its defect's name, e.g. "
                        "crack/part.png): drop the folder, not the single file")
+    if folder in (".", ".."):
+        raise VqcError(f"{relative_name}: a folder named {folder} says no label: name it good or after the defect")
     if "ground_truth" in parts[:-1]:
         return Placed("mask", f"ground_truth/{folder}", "defective", folder)
     if folder.lower() in GOOD_FOLDERS:

@@ -61,10 +61,8 @@ def fit_job(job: dict, scratch: Path) -> dict:
 
 def model_options(options: dict, data: Path) -> tuple[dict, dict | None]:
     """AnomalyModel options of a preset, or of the --auto choice (and its record)."""
-    preset = options.get("preset", "default")
+    preset = options.get("preset", "default")  # checked when the job was asked for
     if preset != "auto":
-        if preset not in PRESETS:
-            raise VqcError(f"unknown preset {preset!r}; choose auto or one of: {', '.join(PRESETS)}")
         return dict(PRESETS[preset]), None
     from ..training.selection import choose, chosen_options
     step("auto: judging candidates on held-out good images with synthetic defects")
