@@ -85,7 +85,11 @@ def test_operator_key_cannot_fit_save_a_threshold_or_promote(studio, demo_root, 
     assert "need an admin key (line3 is an operator key)" in refused[0].json()["detail"]
     assert client.get("/api/projects/tiles/jobs", headers=operator).json()["items"] == []
     assert store.deployment("serve")["live"] is None
-    assert client.post(f"/api/projects/tiles/versions/{version}/promote", headers=admin).json()["live"] == version
+    assert client.post(f"/api/projects/tiles/versions/{version}/shadow", headers=operator).status_code == 403
+    assert client.post(f"/api/projects/tiles/versions/{version}/shadow", headers=admin).json()["shadow"] == version
+    promoted = client.post(f"/api/projects/tiles/versions/{version}/promote", headers=admin).json()
+    assert (promoted["live"], promoted["shadow"]) == (version, None)
+    assert [a["actor"] for a in store.audit_trail(2)] == ["quality", "quality"]
     assert client.get("/api/projects", headers={"Authorization": "Bearer wrong"}).status_code == 401
 
 
@@ -215,3 +219,27 @@ def test_vqc_studio_command_serves_the_page_and_keeps_keyless_use_on_this_machin
     finally:
         studio.terminate()
         studio.wait(timeout=30)
+
+
+def test_images_from_a_folder_on_the_server_are_labelled_by_their_folders(studio, demo_root):
+    client, _, admin, operator = studio
+    client.post("/api/projects", json={"name": "tiles"}, headers=admin).raise_for_status()
+    body = {"folder": str(demo_root / "test"), "kind": "test"}
+    assert client.post("/api/projects/tiles/images/folder", json=body, headers=operator).status_code == 403
+    report = client.post("/api/projects/tiles/images/folder", json=body, headers=admin).json()
+    assert report["images"] == {"train": 0, "test_good": 12, "test_defective": 30, "masks": 0}
+    missing = client.post("/api/projects/tiles/images/folder", json={**body, "folder": "/no/such/folder"}, headers=admin)
+    assert missing.status_code == 422 and "folder /no/such/folder does not exist" in missing.json()["detail"]
+
+
+def test_a_job_left_running_by_a_stopped_studio_is_failed_when_it_starts_again(tmp_path):
+    store = ModelStore.open(tmp_path / "store")
+    with TestClient(create_studio_app(store)) as client:
+        client.post("/api/projects", json={"name": "tiles"}).raise_for_status()
+    jobs = store.folder / "studio" / "tiles" / "jobs"
+    jobs.mkdir()
+    (jobs / "0123456789ab.json").write_text(json.dumps({"id": "0123456789ab", "project": "tiles", "kind": "fit",
+                                                         "state": "running", "queued_at": "2026-01-01T00:00:00"}))
+    with TestClient(create_studio_app(store)) as client:
+        (job,) = client.get("/api/projects/tiles/jobs").json()["items"]
+    assert (job["state"], job["error"]) == ("failed", "the studio stopped while this job ran")

@@ -62,11 +62,14 @@ class JobRunner:
     def cancel(self, project: Project, job_id: str, by: str) -> dict:
         with self.lock:
             job = self._read(project, job_id)
+            entry = self.running.get(job_id)
+            if entry is not None and entry[1].poll() is not None:  # it ended before the cancel came: that stands
+                self._finish(project, job_id, entry[1])
+                job = self._read(project, job_id)
             if job["state"] in FINISHED:
                 raise VqcError(f"job {job_id} is {job['state']} already")
-            project_and_process = self.running.pop(job_id, None)
-            if project_and_process is not None:
-                _end(project_and_process[1])
+            if entry is not None:
+                _end(self.running.pop(job_id)[1])
             shutil.rmtree(self._path(project, job_id).with_suffix(""), ignore_errors=True)
             job.update(state="cancelled", ended_at=_now(), cancelled_by=by)
             self._write(project, job)

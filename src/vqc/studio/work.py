@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import sys
 import traceback
 from pathlib import Path
@@ -139,6 +140,8 @@ JOBS = {"fit": fit_job, "export": export_job}
 
 
 def main(argv: list[str]) -> int:
+    # a cancel is a SIGTERM: leave through Python, so files being written (atomic_path) are removed on the way out
+    signal.signal(signal.SIGTERM, lambda number, frame: sys.exit(128 + number))
     job_file = Path(argv[0])
     job = json.loads(job_file.read_text())
     scratch = job_file.with_suffix("")
