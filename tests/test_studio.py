@@ -243,3 +243,24 @@ def test_a_job_left_running_by_a_stopped_studio_is_failed_when_it_starts_again(t
     with TestClient(create_studio_app(store)) as client:
         (job,) = client.get("/api/projects/tiles/jobs").json()["items"]
     assert (job["state"], job["error"]) == ("failed", "the studio stopped while this job ran")
+
+
+def test_rates_and_policies_on_a_gallery():
+    from vqc.errors import VqcError
+    from vqc.studio.results import compare, policy_threshold, rates
+    images = [{"name": f"good/{i}.png", "label": "good", "score": s, "verdict": "ok", "overlay": f"{i}.png"}
+              for i, s in enumerate([1.0, 2.0, 3.0, 4.0])]
+    images += [{"name": f"crack/{i}.png", "label": "defective", "score": s, "verdict": "defective", "overlay": "x.png"}
+               for i, s in enumerate([3.5, 5.0])]
+    gallery = {"images": images, "normal_scores": [1.0, 1.5], "version": "aaaa"}
+    assert rates(gallery, 3.0) == {"threshold": 3.0, "false_reject_rate": 0.5, "miss_rate": 0.0, "n_good": 4,
+                                   "n_defective": 2}
+    assert rates(gallery, 4.5)["miss_rate"] == 0.5
+    assert policy_threshold(gallery, "false-reject-rate=0.25")["false_reject_rate"] <= 0.25
+    with pytest.raises(VqcError, match="33% of its images are defective"):
+        policy_threshold(gallery, "cost")  # a test set's share of defects is not a line's
+    assert policy_threshold(gallery, "cost", defect_rate=0.5)["miss_rate"] == 0.0
+    other = {**gallery, "version": "bbbb", "images": [{**i, "verdict": "ok"} for i in images]}
+    side_by_side = compare(gallery, other)
+    assert side_by_side["agreement"] == pytest.approx(4 / 6)
+    assert side_by_side["b_side"]["defects_passed"] == 2 and side_by_side["a_side"]["false_rejects"] == 0
