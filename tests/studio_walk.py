@@ -98,7 +98,10 @@ def walk_to_promoted(page, url: str, admin_key: str, demo_root: Path, shoot: Cal
     page.wait_for_function("document.querySelectorAll('#gallery .card').length === 42")
     page.wait_for_function("Array.from(document.querySelectorAll('#gallery img')).every(i => i.src.startsWith('blob:'))")
     shoot("check", "#step-check")
-    low, high = (float(page.get_attribute("#slider", a)) for a in ("min", "max"))
+    page.fill("#policy-rate", "0.1")
+    page.click("#policy-frr")  # the policy of vqc threshold places the slider
+    page.wait_for_function("document.getElementById('slider').dataset.policy === 'false-reject-rate=0.1'")
+    by_policy = rates_shown(page)
     scores = page.evaluate("gallery.images.map(i => i.score).sort((a, b) => a - b)")
     first = move_slider(page, scores[len(scores) // 4])
     second = move_slider(page, scores[3 * len(scores) // 4])
@@ -116,5 +119,5 @@ def walk_to_promoted(page, url: str, admin_key: str, demo_root: Path, shoot: Cal
     page.click("#compare")
     page.wait_for_function("document.getElementById('compare-summary').textContent.includes('agree')")
     shoot("compare", "#step-compare")
-    return {"job": job, "fitted": fitted, "saved": saved, "rates": (first, second), "slider": (low, high),
+    return {"job": job, "fitted": fitted, "saved": saved, "rates": (first, second), "by_policy": by_policy,
             "upload_report": said, "threshold": chosen}

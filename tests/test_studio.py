@@ -161,6 +161,7 @@ def test_studio_walks_a_project_from_empty_to_promoted(browser_page, demo_root, 
     (frr_low, miss_low), (frr_high, miss_high) = seen["rates"]
     assert float(frr_low.rstrip(" %")) > float(frr_high.rstrip(" %"))  # a higher threshold rejects fewer good parts
     assert float(miss_low.rstrip(" %")) < float(miss_high.rstrip(" %"))  # and misses more defects
+    assert float(seen["by_policy"][0].rstrip(" %")) <= 10  # false-reject-rate=0.1 on the 12 good test images
     assert sorted(p.name for p in pictures.iterdir()) == [f"studio-{s}.png" for s in
                                                           ("check", "compare", "fit", "images", "project", "ship", "threshold")]
     store = ModelStore.open(tmp_path / "store")
