@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import choices, cli_models
+from . import choices, cli_models, studio
 from .errors import VqcError
 
 
@@ -329,6 +329,7 @@ def _parser() -> argparse.ArgumentParser:
     check_station.add_argument("file", metavar="STATION.yaml")
 
     cli_models.add_parsers(sub)
+    studio.add_parser(sub)
 
     threshold = sub.add_parser("threshold", help="choose and store the model's decision threshold")
     threshold.add_argument("model")
@@ -357,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
                 "backbones": cmd_backbones, "benchmark": cmd_benchmark, "threshold": cmd_threshold,
                 "serve": cmd_serve, "export": cmd_export, "records": cmd_records,
                 "keys": cmd_keys, "station": cmd_station, "models": cli_models.cmd_models,
-                "update": cli_models.cmd_update}[args.command](args) or 0
+                "update": cli_models.cmd_update, "studio": studio.cmd_studio}[args.command](args) or 0
     except VqcError as exc:
         print(f"vqc: error: {exc}", file=sys.stderr)
         return 2
