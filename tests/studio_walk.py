@@ -84,7 +84,7 @@ def walk_to_promoted(page, url: str, admin_key: str, demo_root: Path, shoot: Cal
     page.wait_for_selector("#upload-report .refused")
     said = page.inner_text("#upload-report")
     shoot("images", "#step-images")
-    page.select_option("#preset", "quick")
+    page.select_option("#preset", "fast")
     page.click("#fit")
     page.wait_for_selector("#jobs tr.running")
     job = page.get_attribute("#jobs tr", "data-job")

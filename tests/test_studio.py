@@ -78,7 +78,7 @@ def test_operator_key_cannot_fit_save_a_threshold_or_promote(studio, demo_root, 
                        headers=operator).status_code == 200  # any key uploads
     named = shutil.copy(demo_model_file, tmp_path / "tiles.safetensors")  # a version of the project is named after it
     version = store.add(named, "test")["version"]
-    refused = [client.post("/api/projects/tiles/fit", json={"preset": "quick"}, headers=operator),
+    refused = [client.post("/api/projects/tiles/fit", json={"preset": "fast"}, headers=operator),
                client.post(f"/api/projects/tiles/versions/{version}/threshold", json={"value": 1.0}, headers=operator),
                client.post(f"/api/projects/tiles/versions/{version}/promote", headers=operator)]
     assert [r.status_code for r in refused] == [403, 403, 403]
@@ -97,8 +97,8 @@ def test_jobs_queue_per_project_and_a_cancel_leaves_no_version(studio, demo_root
     client, store, admin, _ = studio
     client.post("/api/projects", json={"name": "tiles"}, headers=admin).raise_for_status()
     client.post("/api/projects/tiles/images?kind=good", files=_good_files(demo_root, 30), headers=admin).raise_for_status()
-    first = client.post("/api/projects/tiles/fit", json={"preset": "default"}, headers=admin).json()
-    second = client.post("/api/projects/tiles/fit", json={"preset": "quick"}, headers=admin).json()
+    first = client.post("/api/projects/tiles/fit", json={"preset": "fast"}, headers=admin).json()
+    second = client.post("/api/projects/tiles/fit", json={"preset": "fast"}, headers=admin).json()
     assert (first["state"], second["state"]) == ("running", "queued")  # one job per project at a time
     assert client.post(f"/api/projects/tiles/jobs/{second['id']}/cancel", headers=admin).json()["state"] == "cancelled"
     deadline = time.time() + 120
@@ -120,7 +120,7 @@ def test_a_failed_fit_shows_its_one_line_reason(studio, demo_root):
     client, store, admin, _ = studio
     client.post("/api/projects", json={"name": "tiles"}, headers=admin).raise_for_status()
     client.post("/api/projects/tiles/images?kind=good", files=_good_files(demo_root, 1), headers=admin).raise_for_status()
-    job = client.post("/api/projects/tiles/fit", json={"preset": "quick"}, headers=admin).json()
+    job = client.post("/api/projects/tiles/fit", json={"preset": "fast"}, headers=admin).json()
     failed = _wait(client, admin, job["id"], ("failed", "done"))
     assert failed["state"] == "failed"
     assert failed["error"] == "project tiles: a fit needs at least 2 good images (1 uploaded)"

@@ -20,6 +20,7 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from ..access import ApiKeys, presented_key
+from ..choices import DEFAULT_PRESET, PRESETS
 from ..errors import VqcError
 from ..serve import _same_origin, _uploads
 from ..serve_lifecycle import Caller
@@ -44,7 +45,7 @@ class FolderIn(BaseModel):
 
 
 class FitIn(BaseModel):
-    preset: str = Field("default", max_length=32)
+    preset: str = Field(DEFAULT_PRESET, max_length=32)
     time_budget: float = Field(120, gt=0, le=3600)  # seconds, for preset auto
 
 
@@ -156,7 +157,6 @@ def _project_routes(store, projects: Projects, runner: JobRunner, caller: Callab
 
     @router.post("/projects/{name}/fit", summary="Queue a fit (admin)")
     def fit(body: FitIn, p: Project = Depends(project), who: Caller = Depends(admin)) -> dict:
-        from .work import PRESETS
         if body.preset != "auto" and body.preset not in PRESETS:
             raise VqcError(f"unknown preset {body.preset!r}; choose auto or one of: {', '.join(PRESETS)}")
         return runner.submit(p, "fit", who.name, options=body.model_dump())

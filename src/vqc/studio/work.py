@@ -17,17 +17,12 @@ from pathlib import Path
 
 import numpy as np
 
+from ..choices import DEFAULT_PRESET, PRESETS
 from ..errors import VqcError
 from ..files import write_text_atomic
 from ..records import ModelIdentity
 from .projects import Project
 
-PRESETS = {  # AnomalyModel options; every preset fits in well under a minute on a demo-sized set on a CPU
-    "default": {},  # efficientnet_lite0 + knn at 224 x 224: the command line's default
-    "quick": {"leave_one_out": False},  # the normal range from a tenth of the good images held out: faster
-    "keep-aspect": {"geometry": "letterbox"},  # long parts: padded to a square, not squashed
-    "reflect-border": {"border": "reflect"},  # parts that fill the picture: edges not hot on new parts
-}
 OVERLAY_SIDE = 256  # pixels on the longer side of a gallery picture: enough to see where, small to send
 
 
@@ -62,7 +57,7 @@ def fit_job(job: dict, scratch: Path) -> dict:
 
 def model_options(options: dict, data: Path) -> tuple[dict, dict | None]:
     """AnomalyModel options of a preset, or of the --auto choice (and its record)."""
-    preset = options.get("preset", "default")  # checked when the job was asked for
+    preset = options.get("preset", DEFAULT_PRESET)  # checked when the job was asked for
     if preset != "auto":
         return dict(PRESETS[preset]), None
     from ..training.selection import choose, chosen_options
