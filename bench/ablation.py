@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 SHARED = Path(os.environ.get("VQC_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
-SETS = ("mvtec_bottle", "mpdd_metal_plate", "magnetic_tile", "mvtec3d_tire", "kolektorsdd")
+SETS = ("mvtec_bottle", "mpdd_metal_plate", "magnetic_tile_full", "mvtec3d_tire", "kolektorsdd")
 VARIANTS = {  # name: (what it changes, AnomalyModel options)
     "default": ("lite0 knn 224 squash, max score", {}),
     "top-10": ("image score: mean of the 10 highest map positions", {"top_k": 10}),

@@ -31,7 +31,7 @@ from vqc.choices import AUTO_BUDGET_S
 from vqc.training.selection import choose
 
 SHARED = Path(os.environ.get("VQC_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
-SETS = ("mvtec_bottle", "mpdd_metal_plate", "magnetic_tile", "mvtec3d_tire", "kolektorsdd")
+SETS = ("mvtec_bottle", "mpdd_metal_plate", "magnetic_tile_full", "mvtec3d_tire", "kolektorsdd")
 
 
 def summary(name: str, result: dict) -> dict:
