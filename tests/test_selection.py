@@ -47,7 +47,7 @@ def test_perlin_noise_is_smooth_and_bounded():
 def test_auto_picks_the_better_of_two_candidates(demo_root):
     """A constructed case: the same detector with ImageNet weights and with random ones. On the
     real test split the ImageNet one is better; --auto, seeing only good images, must pick it."""
-    from vqc.training.selection import Candidate, choose, chosen_options
+    from vqc.training.selection import CONTRASTS, Candidate, choose, chosen_options
     pool = [Candidate("random weights", {"weights": "random"}), Candidate("imagenet weights", {})]
     result = choose(demo_root, pool=pool, test_data=demo_root, progress=False, say=lambda line: None)
     records = result["candidates"]
@@ -57,7 +57,8 @@ def test_auto_picks_the_better_of_two_candidates(demo_root):
     by_name = {r["name"]: r for r in records}
     assert by_name["imagenet weights"]["test_image_auroc"] > by_name["random weights"]["test_image_auroc"]
     assert chosen_options(result)["top_k"] == chosen["top_k"] and "weights" not in chosen_options(result)
-    assert result["held_out_good"] >= 5 and result["synthetic_defects"] == 2 * result["held_out_good"]
+    assert result["held_out_good"] >= 5 and result["synthetic_defects"] == 2 * 3 * result["held_out_good"]
+    assert result["contrast"] in [list(c) for c in CONTRASTS]
 
 
 def test_auto_candidates_follow_the_images_shape(tmp_path):
@@ -91,3 +92,25 @@ def test_auto_prints_one_row_per_candidate(capsys):
     lines = [line for line in capsys.readouterr().out.splitlines() if line.strip().startswith(("│ a", "│ b", "│ c"))]
     assert [line.split()[1] for line in lines] == ["a", "b", "c"]  # one row each, none twice
     assert "0.8100 / 0.8300" in lines[0] and "<- chosen, top-10 score" in lines[1]
+
+
+def test_candidates_are_compared_at_the_contrast_where_they_find_about_three_defects_in_four():
+    """Numbers measured on KolektorSDD (a mottled surface): faint synthetic defects are found by
+    no candidate and tell them apart by noise alone; at the plain level the candidate that is best
+    on the real defects (own scale, layers 3,4) leads. On a plain part the faint level decides."""
+    from vqc.training.selection import informative_level, settle
+
+    def record(name, levels):
+        return {"name": name, "status": "ok", "false_reject_rate": 0.0,
+                "levels": [{"image_auroc": i, "pixel_auroc": p} for i, p in levels]}
+    mottled = [record("224", [(0.532, 0.617), (0.576, 0.804), (0.681, 0.911)]),
+               record("own scale 3,4", [(0.559, 0.745), (0.625, 0.881), (0.765, 0.954)]),
+               record("letterbox 448", [(0.566, 0.760), (0.624, 0.885), (0.758, 0.954)]),
+               {"name": "skipped", "status": "skipped: the time budget"}]
+    assert settle(mottled, 0.01) == 2
+    assert max(mottled[:3], key=lambda r: r["selection_score"])["name"] == "own scale 3,4"
+    assert mottled[1]["image_auroc"] == 0.765 and mottled[1]["selection_score"] == round(0.765 + 0.0954, 4)
+    plain = [record("224", [(0.938, 0.989), (0.992, 0.994), (1.0, 0.995)]),
+             record("letterbox 448", [(0.954, 0.995), (0.998, 0.997), (1.0, 0.998)])]
+    assert informative_level(plain) == 0
+    assert settle([{"name": "x", "status": "failed: no"}], 0.01) is None

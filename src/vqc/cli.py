@@ -438,7 +438,8 @@ def print_candidates(result: dict) -> None:
     """One row per candidate; its two image scores (map maximum, top-k mean) side by side."""
     from rich.table import Table
     table = Table(title=f"--auto: {result['fit_images']} images fitted, {result['held_out_good']} held out, "
-                        f"{result['synthetic_defects']} synthetic defects, {result['seconds']:.0f} s")
+                        f"{result['synthetic_defects']} synthetic defects, compared at contrast "
+                        f"{'-'.join(map(str, result.get('contrast', ())))}, {result['seconds']:.0f} s")
     for column in ("candidate", "synthetic image AUROC (max / top-10)", "synthetic pixel AUROC", "false rejects",
                    "score", "s"):
         table.add_column(column, justify="left" if column == "candidate" else "right")

@@ -5,11 +5,16 @@ The pipeline, top to bottom:
 1. ``candidates(images)``: a short, ordered list of configurations, shaped by the images' size
    and aspect ratio (letterbox for elongated parts, tiles for large ones).
 2. The good training images are split: most fit each candidate, a held-out few are scored as
-   they are and with synthetic defects painted on them (vqc.training.synthetic, masks known).
+   they are and with synthetic defects painted on them (vqc.training.synthetic, masks known), at
+   three contrasts, faint to plain (``CONTRASTS``).
 3. ``judge``: image AUROC (held-out good against synthetic), pixel AUROC on the synthetic masks,
    and the false-reject rate of the held-out good images at the candidate's own threshold policy.
    Each fit is judged with two image scores (the map's maximum and its top-k mean) at no extra cost.
-4. The best by ``selection_score`` is refitted on every good image; every candidate's numbers and
+4. ``informative_level``: the candidates are compared at one contrast, the one at which they find
+   about three synthetic defects in four. Defects that every candidate finds (a plain bottle) or
+   that none finds (a busy, mottled surface) cannot tell candidates apart; the same rule picks
+   faint defects on plain parts and plain ones on busy parts.
+5. The best by ``selection_score`` is refitted on every good image; every candidate's numbers and
    the choice go into the model file (``info["auto"]``).
 A time budget bounds the whole run: a candidate that would not finish in it is skipped and said so.
 """
@@ -31,6 +36,8 @@ from .metrics import auroc, false_reject_threshold, pixel_auroc
 from .synthetic import defect_set
 
 TOP_K = 10  # the second image score tried on every fit: the mean of the 10 highest map positions
+CONTRASTS = ((0.3, 1.0), (1.0, 2.0), (2.0, 4.0))  # synthetic defects' contrast ranges (x the part's own spread)
+INFORMATIVE_AUROC = 0.75  # the level compared at: where the candidates' mean synthetic image AUROC is nearest this
 HELD_OUT = (5, 0.2, 40)  # held-out good images: at least 5, a fifth of them, at most 40
 
 
@@ -86,11 +93,31 @@ def split_held_out(paths: list[Path], seed: int) -> tuple[list[Path], list[Path]
 
 
 def selection_score(judged: dict, false_reject_target: float) -> float:
-    """What the choice maximises: detection and localisation of the synthetic defects in equal
-    parts, less the false-reject rate above the policy's target (a model that rejects good parts
-    the policy promised to pass is worse than its AUROC says)."""
+    """What the choice maximises: detection of the synthetic defects, with their localisation as
+    a tenth-weight tie-break, less the false-reject rate above the policy's target (a model that
+    rejects good parts the policy promised to pass is worse than its AUROC says)."""
     excess = max(0.0, judged["false_reject_rate"] - false_reject_target)
-    return 0.5 * judged["image_auroc"] + 0.5 * judged["pixel_auroc"] - excess
+    return judged["image_auroc"] + 0.1 * judged["pixel_auroc"] - excess
+
+
+def informative_level(records: list[dict]) -> int:
+    """The contrast level (index into CONTRASTS) at which the judged candidates' mean synthetic
+    image AUROC is nearest INFORMATIVE_AUROC."""
+    means = np.mean([[level["image_auroc"] for level in r["levels"]] for r in records], axis=0)
+    return int(np.argmin(np.abs(means - INFORMATIVE_AUROC)))
+
+
+def settle(records: list[dict], policy_rate: float) -> int | None:
+    """Give every judged record the numbers of the informative level and its selection score;
+    returns the level (None when nothing was judged)."""
+    judged = [r for r in records if r["status"] == "ok"]
+    if not judged:
+        return None
+    level = informative_level(judged)
+    for r in judged:
+        r.update(r["levels"][level])
+        r["selection_score"] = round(selection_score(r, policy_rate), 4)
+    return level
 
 
 def judge(validation: list, good: list, synthetic: list, masks: list[np.ndarray], policy_rate: float) -> dict[int, dict]:
@@ -131,7 +158,7 @@ def choose(data: str | Path, policy_rate: float = 0.01, budget_s: float = AUTO_B
         raise VqcError(f"--auto needs a folder of good images or a data set root (got {data})")
     fit_paths, held = split_held_out(paths, seed)
     good_images = [decode_image(p) for p in held]
-    defects = defect_set(good_images, seed)
+    levels = [defect_set(good_images, seed, contrast=contrast) for contrast in CONTRASTS]
     pool = pool or candidates(paths)
     started = time.perf_counter()
     records, slowest = [], 0.0
@@ -149,8 +176,8 @@ def choose(data: str | Path, policy_rate: float = 0.01, budget_s: float = AUTO_B
             _, val_index = validation_split(len(fit_paths), model.config.validation_fraction, model.config.seed)
             validation = list(model.predict_iter([fit_paths[i] for i in val_index] or fit_paths))
             good = list(model.predict_iter(good_images))
-            synthetic = list(model.predict_iter([image for image, _, _ in defects]))
-            judged = judge(validation, good, synthetic, [mask for _, mask, _ in defects], policy_rate)
+            judged = [judge(validation, good, list(model.predict_iter([image for image, _, _ in defects])),
+                            [mask for _, mask, _ in defects], policy_rate) for defects in levels]
             real = real_test_metrics(model, test_data) if test_data is not None else {}
         except VqcError as exc:
             records.append({"name": candidate.name, "options": _plain(candidate.options), "status": f"failed: {exc}"})
@@ -158,17 +185,19 @@ def choose(data: str | Path, policy_rate: float = 0.01, budget_s: float = AUTO_B
             continue
         seconds = time.perf_counter() - start
         slowest = max(slowest, seconds)
-        for k, numbers in judged.items():
+        for k in (0, TOP_K):
             records.append({"name": candidate.name + (f", top-{k} score" if k else ""), "candidate": candidate.name,
                             "options": _plain(candidate.options), "top_k": k, "status": "ok",
-                            "seconds": round(seconds, 1), **{m: round(v, 4) for m, v in numbers.items()},
-                            "selection_score": round(selection_score(numbers, policy_rate), 4),
+                            "seconds": round(seconds, 1),
+                            "levels": [{m: round(v, 4) for m, v in level[k].items()} for level in judged],
                             **{m: round(v, 4) for m, v in real.get(k, {}).items()}})
-    judged_ok = [i for i, r in enumerate(records) if r["status"] == "ok"]
-    if not judged_ok:
+    level = settle(records, policy_rate)
+    if level is None:
         raise VqcError("--auto: no candidate could be fitted: " + "; ".join(r["status"] for r in records))
+    judged_ok = [i for i, r in enumerate(records) if r["status"] == "ok"]
     chosen = max(judged_ok, key=lambda i: (records[i]["selection_score"], -records[i]["seconds"]))
-    return {"candidates": records, "chosen": chosen, "held_out_good": len(held), "synthetic_defects": len(defects),
+    return {"candidates": records, "chosen": chosen, "held_out_good": len(held),
+            "synthetic_defects": sum(map(len, levels)), "contrast": list(CONTRASTS[level]),
             "fit_images": len(fit_paths), "budget_s": budget_s, "seconds": round(time.perf_counter() - started, 1),
             "policy_false_reject_rate": policy_rate}
 

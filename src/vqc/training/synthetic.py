@@ -22,6 +22,7 @@ from PIL import Image, ImageDraw
 
 KINDS = ("cutpaste", "scar", "perlin")
 SIZES = (0.04, 0.1, 0.2)  # a defect's extent as a share of the image's shorter side (scar: its length x 2)
+CONTRAST = (0.3, 1.0)  # a defect's contrast range, in units of its part's own spread (see _jitter)
 
 
 def perlin_noise(shape: tuple[int, int], cells: int, rng: np.random.Generator) -> np.ndarray:
@@ -130,11 +131,11 @@ def synthetic_defect(image: np.ndarray, rng: np.random.Generator, kind: str | No
                      size: float | None = None, contrast: float | None = None,
                      source: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
     """One defect on a copy of `image`: (image, mask, what was drawn). Unset kind, size and
-    contrast are drawn from KINDS, SIZES and [0.3, 1]; `source` is another good image to take
+    contrast are drawn from KINDS, SIZES and CONTRAST; `source` is another good image to take
     colours and texture from (scar, perlin)."""
     kind = kind or str(rng.choice(KINDS))
     size = float(size if size is not None else rng.choice(SIZES))
-    contrast = float(contrast if contrast is not None else rng.uniform(0.3, 1.0))
+    contrast = float(contrast if contrast is not None else rng.uniform(*CONTRAST))
     if kind == "cutpaste":
         out, mask = cutpaste(image, rng, size, contrast)
     elif kind == "scar":
@@ -149,14 +150,17 @@ def synthetic_defect(image: np.ndarray, rng: np.random.Generator, kind: str | No
     return out, mask, {"kind": kind, "size": size, "contrast": round(contrast, 3)}
 
 
-def defect_set(images: list[np.ndarray], seed: int, per_image: int = 2) -> list[tuple[np.ndarray, np.ndarray, dict]]:
-    """`per_image` defects on each image, the kinds taken in turn so each appears about as often;
-    sources are other images of the list (of the same shape where possible)."""
+def defect_set(images: list[np.ndarray], seed: int, per_image: int = 2,
+               contrast: tuple[float, float] = CONTRAST) -> list[tuple[np.ndarray, np.ndarray, dict]]:
+    """`per_image` defects on each image, the kinds taken in turn so each appears about as often,
+    contrasts drawn from the range `contrast`; sources are other images of the list (of the same
+    shape where possible)."""
     rng = np.random.default_rng(seed)
     out = []
     for i, image in enumerate(images):
         for j in range(per_image):
             others = [other for k, other in enumerate(images) if k != i and other.shape == image.shape]
             source = others[int(rng.integers(len(others)))] if others else None
-            out.append(synthetic_defect(image, rng, KINDS[(i * per_image + j) % len(KINDS)], source=source))
+            out.append(synthetic_defect(image, rng, KINDS[(i * per_image + j) % len(KINDS)],
+                                        contrast=rng.uniform(*contrast), source=source))
     return out
