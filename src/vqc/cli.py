@@ -361,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
         if exc.name not in TRAINING_STACK:
             raise
         print(f"vqc: error: vqc {args.command} needs the training stack, which this install lacks (no {exc.name}): "
-              f"pip install \"vqc[train]\"; the runtime install predicts, serves and watches with a line "
+              f"pip install \"vqc-inspect[train]\" (from a checkout: pip install \".[train]\"); the runtime install predicts, serves and watches with a line "
               f"bundle (vqc export MODEL --out DIR)", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

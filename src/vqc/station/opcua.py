@@ -44,7 +44,7 @@ def _ua():
     try:
         from asyncua import ua
     except ModuleNotFoundError:
-        raise VqcError('OPC UA needs asyncua: pip install "vqc[line]"') from None
+        raise VqcError('OPC UA needs asyncua: pip install "vqc-inspect[line]"') from None
     return ua
 
 
