@@ -194,7 +194,7 @@ def _parser() -> argparse.ArgumentParser:
                                    "default models)")
     fit.add_argument("--auto", action="store_true",
                      help="choose backbone, input size, geometry, head and image score from the good images alone: "
-                          "each candidate judged on held-out good images with synthetic defects (see README)")
+                          "each candidate judged on held-out good images with synthetic defects (see the guide \"Choose a configuration per product\")")
     fit.add_argument("--time-budget", type=float, default=choices.AUTO_BUDGET_S, metavar="SECONDS",
                      help="--auto: stop trying candidates once this would be passed")
     fit.add_argument("--per-category", action="store_true",
