@@ -74,7 +74,8 @@ def cli_markdown() -> str:
         depth = min(line.count(" ") + 1, 3)
         out += [f"{'#' * (depth + 1)} `{line}`", ""]
         if text:
-            out += [_cell(text)[0].upper() + _cell(text)[1:] + ".", ""]
+            text = _cell(text)
+            out += [text[0].upper() + text[1:] + ("" if text.endswith(".") else "."), ""]
         usage = parser.format_usage().replace("usage: ", "").strip()
         out += ["```text", usage, "```", ""]
         rows = [a for a in _options(parser) if not isinstance(a, argparse._VersionAction) or True]

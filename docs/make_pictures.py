@@ -110,7 +110,7 @@ def main() -> int:
         tiles.append(Image.fromarray(prediction_overlay(image, pred, floor, top, mask)))
     tiles = [t.resize((round(t.width * 360 / t.height), 360)) for t in tiles]
     overlays = side_by_side(tiles)
-    save_small(overlays, out / "overlays.png", 640)
+    save_small(overlays, out / "overlays.png", 520, colours=64)
 
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=args.chromium, args=CHROMIUM_ARGS)
@@ -163,7 +163,7 @@ def main() -> int:
                        env={**__import__("os").environ, "PYTHONPATH": str(ROOT / "src")})
         page.goto((work / "bench" / "report.html").as_uri())
         page.wait_for_timeout(1000)
-        page.screenshot(path=str(work / "report.png"))
+        page.locator("img").first.screenshot(path=str(work / "report.png"))  # its first figure
         save_small(Image.open(work / "report.png"), out / "report.png", 900)
         browser.close()
 
