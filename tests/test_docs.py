@@ -138,10 +138,21 @@ def test_a_wrong_tutorial_command_is_caught(tmp_path, capsys):
                         "page.md: `vqc serve m --hots 0.0.0.0` does not parse"]
 
 
+def test_the_few_shot_plot_reads_every_row_of_its_table():
+    spec = importlib.util.spec_from_file_location("plot_results", DOCS / "plot_results.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    rows = module.few_shot_rows()
+    table = [line for line in (DOCS / "results" / "few-shot.md").read_text().splitlines()
+             if re.match(r"\| \w+ \| \d+ \|", line)]
+    assert len(rows) == len(table) == 15
+    assert ("mvtec3d_tire", 210, 0.811, 0.811, 0.811) in rows
+
+
 def test_the_pictures_exist_and_are_small():
     images = sorted((DOCS / "images").glob("*.png"))
     names = {p.name for p in images}
-    assert {"readme.png", "overlays.png", "operator-page.png", "stations-page.png", "report.png"} <= names
+    assert {"readme.png", "overlays.png", "operator-page.png", "stations-page.png", "report.png", "few-shot.png"} <= names
     assert sum(p.stat().st_size for p in images) < 1_000_000
 
 
