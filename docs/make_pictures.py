@@ -150,12 +150,14 @@ def main() -> int:
             shutil.copy(sample.path, incoming / f"{len(list(incoming.iterdir())):03d}{sample.path.suffix}")
             time.sleep(1.0)
         time.sleep(3)
+        page.set_viewport_size({"width": 900, "height": 1400})
         page.goto(f"http://127.0.0.1:{port}/")
-        page.wait_for_timeout(3000)
-        page.screenshot(path=str(work / "stations.png"))
+        page.wait_for_selector("#station-cam1")
+        page.wait_for_timeout(2000)
+        page.locator("#station-cam1").screenshot(path=str(work / "stations.png"))  # the station's card
         stop.set()
         line_thread.join(timeout=30)
-        save_small(Image.open(work / "stations.png"), out / "stations-page.png", 900)
+        save_small(Image.open(work / "stations.png"), out / "stations-page.png", 300, colours=48)
 
         # a benchmark report: one cell on the demo set
         subprocess.run([sys.executable, "-m", "vqc.cli", "benchmark", "--data", str(data), "--heads", "knn",

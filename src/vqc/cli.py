@@ -194,7 +194,8 @@ def _parser() -> argparse.ArgumentParser:
                                    "default models)")
     fit.add_argument("--auto", action="store_true",
                      help="choose backbone, input size, geometry, head and image score from the good images alone: "
-                          "each candidate judged on held-out good images with synthetic defects (see the guide \"Choose a configuration per product\")")
+                          "each candidate judged on held-out good images with synthetic defects (see the guide "
+                          "\"Choose a configuration per product\")")
     fit.add_argument("--time-budget", type=float, default=choices.AUTO_BUDGET_S, metavar="SECONDS",
                      help="--auto: stop trying candidates once this would be passed")
     fit.add_argument("--per-category", action="store_true",
@@ -322,7 +323,8 @@ def _parser() -> argparse.ArgumentParser:
     station = sub.add_parser("station", help="run cameras on the line: trigger, inspect, record, answer the PLC")
     station_sub = station.add_subparsers(dest="station_command", required=True)
     run_station = station_sub.add_parser("run", help="run every station of STATION.yaml until Ctrl-C or SIGTERM")
-    run_station.add_argument("file", metavar="STATION.yaml", help="the line's station file (see the STATION.yaml reference)")
+    run_station.add_argument("file", metavar="STATION.yaml",
+                             help="the line's station file (see the STATION.yaml reference)")
     check_station = station_sub.add_parser("check", help="check STATION.yaml: one line naming the key of each mistake")
     check_station.add_argument("file", metavar="STATION.yaml", help="the line's station file")
 
@@ -363,7 +365,8 @@ def main(argv: list[str] | None = None) -> int:
         if exc.name not in TRAINING_STACK:
             raise
         print(f"vqc: error: vqc {args.command} needs the training stack, which this install lacks (no {exc.name}): "
-              f"pip install \"vqc-inspect[train]\" (from a checkout: pip install \".[train]\"); the runtime install predicts, serves and watches with a line "
+              f"pip install \"vqc-inspect[train]\" (from a checkout: pip install \".[train]\"); the runtime install "
+              f"predicts, serves and watches with a line "
               f"bundle (vqc export MODEL --out DIR)", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
