@@ -32,7 +32,7 @@ def missing_parts(*parts: str) -> str | None:
             try:
                 __import__("asyncua" if part == "asyncua" else "paho.mqtt.client")
             except ModuleNotFoundError:
-                return f"{part} is not installed (pip install \"vqc[line]\")"
+                return f"{part} is not installed (pip install \"vqc-inspect[line]\")"
     return None
 
 

@@ -1,4 +1,4 @@
-"""The line runtime: `pip install vqc` without the training stack scores exported bundles.
+"""The line runtime: `pip install vqc-inspect` (or `pip install .`) without the training stack scores exported bundles.
 
 The first test blocks the training stack's imports in a fresh interpreter and drives the
 torch-free modules; the second builds a real runtime virtual environment from this checkout
@@ -70,7 +70,7 @@ def test_the_torch_free_part_imports_no_training_package(demo_model, demo_root, 
     assert done.returncode == 2, done.stderr[-3000:]
     assert float(done.stdout.split()[0]) == pytest.approx(demo_model.predict(image)[0].score, rel=1e-5)
     error = done.stderr.strip().splitlines()[-1]
-    assert error.startswith("vqc: error: vqc fit needs the training stack") and 'pip install "vqc[train]"' in error
+    assert error.startswith("vqc: error: vqc fit needs the training stack") and 'pip install "vqc-inspect[train]"' in error
 
 
 def _free_port() -> int:

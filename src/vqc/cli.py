@@ -198,7 +198,8 @@ def _parser() -> argparse.ArgumentParser:
                                    "default models)")
     fit.add_argument("--auto", action="store_true",
                      help="choose backbone, input size, geometry, head and image score from the good images alone: "
-                          "each candidate judged on held-out good images with synthetic defects (see README)")
+                          "each candidate judged on held-out good images with synthetic defects (see the guide "
+                          "\"Choose a configuration per product\")")
     fit.add_argument("--time-budget", type=float, default=choices.AUTO_BUDGET_S, metavar="SECONDS",
                      help="--auto: stop trying candidates once this would be passed")
     fit.add_argument("--per-category", action="store_true",
@@ -207,12 +208,12 @@ def _parser() -> argparse.ArgumentParser:
     _add_ray(fit)
 
     predict = sub.add_parser("predict", help="score images; write scores.csv and heat-map overlays")
-    predict.add_argument("model")
+    predict.add_argument("model", help="a model file (.safetensors) or a line bundle folder (vqc export)")
     predict.add_argument("images", nargs="+", help="image files, folders or globs; with --ray also .txt or .parquet "
                          "lists of image paths")
     predict.add_argument("--out", default="predictions", help="output folder (--ray: resumable, a rerun scores "
                          "only the images not stored yet; scores only, no overlays)")
-    predict.add_argument("--no-overlays", action="store_true")
+    predict.add_argument("--no-overlays", action="store_true", help="write scores.csv only, no heat-map overlays")
     _add_engine(predict)
     predict.add_argument("--watch", action="store_true", help="keep watching the folder for new images")
     predict.add_argument("--interval", type=float, default=1.0, help="seconds between looks at a watched folder")
@@ -225,7 +226,7 @@ def _parser() -> argparse.ArgumentParser:
                          help="--ray: also write OUT/scores.csv from the Parquet parts in OUT/scores/")
 
     evaluate = sub.add_parser("evaluate", help="metrics on a labelled test split")
-    evaluate.add_argument("model")
+    evaluate.add_argument("model", help="a model file or line bundle folder")
     evaluate.add_argument("data", nargs="?", help="a data set folder (its test split); or --from-records")
     _add_reviewed(evaluate)
     evaluate.add_argument("--json", help="also write the metrics to this JSON file")
@@ -235,8 +236,8 @@ def _parser() -> argparse.ArgumentParser:
 
     export = sub.add_parser("export", help="write the line bundle: the parity-checked ONNX graph and all a "
                             "torch-free runtime needs, in one folder")
-    export.add_argument("model")
-    export.add_argument("--format", choices=["onnx"], default="onnx")
+    export.add_argument("model", help="the model file to export (.safetensors)")
+    export.add_argument("--format", choices=["onnx"], default="onnx", help="the graph format")
     export.add_argument("--out", required=True, metavar="DIR", help="bundle folder to write (model.onnx, bundle.json); "
                         "vqc predict, serve and watch take it on the runtime install")
     export.add_argument("--check-images", nargs="*", default=[], help="images both engines must agree on")
@@ -277,8 +278,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--store", metavar="DIR", help="serve what is live on --target in this model store, and "
                        "follow its promotions, rollbacks and shadow while running (records in the store's database)")
     serve.add_argument("--target", default="serve", help="--store: this service's name in the store")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=_port, default=8000)
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on: 127.0.0.1 is this PC only; "
+                       "0.0.0.0 (or this PC's address) makes the service and its page reachable on the plant network")
+    serve.add_argument("--port", type=_port, default=8000, help="TCP port to listen on")
     _add_engine(serve)
     serve.add_argument("--max-upload-mb", type=float, default=20.0, help="largest accepted upload, in MiB")
     serve.add_argument("--db", metavar="URL", help="records database: SQLite path or URL, postgresql://user@host/db "
@@ -301,45 +303,47 @@ def _parser() -> argparse.ArgumentParser:
     export_records.add_argument("--db", required=True, metavar="URL", help="SQLite path or database URL")
     export_records.add_argument("--since", help="from this time on (ISO 8601; UTC unless it names a zone)")
     export_records.add_argument("--until", help="before this time")
-    export_records.add_argument("--station")
-    export_records.add_argument("--verdict", choices=["ok", "defective"])
-    export_records.add_argument("--format", choices=["csv", "parquet"], default="csv")
+    export_records.add_argument("--station", help="only this station's inspections")
+    export_records.add_argument("--verdict", choices=["ok", "defective"], help="only inspections with this verdict")
+    export_records.add_argument("--format", choices=["csv", "parquet"], default="csv", help="file format "
+                                "(parquet needs the parquet extra)")
     export_records.add_argument("--out", help="file to write (default: inspections.csv or .parquet)")
 
     keys = sub.add_parser("keys", help="API keys for vqc serve --api-key-file")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)
     add_key = keys_sub.add_parser("add", help="make a key, store its hash in FILE and print the key once")
-    add_key.add_argument("file")
+    add_key.add_argument("file", help="the key file (created if missing); vqc serve --api-key-file FILE")
     add_key.add_argument("--name", required=True, help="who or what uses the key, e.g. line3-camera")
     add_key.add_argument("--role", choices=["operator", "admin"], default="operator",
                          help="operator: inspect, read records, review verdicts; admin: also promote, roll back and "
                               "change thresholds")
     list_keys = keys_sub.add_parser("list", help="the names of the keys in FILE (the keys themselves are not kept)")
-    list_keys.add_argument("file")
+    list_keys.add_argument("file", help="the key file")
     revoke_key = keys_sub.add_parser("revoke", help="remove a key from FILE; a running service re-reads FILE "
                                      "when it changes")
-    revoke_key.add_argument("file")
-    revoke_key.add_argument("--name", required=True)
+    revoke_key.add_argument("file", help="the key file")
+    revoke_key.add_argument("--name", required=True, help="the key's name (vqc keys list)")
 
     station = sub.add_parser("station", help="run cameras on the line: trigger, inspect, record, answer the PLC")
     station_sub = station.add_subparsers(dest="station_command", required=True)
     run_station = station_sub.add_parser("run", help="run every station of STATION.yaml until Ctrl-C or SIGTERM")
-    run_station.add_argument("file", metavar="STATION.yaml")
+    run_station.add_argument("file", metavar="STATION.yaml",
+                             help="the line's station file (see the STATION.yaml reference)")
     check_station = station_sub.add_parser("check", help="check STATION.yaml: one line naming the key of each mistake")
-    check_station.add_argument("file", metavar="STATION.yaml")
+    check_station.add_argument("file", metavar="STATION.yaml", help="the line's station file")
 
     cli_models.add_parsers(sub)
     studio.add_parser(sub)
 
     threshold = sub.add_parser("threshold", help="choose and store the model's decision threshold")
-    threshold.add_argument("model")
+    threshold.add_argument("model", help="the model file whose threshold is chosen and stored")
     threshold.add_argument("--policy", required=True, metavar="f1|cost|false-reject-rate=R",
                            help="f1 and cost need --data with labelled images; false-reject-rate uses the "
                                 "held-out good images, or --data's good images when given")
     threshold.add_argument("--data", help="labelled validation data (a data set folder; its test split is used)")
     _add_reviewed(threshold)
-    threshold.add_argument("--fp-cost", type=float, default=1.0)
-    threshold.add_argument("--fn-cost", type=float, default=10.0)
+    threshold.add_argument("--fp-cost", type=float, default=1.0, help="cost policy: cost of rejecting a good part")
+    threshold.add_argument("--fn-cost", type=float, default=10.0, help="cost policy: cost of an escaped defect")
     threshold.add_argument("--defect-rate", type=float, help="cost policy: your line's share of defective parts "
                                                              "(needed when DATA is over 20 %% defective)")
     threshold.add_argument("--allow-high-reject", action="store_true", help=HIGH_REJECT_HELP)
@@ -366,7 +370,8 @@ def main(argv: list[str] | None = None) -> int:
         if exc.name not in TRAINING_STACK:
             raise
         print(f"vqc: error: vqc {args.command} needs the training stack, which this install lacks (no {exc.name}): "
-              f"pip install \"vqc[train]\"; the runtime install predicts, serves and watches with a line "
+              f"pip install \"vqc-inspect[train]\" (from a checkout: pip install \".[train]\"); the runtime install "
+              f"predicts, serves and watches with a line "
               f"bundle (vqc export MODEL --out DIR)", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

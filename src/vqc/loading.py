@@ -23,7 +23,7 @@ def open_model(path: str | Path, settings: EngineSettings | None = None, max_pix
             from .training.model import load
         except ModuleNotFoundError as exc:
             raise VqcError(f"{path} is a training model file, which needs the full install (no {exc.name} here): "
-                           f"export it to a line bundle with `vqc export {path.name} --out DIR` where vqc[train] "
+                           f"export it to a line bundle with `vqc export {path.name} --out DIR` where vqc-inspect[train] "
                            f"is installed, and give DIR") from None
         model = load(path).use_engine(settings)
     if max_pixels is not None:

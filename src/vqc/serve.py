@@ -325,7 +325,8 @@ def create_app(model_path: str | Path | None, config: ServeConfig | None = None,
         return JSONResponse({"detail": f"inspection not recorded ({exc}): the records database did not take "
                                        "it, so it is not on record; send it again"}, status_code=503)
 
-    @app.get("/health", dependencies=monitoring)
+    @app.get("/health", dependencies=monitoring,
+             summary="Status, model version and drift test (open unless --protect-monitoring)")
     def health():
         status, body = inspector.health()
         return JSONResponse(body, status_code=status)
@@ -335,7 +336,8 @@ def create_app(model_path: str | Path | None, config: ServeConfig | None = None,
         from prometheus_client import CONTENT_TYPE_LATEST
         return Response(inspector.metrics.exposition(inspector.live.drift.check()), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/v1/model", dependencies=keyed)
+    @app.get("/v1/model", dependencies=keyed,
+             summary="The model: backbone, head, layers, threshold policy, normal range, stored metrics")
     def model_info() -> dict:
         return inspector.describe()
 

@@ -4,7 +4,7 @@
 - ``onnx``: ONNX Runtime on the exported, parity-checked graph (engines/onnx.py);
 - ``openvino``: OpenVINO on that same graph, fp32 or bf16 (engines/openvino.py);
 - ``auto``: on a CPU, ONNX Runtime for fp32 and OpenVINO for bf16 (the fastest of each on the
-  CPUs measured, see the README's Speed section); PyTorch on a GPU, for fp16 or for compile.
+  CPUs measured, see docs/results/speed.md); PyTorch on a GPU, for fp16 or for compile.
 
 An exported-graph engine has ``inputs`` (the graph's input names) and
 ``run(images uint8 [n, 3, H, W], valid float32 [n, 1, H, W] | None) -> (maps [n, 1, H, W], scores [n])``

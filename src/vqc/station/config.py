@@ -2,7 +2,8 @@
 
 Every mistake is one VqcError naming the file and the key (`line.yaml: stations.cam1.camera.gain:
 a number, got 'high'`), so `vqc station check` can answer it in one line before a line starts.
-Paths in the file are relative to the file's folder. The reference is the README's "Stations".
+Paths in the file are relative to the file's folder. `schema()` lists every key the reader knows,
+with its type, default and KEY_HELP's text: the documentation's STATION.yaml reference is made from it.
 """
 from __future__ import annotations
 
@@ -94,6 +95,8 @@ class LineConfig:
 class _Reader:
     """Reads one mapping of the file, naming the key path in every error, refusing unknown keys."""
 
+    log: list | None = None  # schema(): every key read, as (where, key, kind, default, choices, minimum)
+
     def __init__(self, file: Path, where: str, value: Any):
         self.file, self.where = file, where
         if not isinstance(value, dict):
@@ -110,6 +113,8 @@ class _Reader:
 
     def get(self, key: str, kind, default=None, choices: tuple | None = None, minimum: float | None = None):
         self.seen.add(key)
+        if _Reader.log is not None:
+            _Reader.log.append((self.where, key, kind, default, choices, minimum))
         value = self.value.get(key)
         if value is None:
             return default
@@ -131,6 +136,8 @@ class _Reader:
 
     def sub(self, key: str) -> "_Reader | None":
         self.seen.add(key)
+        if _Reader.log is not None:
+            _Reader.log.append((self.where, key, dict, None, None, None))
         if self.value.get(key) is None:
             return None
         return _Reader(self.file, f"{self.where}.{key}" if self.where else key, self.value[key])
@@ -286,3 +293,131 @@ def load_line(path: str | Path) -> LineConfig:
                       page=_address(top, "page"), opcua=opcua, mqtt=mqtt, queue_size=queue_size, when_full=when_full)
     top.done()
     return line
+
+
+# What each key means: the STATION.yaml reference. Key paths name a station NAME; tests/test_docs.py
+# fails when a key the reader knows has no text here, or a text names a key it does not know.
+KEY_HELP = {
+    "records": "where every inspected part is recorded: a SQLite path (relative to this file) or a database URL "
+               "(postgresql://user@host/db); `none` keeps no records",
+    "image_store": "folder for the images of defective parts (and a share of good ones) with their overlays",
+    "store": "a model store folder (`vqc models`): a station without `model:` runs what is live on its name there",
+    "keep_good": "share of good parts' images kept in the image store too",
+    "page": "HOST:PORT of the live stations page for the operators (no page when left out); 0.0.0.0:PORT to "
+            "reach it from other PCs",
+    "opcua": "the OPC UA side: vqc as a server the PLC reads (`server:`) or as a client of the PLC (`client:`)",
+    "opcua.server": "vqc serves each station's nodes at this opc.tcp:// endpoint",
+    "opcua.client": "vqc connects to the PLC's own server at this opc.tcp:// endpoint and writes the nodes named "
+                    "in each station's `plc_nodes`",
+    "opcua.namespace": "namespace URI of vqc's nodes (server mode)",
+    "opcua.heartbeat_s": "seconds between Heartbeat increments",
+    "mqtt": "the MQTT broker for `mqtt` triggers and outputs",
+    "mqtt.host": "broker host name or address",
+    "mqtt.port": "broker port",
+    "mqtt.prefix": "topic prefix: results on PREFIX/STATION/result, triggers on PREFIX/STATION/trigger, status "
+                   "on PREFIX/status",
+    "mqtt.client_id": "MQTT client id (default: one made from the host name and process)",
+    "mqtt.keepalive_s": "MQTT keep-alive in seconds",
+    "queue": "results waiting per output while its peer (broker, PLC, webhook receiver) is away",
+    "queue.size": "results that may wait per output",
+    "queue.when_full": "stop: answer new parts ERROR until there is room; drop-oldest: drop the oldest waiting "
+                       "result and count it",
+    "stations": "one entry per station, keyed by its NAME (1 to 64 letters, digits, - or _; it becomes an OPC "
+                "UA browse name and an MQTT topic level)",
+    "stations.NAME.model": "the station's model: a line bundle folder, or a .safetensors file on the full install "
+                           "(relative to this file); leave it out to run what is live on NAME in `store:`",
+    "stations.NAME.camera": "the image source (a mapping, keys below)",
+    "stations.NAME.camera.kind": "aravis: a GigE Vision / GenICam camera; video: a USB camera or RTSP stream "
+                                 "(OpenCV); folder: new image files in a folder",
+    "stations.NAME.camera.id": "aravis: device id or IP address (the first camera found when left out); "
+                               "video: the URL or device (rtsp://..., /dev/video0)",
+    "stations.NAME.camera.trigger": "software: vqc triggers the camera when the station is triggered (aravis "
+                                    "only); hardware: the camera's own trigger line; free: free running",
+    "stations.NAME.camera.exposure_us": "exposure time in microseconds (as the camera is set when left out)",
+    "stations.NAME.camera.gain": "camera gain (as the camera is set when left out)",
+    "stations.NAME.camera.frame_rate": "acquisition frame rate (as the camera is set when left out)",
+    "stations.NAME.camera.pixel_format": "camera pixel format",
+    "stations.NAME.camera.width": "region of interest width in pixels",
+    "stations.NAME.camera.height": "region of interest height in pixels",
+    "stations.NAME.camera.frame_timeout_ms": "a frame later than this after its trigger: the camera is lost and "
+                                             "the part is answered ERROR",
+    "stations.NAME.camera.reconnect_s": "seconds between attempts to reopen a lost camera",
+    "stations.NAME.camera.folder": "folder source: the folder watched for new images (relative to this file)",
+    "stations.NAME.trigger": "what makes a part: opcua (the Trigger node), mqtt (a message on "
+                             "PREFIX/STATION/trigger, payload the part id) or camera (each frame the camera sends)",
+    "stations.NAME.outputs": "where each result goes: any of opcua, mqtt, webhook",
+    "stations.NAME.webhook": "with the webhook output: the http:// or https:// URL each result is POSTed to",
+    "stations.NAME.plc_nodes": "with opcua.client: the PLC's node ids (ns=...;s=...) for this station's signals; "
+                               "trigger and result at least",
+    "stations.NAME.plc_nodes.trigger": "the PLC's Boolean node that triggers a part",
+    "stations.NAME.plc_nodes.part_id": "the PLC's String node with the part id",
+    "stations.NAME.plc_nodes.busy": "Boolean node vqc sets while it inspects",
+    "stations.NAME.plc_nodes.done": "Boolean node vqc sets when the result is written",
+    "stations.NAME.plc_nodes.result": "String node for OK, NG or ERROR",
+    "stations.NAME.plc_nodes.score": "Double node for the score",
+    "stations.NAME.plc_nodes.sequence": "UInt32 node for the station's result sequence number",
+    "stations.NAME.plc_nodes.model_version": "String node for the model version that judged the part",
+    "stations.NAME.plc_nodes.error": "String node for the error, empty when none",
+    "stations.NAME.plc_nodes.heartbeat": "UInt32 node vqc increments every heartbeat",
+    "stations.NAME.threads": "engine threads for this station (default: the machine's cores shared out evenly)",
+    "stations.NAME.engine": "the station's inference engine",
+}
+
+# Defaults that depend on other keys, as the reference states them.
+_DEFAULTS_SHOWN = {
+    "records": "<file name>.records.sqlite beside this file",
+    "stations.NAME.camera.trigger": "software for aravis, free otherwise",
+    "stations.NAME.trigger": "opcua; camera when the camera runs by itself",
+    "stations.NAME.outputs": "[opcua] when the file has opcua:, else none",
+}
+
+_SCHEMA_EXAMPLES = (
+    """records: none
+image_store: images
+store: models
+page: 127.0.0.1:8090
+opcua: {server: "opc.tcp://0.0.0.0:4840/vqc/"}
+mqtt: {host: broker}
+queue: {size: 10}
+stations:
+  cam1:
+    camera: {kind: folder, folder: incoming}
+    outputs: [opcua, mqtt, webhook]
+    webhook: http://mes/vqc
+""",
+    """opcua: {client: "opc.tcp://plc:4840"}
+stations:
+  cam1:
+    model: part.bundle
+    camera: {kind: aravis}
+    plc_nodes: {trigger: "ns=2;s=T", result: "ns=2;s=R"}
+""",
+)
+
+
+def schema() -> list[dict]:
+    """Every key of STATION.yaml as the reader reads it: key path (stations.NAME...), type, default,
+    choices, minimum and its KEY_HELP text (None where it has none)."""
+    import tempfile
+    found: dict[str, dict] = {}
+    _Reader.log = log = []
+    try:
+        with tempfile.TemporaryDirectory() as folder:
+            for text in _SCHEMA_EXAMPLES:
+                file = Path(folder) / "STATION.yaml"
+                file.write_text(text, encoding="utf-8")
+                load_line(file)
+    finally:
+        _Reader.log = None
+    log += [("stations.cam1.plc_nodes", node, str, None, None, None) for node in PLC_NODES]
+    for where, key, kind, default, choices, minimum in log:
+        parts = where.split(".") if where else []
+        if len(parts) >= 2 and parts[0] == "stations":
+            parts[1] = "NAME"
+        path = ".".join([*parts, key])
+        if path in found:
+            continue
+        found[path] = {"key": path, "type": _KIND_NAMES[kind].split(" ", 1)[1] if kind is not dict else "mapping",
+                       "default": _DEFAULTS_SHOWN.get(path, default), "choices": choices, "minimum": minimum,
+                       "help": KEY_HELP.get(path)}
+    return list(found.values())

@@ -32,7 +32,7 @@ class MqttLink:
         try:
             import paho.mqtt.client as mqtt
         except ModuleNotFoundError:
-            raise VqcError('MQTT needs paho-mqtt: pip install "vqc[line]"') from None
+            raise VqcError('MQTT needs paho-mqtt: pip install "vqc-inspect[line]"') from None
         self.mqtt, self.config = mqtt, config
         self.trigger_stations, self.on_trigger, self.on_change = set(trigger_stations), on_trigger, on_change
         self.connected = False

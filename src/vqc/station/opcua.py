@@ -13,7 +13,7 @@ ns=N;s=STATION.NAME in namespace `urn:vqc:stations`; as client: the PLC's nodes 
   out  ModelVersion (String), Error (String, empty when none), Heartbeat (UInt32, each heartbeat_s)
 
 Result, Score, Sequence and ResultPartId are written before Done, so a PLC that sees Done reads
-the result of its part. The handshake (README "Stations"): Trigger up -> Busy up -> results ->
+the result of its part. The handshake (docs/tutorials/station.md): Trigger up -> Busy up -> results ->
 Busy down, Done up -> Trigger down -> Done down.
 """
 from __future__ import annotations
@@ -44,7 +44,7 @@ def _ua():
     try:
         from asyncua import ua
     except ModuleNotFoundError:
-        raise VqcError('OPC UA needs asyncua: pip install "vqc[line]"') from None
+        raise VqcError('OPC UA needs asyncua: pip install "vqc-inspect[line]"') from None
     return ua
 
 

@@ -53,7 +53,7 @@ def import_ray():
         import ray
         import ray.data  # noqa: F401
     except ImportError:
-        raise VqcError("--ray needs Ray Data: pip install 'vqc[ray]' (or pip install 'ray[data]')") from None
+        raise VqcError("--ray needs Ray Data: pip install 'vqc-inspect[ray]' (or pip install 'ray[data]')") from None
     return ray
 
 
