@@ -2,8 +2,9 @@
 
 Fits the default detector on the demo set shipped with vqc, draws overlays of a defective and a
 good tile, serves the model and screenshots the operator page, runs a folder station and
-screenshots the stations page, runs a one-cell benchmark and screenshots its report, all in
-headless Chromium driven by Playwright. Writes small PNGs to docs/images/.
+screenshots the stations page, runs a one-cell benchmark and screenshots its report, and walks
+the studio from an empty project to a promoted version (docs/screenshots.py), all in headless
+Chromium driven by Playwright. Writes small PNGs to docs/images/.
 
     python docs/make_pictures.py [--out docs/images] [--chromium /usr/bin/chromium]
 
@@ -174,6 +175,8 @@ def main() -> int:
     crop = crop.resize((round(crop.width * 360 / crop.height), 360))
     save_small(side_by_side([tiles[0], crop]), out / "readme.png", 900)
     shutil.rmtree(work, ignore_errors=True)
+    import screenshots  # the studio's steps (docs/ is this script's folder, first on the path)
+    screenshots.main(out)
     return 0
 
 
