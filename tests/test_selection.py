@@ -114,3 +114,13 @@ def test_candidates_are_compared_at_the_contrast_where_they_find_about_three_def
              record("letterbox 448", [(0.954, 0.995), (0.998, 0.997), (1.0, 0.998)])]
     assert informative_level(plain) == 0
     assert settle([{"name": "x", "status": "failed: no"}], 0.01) is None
+
+
+def test_a_candidate_that_leaves_no_room_for_the_refit_is_skipped_and_said(demo_root):
+    from vqc.training.selection import Candidate, choose
+    said = []
+    pool = [Candidate("first", {"head_options": {"coreset": 0.02}}), Candidate("second", {"image_size": 320})]
+    result = choose(demo_root, budget_s=1.0, pool=pool, progress=False, say=said.append)
+    assert [r["status"] for r in result["candidates"]][:2] == ["ok", "ok"]  # the first always runs (two scores)
+    assert result["candidates"][2]["status"] == "skipped: the time budget of 1 s would be passed"
+    assert said == ["  second: skipped (time budget)"] and result["chosen"] in (0, 1)

@@ -16,7 +16,8 @@ The pipeline, top to bottom:
    faint defects on plain parts and plain ones on busy parts.
 5. The best by ``selection_score`` is refitted on every good image; every candidate's numbers and
    the choice go into the model file (``info["auto"]``).
-A time budget bounds the whole run: a candidate that would not finish in it is skipped and said so.
+A time budget bounds the whole run, the final refit included: a candidate that would not leave
+room for it is skipped and said so.
 """
 from __future__ import annotations
 
@@ -162,8 +163,10 @@ def choose(data: str | Path, policy_rate: float = 0.01, budget_s: float = AUTO_B
     pool = pool or candidates(paths)
     started = time.perf_counter()
     records, slowest = [], 0.0
+    refit_share = len(paths) / len(fit_paths)  # the final refit fits every good image, not only these
     for candidate in tqdm(pool, desc="auto", unit="candidate", disable=not progress):
-        if records and time.perf_counter() - started + slowest > budget_s:
+        # room for one more candidate and for refitting the slowest so far: the budget covers the whole run
+        if records and time.perf_counter() - started + slowest * (1 + refit_share) > budget_s:
             records.append({"name": candidate.name, "options": _plain(candidate.options),
                             "status": f"skipped: the time budget of {budget_s:.0f} s would be passed"})
             say(f"  {candidate.name}: skipped (time budget)")
