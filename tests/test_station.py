@@ -227,6 +227,33 @@ def test_the_page_shows_the_last_part_with_its_overlay(line_parts):
 
 
 @needs_parts
+def test_the_page_in_chromium_shows_each_inspected_part_with_its_score_and_threshold(line_parts):
+    """The page stays filled after a part: the threshold the station sends is the model's whole record."""
+    import shutil
+    if not shutil.which("chromium"):
+        pytest.skip("Chromium is not installed (Debian: apt-get install chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (in the test extras)")
+    line_parts["plc"].cycle("cam1", "chromium-part")
+    threshold = line_parts["line"].stations["cam1"].models.live.model.threshold["value"]
+    errors = []
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=shutil.which("chromium"), args=["--no-sandbox", "--disable-gpu"])
+        page = browser.new_page()
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.goto(line_parts["page"])
+        page.wait_for_selector("#station-cam1 .verdict:not(:empty)")
+        page.wait_for_function("document.getElementById('station-cam1').textContent.includes('chromium-part')")
+        text = page.inner_text("#station-cam1")
+        browser.close()
+    assert not errors
+    assert f"(threshold {threshold:.3f})" in text and page_verdict(text) in ("OK", "NG")
+
+
+def page_verdict(text: str) -> str:
+    return text.splitlines()[2].strip()
+
+
+@needs_parts
 def test_broker_killed_and_restarted_every_result_arrives_once_in_order(line_parts):
     plc, broker, received, line = line_parts["plc"], line_parts["broker"], line_parts["received"], line_parts["line"]
     box = next(b for b in line.stations["cam1"].outboxes if b.name.endswith("mqtt"))
