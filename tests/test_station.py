@@ -3,6 +3,7 @@ of its own, showing the demo images), a PLC played by an asyncua client, Debian'
 a webhook receiver; and the faults a line has: the broker, the PLC and the camera going away."""
 import http.server
 import json
+import sys
 import threading
 import time
 import urllib.request
@@ -52,8 +53,9 @@ def write(path, text):
 def test_every_mistake_in_the_station_file_is_one_line_naming_its_key(tmp_path, text, message):
     with pytest.raises(VqcError) as caught:
         load_line(write(tmp_path / "line.yaml", text))
-    assert message in str(caught.value) and "\n" not in str(caught.value)
-    assert str(caught.value).startswith("line.yaml: ")
+    lines = str(caught.value).splitlines()  # the file's every mistake, a line each
+    assert any(message in line for line in lines)
+    assert all(line.startswith("line.yaml: ") for line in lines)
 
 
 def test_a_good_file_reads_with_its_defaults(tmp_path):
@@ -68,11 +70,34 @@ def test_a_good_file_reads_with_its_defaults(tmp_path):
 
 def test_station_check_command_answers_in_one_line(tmp_path, capsys):
     from vqc.cli import main
+    (tmp_path / "in").mkdir()
     path = write(tmp_path / "line.yaml", "stations:\n  cam1: {model: missing.bundle, trigger: camera, "
                                          "camera: {kind: folder, folder: in, trigger: free}}")
     assert main(["station", "check", str(path)]) == 2
-    assert capsys.readouterr().err.strip() == (f"vqc: error: line.yaml: stations.cam1.model: {tmp_path}/missing.bundle "
+    assert capsys.readouterr().err.strip() == (f"vqc: error: line.yaml: stations.cam1.model: model {tmp_path}/missing.bundle "
                                                "does not exist")
+
+
+def test_station_check_names_every_mistake_at_once_a_line_each(tmp_path, capsys, demo_model_file, monkeypatch):
+    """A typo is an unknown key, not a missing camera; a watched folder that is not there and a
+    training model file on the runtime install (no torch) are refused by check, as run would."""
+    from vqc.cli import main
+    monkeypatch.setitem(sys.modules, "torch", None)  # the runtime install: torch cannot be found
+    path = write(tmp_path / "line.yaml", f"""
+stations:
+  cam1: {{model: {demo_model_file}, trigger: camera, camera: {{kind: folder, folder: nodir, trigger: free, gain: high}}}}
+  cam2: {{model: {demo_model_file}, trigger: camera, camra: {{kind: folder, folder: ., trigger: free}}}}
+""")
+    assert main(["station", "check", str(path)]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines == ["vqc: error: line.yaml: stations.cam1.camera.gain: a number, got 'high'",
+                     f"vqc: error: line.yaml: stations.cam1.camera.folder: no folder {tmp_path}/nodir",
+                     "vqc: error: line.yaml: stations.cam2.camera: every station needs its camera (kind: aravis, "
+                     "video or folder)",
+                     "vqc: error: line.yaml: stations.cam2.camra: unknown key (did you mean camera?)",
+                     f"vqc: error: line.yaml: stations.cam1.model: {demo_model_file} is a training model file, which "
+                     f"needs the full install (no torch here): export it to a line bundle with `vqc export "
+                     f"{demo_model_file.name} --out DIR` where vqc[train] is installed, and give DIR"]
 
 
 # ------------------------------------------------------------ the outbox (no parts needed)

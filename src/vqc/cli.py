@@ -355,7 +355,8 @@ def main(argv: list[str] | None = None) -> int:
                 "keys": cmd_keys, "station": cmd_station, "models": cli_models.cmd_models,
                 "update": cli_models.cmd_update}[args.command](args) or 0
     except VqcError as exc:
-        print(f"vqc: error: {exc}", file=sys.stderr)
+        for line in str(exc).splitlines() or [""]:  # a checked file's mistakes: a line each
+            print(f"vqc: error: {line}", file=sys.stderr)
         return 2
     except ModuleNotFoundError as exc:
         if exc.name not in TRAINING_STACK:
