@@ -67,3 +67,42 @@ def test_model_info_docs_and_page(client, demo_model):
         "/v1/stats"}
     page = client.get("/")
     assert page.status_code == 200 and "vqc inspection" in page.text
+
+
+def test_serve_on_a_busy_port_says_so_in_one_line_and_starts_nothing(demo_model_file, capsys):
+    import socket
+
+    from vqc.cli import main
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", str(demo_model_file), "--port", str(port), "--db", "none"]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.splitlines() == [f"vqc: error: cannot listen on 127.0.0.1:{port}: Address already in use (another "
+                                "program there? choose another --port or --host)"]
+
+
+def test_without_records_the_keyless_warning_does_not_speak_of_records(demo_model_file, caplog):
+    import logging
+    with caplog.at_level(logging.WARNING, logger="vqc.serve"):
+        create_app(demo_model_file, db="none")
+    warning = next(r.getMessage() for r in caplog.records if "--api-key-file" in r.getMessage())
+    assert "records" not in warning and "anyone who can reach this service can inspect;" in warning
+
+
+def test_every_positional_model_and_the_address_options_say_what_they_take(capsys):
+    from vqc.cli import main
+    for command, names in (("predict", ["model"]), ("evaluate", ["model"]), ("export", ["model"]),
+                           ("serve", ["--host HOST", "--port PORT"])):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        text = capsys.readouterr().out
+        lines = text[text.index("positional arguments"):].splitlines()
+        for name in names:
+            at = next(i for i, line in enumerate(lines) if line.strip().startswith(name))
+            indent = len(lines[at]) - len(lines[at].lstrip())
+            following = lines[at + 1]  # help too long for the name's line starts deeper on the next
+            assert (lines[at].strip()[len(name):].strip() or
+                    len(following) - len(following.lstrip()) > indent + len(name)), f"{command} {name}: no help"

@@ -203,7 +203,8 @@ def _parser() -> argparse.ArgumentParser:
     _add_ray(fit)
 
     predict = sub.add_parser("predict", help="score images; write scores.csv and heat-map overlays")
-    predict.add_argument("model")
+    predict.add_argument("model", help="a model file (.safetensors, from vqc fit) or a line bundle folder "
+                         "(from vqc export)")
     predict.add_argument("images", nargs="+", help="image files, folders or globs; with --ray also .txt or .parquet "
                          "lists of image paths")
     predict.add_argument("--out", default="predictions", help="output folder (--ray: resumable, a rerun scores "
@@ -221,7 +222,8 @@ def _parser() -> argparse.ArgumentParser:
                          help="--ray: also write OUT/scores.csv from the Parquet parts in OUT/scores/")
 
     evaluate = sub.add_parser("evaluate", help="metrics on a labelled test split")
-    evaluate.add_argument("model")
+    evaluate.add_argument("model", help="a model file (.safetensors, from vqc fit) or a line bundle folder "
+                          "(from vqc export)")
     evaluate.add_argument("data", nargs="?", help="a data set folder (its test split); or --from-records")
     _add_reviewed(evaluate)
     evaluate.add_argument("--json", help="also write the metrics to this JSON file")
@@ -231,7 +233,7 @@ def _parser() -> argparse.ArgumentParser:
 
     export = sub.add_parser("export", help="write the line bundle: the parity-checked ONNX graph and all a "
                             "torch-free runtime needs, in one folder")
-    export.add_argument("model")
+    export.add_argument("model", help="the model file to export (.safetensors, from vqc fit)")
     export.add_argument("--format", choices=["onnx"], default="onnx")
     export.add_argument("--out", required=True, metavar="DIR", help="bundle folder to write (model.onnx, bundle.json); "
                         "vqc predict, serve and watch take it on the runtime install")
@@ -273,8 +275,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--store", metavar="DIR", help="serve what is live on --target in this model store, and "
                        "follow its promotions, rollbacks and shadow while running (records in the store's database)")
     serve.add_argument("--target", default="serve", help="--store: this service's name in the store")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=_port, default=8000)
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on: 127.0.0.1 answers this machine "
+                       "only, 0.0.0.0 every network it is on")
+    serve.add_argument("--port", type=_port, default=8000, help="TCP port to listen on")
     _add_engine(serve)
     serve.add_argument("--max-upload-mb", type=float, default=20.0, help="largest accepted upload, in MiB")
     serve.add_argument("--db", metavar="URL", help="records database: SQLite path or URL, postgresql://user@host/db "

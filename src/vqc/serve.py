@@ -273,7 +273,8 @@ def create_app(model_path: str | Path | None, config: ServeConfig | None = None,
     inspector = Inspector(model_path, config, store, target)
     limit = int(config.max_upload_mb * 2**20)
     if keys is None:
-        log.warning("no --api-key-file: anyone who can reach this service can inspect and read the records; "
+        reach = "inspect and read the records" if inspector.records is not None else "inspect"
+        log.warning(f"no --api-key-file: anyone who can reach this service can {reach}; "
                     "model changes need an admin key and are refused")
 
     def caller(request: Request) -> Caller:
@@ -433,6 +434,20 @@ async def _run(inspector: Inspector, uploads, fields, heatmap: bool, start: floa
     return results
 
 
+def check_port_free(host: str, port: int) -> None:
+    """A VqcError naming the address when another program listens there: said before the model
+    loads and uvicorn starts, in one line."""
+    import socket
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: TIME_WAIT is no obstacle
+            probe.bind((host, port))
+    except OSError as exc:
+        raise VqcError(f"cannot listen on {host}:{port}: {exc.strerror or exc} (another program there? "
+                       f"choose another --port or --host)") from None
+
+
 def serve(model_path: str | None, host: str = "127.0.0.1", port: int = 8000, config: ServeConfig | None = None,
           store=None, target: str = "serve") -> None:
     import copy
@@ -442,4 +457,5 @@ def serve(model_path: str | None, host: str = "127.0.0.1", port: int = 8000, con
     log_config = copy.deepcopy(LOGGING_CONFIG)
     log_config.setdefault("filters", {})["hide_secrets"] = {"()": HideSecretsInUrls}
     log_config["handlers"]["access"]["filters"] = ["hide_secrets"]
+    check_port_free(host, port)
     uvicorn.run(create_app(model_path, config, store, target), host=host, port=port, log_level="info", log_config=log_config)
