@@ -300,17 +300,19 @@ def test_13_the_coreset_shows_progress_and_runs_on_one_thread(monkeypatch, capsy
 
     from vqc.training.heads import knn
     seen_threads = []
-    real = knn.tqdm
+    real = knn.progress_bar
 
     def watching(*args, **kwargs):
         seen_threads.append(torch.get_num_threads())
         return real(*args, **kwargs)
-    monkeypatch.setattr(knn, "tqdm", watching)
+    monkeypatch.setattr(knn, "progress_bar", watching)
     torch.set_num_threads(2)
     points = torch.randn(3000, 64)
     knn.greedy_coreset(points, 300, seed=0, progress=True)
     assert seen_threads == [1] and torch.get_num_threads() == 2  # one thread inside, restored after
-    assert "coreset" in capsys.readouterr().err
+    err = capsys.readouterr().err  # not a terminal: whole lines, the first and the last, no redraws
+    assert "\r" not in err and 1 <= len(err.splitlines()) <= 3
+    assert "coreset" in err.splitlines()[-1] and "300/300" in err.splitlines()[-1]
 
 
 # 14 --------------------------------------------------------------- --version, --help, keys list / revoke

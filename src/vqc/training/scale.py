@@ -31,11 +31,11 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from ..errors import VqcError
 from ..files import atomic_path, write_text_atomic
 from ..inspection import SCORE_COLUMNS
+from ..progress import progress_bar
 
 
 LIST_SUFFIXES = {".txt", ".lst", ".list"}  # a text file naming one image per line
@@ -296,8 +296,8 @@ def _score_on_ray(model, model_path: Path, pending: list[str], store: ScoreStore
                                                        "compile": compile,
                                                        "threads": max(1, int(options.cpus_per_worker))}))
         start = time.perf_counter()
-        with tqdm(total=result.listed, initial=result.already, desc=f"predict on ray ({workers} workers)",
-                  unit="img", disable=not progress, file=sys.stderr) as bar, _job_failure(ray, result):
+        with progress_bar(total=result.listed, initial=result.already, desc=f"predict on ray ({workers} workers)",
+                  unit="img", shown=progress, file=sys.stderr) as bar, _job_failure(ray, result):
             for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
                 for path, score, normalised, verdict, error in zip(
                         batch["path"], batch["score"], batch["normalised_score"], batch["verdict"], batch["error"]):
@@ -400,7 +400,7 @@ def _run_tasks(ray, function, jobs: dict, needs: dict, images: dict, desc: str, 
     exception) as each finishes, advancing a bar by the job's image count."""
     remote = ray.remote(**needs)(function)
     running = {remote.remote(*args): key for key, args in jobs.items()}
-    with tqdm(total=sum(images.values()), desc=desc, unit="img", disable=not progress, file=sys.stderr) as bar:
+    with progress_bar(total=sum(images.values()), desc=desc, unit="img", shown=progress, file=sys.stderr) as bar:
         while running:
             (ready,), _ = ray.wait(list(running), num_returns=1)
             key = running.pop(ready)

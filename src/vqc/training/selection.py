@@ -27,6 +27,7 @@ from ..choices import AUTO_BUDGET_S
 from ..data import decode_image, read_split
 from ..errors import VqcError
 from ..geometry import score as canvas_score
+from ..progress import progress_bar
 from .metrics import auroc, false_reject_threshold, pixel_auroc
 from .synthetic import defect_set
 
@@ -135,7 +136,7 @@ def choose(data: str | Path, policy_rate: float = 0.01, budget_s: float = AUTO_B
     pool = pool or candidates(paths)
     started = time.perf_counter()
     records, slowest = [], 0.0
-    for candidate in tqdm(pool, desc="auto", unit="candidate", disable=not progress):
+    for candidate in progress_bar(pool, desc="auto", unit="candidate", shown=progress):
         if records and time.perf_counter() - started + slowest > budget_s:
             records.append({"name": candidate.name, "options": _plain(candidate.options),
                             "status": f"skipped: the time budget of {budget_s:.0f} s would be passed"})
