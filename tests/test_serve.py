@@ -7,7 +7,7 @@ from PIL import Image
 
 from vqc.data import read_split
 from vqc.serve import create_app
-from vqc.viz import legend_height
+from vqc.viz import picture_size
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +33,7 @@ def test_inspect_multipart_and_raw_give_the_model_score(client, demo_model, demo
     assert raw.json()["score"] == pytest.approx(want.score, rel=1e-6)
     heat = Image.open(io.BytesIO(base64.b64decode(raw.json()["heatmap_png"])))
     width, height = Image.open(sample.path).size
-    assert heat.size == (width, height + legend_height(width))  # the colour legend beneath
+    assert heat.size == picture_size(width, height)  # the colour legend beneath
 
 
 def test_batch(client, demo_root):

@@ -500,8 +500,8 @@ def cmd_predict(args) -> int | None:
         if recorder is not None:
             recorder.records.close()
     if not unreadable:
-        print(f"scored {scored} images -> {writer.path} in {seconds:.2f} s ({scored / seconds:.1f} images/s "
-              f"from the first file read to the last row written)")
+        print(f"scored {scored} images ({writer.verdict_counts()}) -> {writer.path} in {seconds:.2f} s "
+              f"({scored / seconds:.1f} images/s from the first file read to the last row written)")
         return None
     if not scored and len(unreadable) == 1:
         raise VqcError(unreadable[0][1])
@@ -510,7 +510,7 @@ def cmd_predict(args) -> int | None:
         print(f"  unreadable: {reason}", file=sys.stderr)
     if not scored:
         raise VqcError(f"none of the {len(unreadable)} images could be read (listed above and in {listing})")
-    print(f"scored {scored} of {scored + len(unreadable)} images -> {writer.path}; "
+    print(f"scored {scored} of {scored + len(unreadable)} images ({writer.verdict_counts()}) -> {writer.path}; "
           f"{len(unreadable)} could not be read (listed above and in {listing})")
     return 1
 
