@@ -24,7 +24,7 @@ import threading
 from datetime import datetime, timezone
 from typing import Callable
 
-from ..errors import VqcError
+from ..errors import VqcError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -226,7 +226,7 @@ class OpcUaClient:
                 raise
             except Exception as exc:  # the PLC is away: say so, try again
                 self.client = None
-                message = f"PLC {self.endpoint} unreachable: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+                message = f"PLC {self.endpoint} unreachable: {first_line(exc)}"
                 if message != self.error:
                     self.error = message
                     log.warning("OPC UA: %s", message)

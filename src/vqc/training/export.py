@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from ..version import __version__
-from ..errors import VqcError
+from ..errors import VqcError, first_line
 from ..engines.onnx import OnnxEngine
 from ..files import atomic_path, write_text_atomic
 
@@ -88,7 +88,7 @@ def export_onnx(model, path: str | Path, check_images: list | None = None, sidec
                                   opset_version=18, dynamo=True, external_data=False, verbose=False)
         except Exception as exc:  # the exporter raises many types; the user needs the head and the reason
             raise VqcError(f"ONNX export of {model.config.backbone} + {model.config.head} failed: "
-                           f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
+                           f"{first_line(exc, with_type=True)}") from exc
         engine = OnnxEngine(graph)
         checks = []
         for batch, mask in batches:
