@@ -311,6 +311,30 @@ def test_webhook_receiver_away_then_back_gets_every_result_in_order(line_parts):
 
 
 @needs_parts
+def test_each_station_keeps_a_retained_status_on_mqtt_that_follows_its_outputs(line_parts):
+    import paho.mqtt.client as mqtt
+    plc = line_parts["plc"]
+    seen = []
+    watcher = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="status-watcher")
+    watcher.on_connect = lambda c, *_: c.subscribe("plant/cam1/status", qos=1)
+    watcher.on_message = lambda c, u, m: seen.append((json.loads(m.payload), m.retain))
+    watcher.connect("127.0.0.1", line_parts["broker"].port)
+    watcher.loop_start()
+    try:
+        wait_for(lambda: seen, what="the retained status")  # kept by the broker for a client that comes later
+        assert seen[0][1] and set(seen[0][0]) == {"error", "waiting"}
+        Receiver.down.set()
+        plc.cycle("cam1", "status-part")
+        wait_for(lambda: any("webhook" in (s["error"] or "") for s, _ in seen), what="the webhook's error")
+        Receiver.down.clear()
+        wait_for(lambda: seen[-1][0] == {"error": None, "waiting": 0}, what="the error cleared")
+    finally:
+        Receiver.down.clear()
+        watcher.loop_stop()
+        watcher.disconnect()
+
+
+@needs_parts
 def test_plc_disconnects_and_comes_back_the_station_carries_on(line_parts):
     plc, endpoint = line_parts["plc"], line_parts["endpoint"]
     first = plc.cycle("cam1", "before-drop")["Sequence"]
