@@ -29,7 +29,7 @@ BLOCKED = ("torch", "torchvision", "timm", "FrEIA", "scipy", "sklearn", "matplot
            "onnxscript", "yaml")
 TORCH_FREE = ("vqc", "vqc.cli", "vqc.bundle", "vqc.loading", "vqc.inspection", "vqc.batching", "vqc.scorefiles", "vqc.scoring", "vqc.geometry", "vqc.data", "vqc.engines",
               "vqc.engines.onnx", "vqc.engines.openvino", "vqc.serve", "vqc.records", "vqc.monitoring",
-              "vqc.access", "vqc.viz", "vqc.files", "vqc.choices", "vqc.version", "vqc.errors",
+              "vqc.access", "vqc.viz", "vqc.files", "vqc.choices", "vqc.version", "vqc.errors", "vqc.progress",
               "vqc.station.config", "vqc.station.sources", "vqc.station.aravis", "vqc.station.delivery",
               "vqc.station.opcua", "vqc.station.mqtt", "vqc.station.webhook", "vqc.station.station",
               "vqc.station.line", "vqc.station.page", "vqc.station.run", "vqc.station.fake_camera",
