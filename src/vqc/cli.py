@@ -152,13 +152,8 @@ HIGH_REJECT_HELP = ("store the threshold even when it rejects more than half of 
                     "(refused otherwise: a line would throw most good parts away)")
 
 
-def _parser() -> argparse.ArgumentParser:
-    from .version import __version__
-    parser = _Parser(prog="vqc", description="Visual quality control from defect-free images.")
-    parser.add_argument("--version", action="version", version=f"vqc {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log details")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-
+def _add_fit(sub) -> None:
+    """The arguments of `vqc fit`."""
     fit = sub.add_parser("fit", help="fit a detector on defect-free images")
     fit.add_argument("data", help="data set root (MVTec AD, BTAD, VisA layout: its train split) or a folder of good images")
     fit.add_argument("--backbone", help="see `vqc backbones` (default: efficientnet_lite0; none for --head ae)")
@@ -202,6 +197,9 @@ def _parser() -> argparse.ArgumentParser:
                           "(resumable: fitted categories are skipped)")
     _add_ray(fit)
 
+
+def _add_scoring(sub) -> None:
+    """The arguments of `vqc predict`, `vqc evaluate`, `vqc export`."""
     predict = sub.add_parser("predict", help="score images; write scores.csv and heat-map overlays")
     predict.add_argument("model", help="a model file (.safetensors, from vqc fit) or a line bundle folder "
                          "(from vqc export)")
@@ -239,6 +237,9 @@ def _parser() -> argparse.ArgumentParser:
                         "vqc predict, serve and watch take it on the runtime install")
     export.add_argument("--check-images", nargs="*", default=[], help="images both engines must agree on")
 
+
+def _add_benchmark(sub) -> None:
+    """The arguments of `vqc demo`, `vqc backbones`, `vqc benchmark`."""
     demo = sub.add_parser("demo", help="fit, evaluate and draw heat maps on the shipped demo data")
     demo.add_argument("--out", default="vqc-demo", help="output folder")
 
@@ -270,6 +271,9 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", help="--speed: also write the records to this JSON file")
     _add_ray(bench)
 
+
+def _add_serve(sub) -> None:
+    """The arguments of `vqc serve`."""
     serve = sub.add_parser("serve", help="HTTP inspection service with an operator page at /")
     serve.add_argument("model", nargs="?", help="a model file or line bundle; or leave it out and give --store")
     serve.add_argument("--store", metavar="DIR", help="serve what is live on --target in this model store, and "
@@ -294,6 +298,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--batch-wait-ms", type=float, default=5.0, metavar="MS",
                        help="requests arriving within MS of the first share one engine call (0: one at a time)")
 
+
+def _add_records_and_keys(sub) -> None:
+    """The arguments of `vqc records`, `vqc keys`."""
     records = sub.add_parser("records", help="inspection records: export")
     records_sub = records.add_subparsers(dest="records_command", required=True)
     export_records = records_sub.add_parser("export", help="write recorded inspections to CSV or Parquet")
@@ -320,6 +327,9 @@ def _parser() -> argparse.ArgumentParser:
     revoke_key.add_argument("file")
     revoke_key.add_argument("--name", required=True)
 
+
+def _add_station(sub) -> None:
+    """The arguments of `vqc station`."""
     station = sub.add_parser("station", help="run cameras on the line: trigger, inspect, record, answer the PLC")
     station_sub = station.add_subparsers(dest="station_command", required=True)
     run_station = station_sub.add_parser("run", help="run every station of STATION.yaml until Ctrl-C or SIGTERM")
@@ -327,8 +337,9 @@ def _parser() -> argparse.ArgumentParser:
     check_station = station_sub.add_parser("check", help="check STATION.yaml: one line naming the key of each mistake")
     check_station.add_argument("file", metavar="STATION.yaml")
 
-    cli_models.add_parsers(sub)
 
+def _add_threshold(sub) -> None:
+    """The arguments of `vqc threshold`."""
     threshold = sub.add_parser("threshold", help="choose and store the model's decision threshold")
     threshold.add_argument("model")
     threshold.add_argument("--policy", required=True, metavar="f1|cost|false-reject-rate=R",
@@ -341,6 +352,23 @@ def _parser() -> argparse.ArgumentParser:
     threshold.add_argument("--defect-rate", type=float, help="cost policy: your line's share of defective parts "
                                                              "(needed when DATA is over 20 %% defective)")
     threshold.add_argument("--allow-high-reject", action="store_true", help=HIGH_REJECT_HELP)
+
+
+def _parser() -> argparse.ArgumentParser:
+    from .version import __version__
+    parser = _Parser(prog="vqc", description="Visual quality control from defect-free images.")
+    parser.add_argument("--version", action="version", version=f"vqc {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log details")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    _add_fit(sub)
+    _add_scoring(sub)
+    _add_benchmark(sub)
+    _add_serve(sub)
+    _add_records_and_keys(sub)
+    _add_station(sub)
+    cli_models.add_parsers(sub)
+    _add_threshold(sub)
     return parser
 
 

@@ -300,22 +300,7 @@ def create_app(model_path: str | Path | None, config: ServeConfig | None = None,
     app = FastAPIOffline(title="vqc inspection service", version=__version__, lifespan=lifespan, redoc_url=None,
                          description="Score images of parts against a detector fitted on good parts, and keep the record.")
     app.state.inspector = inspector
-    allowed_origins = set(config.cors_origins)
-
-    @app.middleware("http")
-    async def refuse_cross_site_posts(request: Request, call_next):
-        """A page on another site can make an operator's browser POST a form here (no preflight
-        for form types) and, with no key configured, have it carried out. Such a request names
-        its origin; one from this service's own page, curl or a PLC names this host or none."""
-        if request.method not in ("GET", "HEAD", "OPTIONS") and not _same_origin(request, allowed_origins):
-            return JSONResponse({"detail": "cross-origin request refused: this service takes POSTs from its "
-                                           "own page, from clients that send no Origin, and from --cors-origin "
-                                           "origins"}, status_code=403)
-        return await call_next(request)
-    if config.cors_origins:  # off unless asked: a browser page elsewhere cannot call the API by default
-        from fastapi.middleware.cors import CORSMiddleware
-        app.add_middleware(CORSMiddleware, allow_origins=list(config.cors_origins), allow_methods=["GET", "POST"],
-                           allow_headers=["Authorization", "X-API-Key", "Content-Type"])
+    _guard_origins(app, config.cors_origins)
 
     @app.exception_handler(VqcError)
     async def bad_input(request: Request, exc: VqcError):
@@ -340,6 +325,39 @@ def create_app(model_path: str | Path | None, config: ServeConfig | None = None,
     def model_info() -> dict:
         return inspector.describe()
 
+    _inspection_routes(app, inspector, keyed, limit, config.max_batch)
+    records = _record_routes(app, inspector, keyed)
+    app.include_router(lifecycle_routes(inspector, caller, records))
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def page() -> str:
+        return (files("vqc") / "static" / "operator.html").read_text()
+
+    return app
+
+
+def _guard_origins(app: FastAPI, cors_origins: tuple[str, ...]) -> None:
+    """POSTs from other sites refused; CORS only for the origins named."""
+    allowed_origins = set(cors_origins)
+
+    @app.middleware("http")
+    async def refuse_cross_site_posts(request: Request, call_next):
+        """A page on another site can make an operator's browser POST a form here (no preflight
+        for form types) and, with no key configured, have it carried out. Such a request names
+        its origin; one from this service's own page, curl or a PLC names this host or none."""
+        if request.method not in ("GET", "HEAD", "OPTIONS") and not _same_origin(request, allowed_origins):
+            return JSONResponse({"detail": "cross-origin request refused: this service takes POSTs from its "
+                                           "own page, from clients that send no Origin, and from --cors-origin "
+                                           "origins"}, status_code=403)
+        return await call_next(request)
+    if cors_origins:  # off unless asked: a browser page elsewhere cannot call the API by default
+        from fastapi.middleware.cors import CORSMiddleware
+        app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "X-API-Key", "Content-Type"])
+
+
+def _inspection_routes(app: FastAPI, inspector: Inspector, keyed: list, limit: int, max_batch: int) -> None:
+    """POST /v1/inspect and /v1/inspect/batch."""
     @app.post("/v1/inspect", dependencies=keyed,
               summary="Inspect one image (raw body or multipart field 'file'); optional station, part_id")
     async def inspect(request: Request, heatmap: bool = False) -> dict:
@@ -353,11 +371,14 @@ def create_app(model_path: str | Path | None, config: ServeConfig | None = None,
               summary="Inspect several images (multipart, one field per image); optional station, part_id per image")
     async def inspect_batch(request: Request, heatmap: bool = False) -> dict:
         start = time.perf_counter()
-        uploads, fields = await _uploads(request, limit * config.max_batch)
-        if len(uploads) > config.max_batch:
-            raise HTTPException(413, f"{len(uploads)} images is over the batch limit of {config.max_batch}")
+        uploads, fields = await _uploads(request, limit * max_batch)
+        if len(uploads) > max_batch:
+            raise HTTPException(413, f"{len(uploads)} images is over the batch limit of {max_batch}")
         return {"results": await _run(inspector, uploads, fields, heatmap, start)}
 
+
+def _record_routes(app: FastAPI, inspector: Inspector, keyed: list):
+    """GET /v1/inspections, /v1/inspections/ID and /v1/stats; the records, or 404 without them."""
     def records() -> Records:
         if inspector.records is None:
             raise HTTPException(404, "this service keeps no records (started with --db none)")
@@ -396,13 +417,7 @@ def create_app(model_path: str | Path | None, config: ServeConfig | None = None,
             raise HTTPException(422, f"shifts are comma-separated hours, e.g. 6,14,22 (got {shifts!r})") from None
         return {"by": by, "tz": tz, "buckets": records().stats(where, by, starts, tz)}
 
-    app.include_router(lifecycle_routes(inspector, caller, records))
-
-    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    def page() -> str:
-        return (files("vqc") / "static" / "operator.html").read_text()
-
-    return app
+    return records
 
 
 def _same_origin(request: Request, allowed: set[str]) -> bool:
