@@ -778,13 +778,13 @@ def cmd_keys(args) -> None:
 
 
 def cmd_threshold(args) -> None:
+    from .modelfile import write_threshold
     from .training.model import load
     from .training.thresholds import choose_threshold
     model = load(args.model)
     chosen = choose_threshold(model, args.policy, _reviewed_data(args, args.data), args.fp_cost, args.fn_cost,
                               args.defect_rate, args.allow_high_reject)
-    model.threshold = chosen  # written only once the policy's choice stands
-    model.save(args.model)
+    write_threshold(args.model, chosen)  # written only once the policy's choice stands
     extra = ", ".join(f"{k} {v}" for k, v in chosen.items() if k not in ("policy", "value"))
     print(f"threshold {chosen['value']:.6g} ({chosen['policy']}; {extra}) stored in {args.model}")
 

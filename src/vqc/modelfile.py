@@ -1,4 +1,5 @@
-"""A training model file's header, read and rewritten without torch.
+"""A training model file's header, read and rewritten without torch; and the one way to change
+the threshold of a model file or a line bundle (the CLI and the model store both call it).
 
 A safetensors file is an 8-byte little-endian header length, a JSON header (the tensors' dtypes,
 shapes and offsets into the data that follows, and `__metadata__`, vqc's config, info and
@@ -13,8 +14,9 @@ import shutil
 import struct
 from pathlib import Path
 
+from .bundle import MANIFEST
 from .errors import VqcError
-from .files import atomic_path
+from .files import atomic_path, write_text_atomic
 
 MAX_HEADER = 100 * 2**20  # safetensors' own limit
 
@@ -62,3 +64,14 @@ def rewrite_metadata(source: str | Path, target: str | Path, **updates) -> None:
         with atomic_path(target) as tmp, open(tmp, "wb") as out:
             out.write(struct.pack("<Q", len(encoded)) + encoded)
             shutil.copyfileobj(f, out, 1 << 20)
+
+
+def write_threshold(path: str | Path, threshold: dict) -> None:
+    """Replace the threshold of the model file or line bundle at `path`, in place and torch-free:
+    the file's tensors and the bundle's graph are not touched."""
+    path = Path(path)
+    if path.is_dir():
+        manifest = json.loads((path / MANIFEST).read_text())
+        write_text_atomic(path / MANIFEST, json.dumps({**manifest, "threshold": threshold}, indent=1))
+    else:
+        rewrite_metadata(path, path, threshold=threshold)

@@ -14,7 +14,6 @@ than the one live on the target, unless asked for (a line's model replaced by an
 from __future__ import annotations
 
 import getpass
-import json
 import shutil
 from datetime import datetime, timezone
 from pathlib import Path
@@ -24,7 +23,7 @@ import sqlalchemy as sa
 from ..bundle import MANIFEST, is_bundle, read_manifest
 from ..errors import VqcError
 from ..files import atomic_path
-from ..modelfile import read_metadata, rewrite_metadata
+from ..modelfile import read_metadata, write_threshold
 from ..records import ModelIdentity, engine_for, migrate
 from .tables import AuditEntry, Deployment, ModelVersion
 
@@ -149,14 +148,12 @@ class ModelStore:
         try:
             if row["kind"] == "bundle":
                 shutil.copytree(source, scratch)
-                manifest = json.loads((scratch / MANIFEST).read_text())
-                manifest["threshold"] = threshold
-                (scratch / MANIFEST).write_text(json.dumps(manifest, indent=1))
                 made = scratch
             else:
                 scratch.mkdir(parents=True)
                 made = scratch / f"{row['name']}.safetensors"
-                rewrite_metadata(source, made, threshold=threshold)
+                shutil.copyfile(source, made)
+            write_threshold(made, threshold)
             return self.add(made, by, parent=row["version"], note=f"threshold {threshold['value']:.6g} "
                                                                   f"({threshold.get('policy')})")
         finally:
