@@ -7,7 +7,7 @@ from pathlib import Path
 from .bundle import MANIFEST, LineBundle, is_bundle
 from .engines import EngineSettings
 from .errors import VqcError
-from .modelfile import read_metadata
+from .modelfile import check_model_file
 from .scoring import Scorer
 
 
@@ -21,7 +21,7 @@ def check_model_path(path: str | Path) -> str:
         return "bundle"
     if not path.exists():
         raise VqcError(f"model {path} does not exist")
-    read_metadata(path)  # a text file or a picture given as the model is refused here, on either install
+    check_model_file(path)  # a text file or a picture given as the model is refused here, on either install
     if not _has_torch():
         raise VqcError(f"{path} is a training model file, which needs the full install (no torch here): "
                        f"export it to a line bundle with `vqc export {path.name} --out DIR` where vqc[train] "

@@ -34,8 +34,9 @@ def _header(f, path: Path) -> tuple[dict, int]:
         raise VqcError(f"model file {path} is not a vqc model (its header is not JSON)") from None
 
 
-def read_metadata(path: str | Path) -> dict:
-    """The file's metadata: config, info and threshold decoded from JSON, format as written."""
+def check_model_file(path: str | Path) -> dict[str, str]:
+    """The metadata of a vqc model file as stored (JSON strings); a VqcError for a file that is
+    not one (a text file, a picture), read from its header alone."""
     path = Path(path)
     try:
         with open(path, "rb") as f:
@@ -45,6 +46,12 @@ def read_metadata(path: str | Path) -> dict:
     metadata = header.get("__metadata__") or {}
     if metadata.get("format") != "vqc-model":
         raise VqcError(f"model file {path} is not a vqc model (no 'vqc-model' header)")
+    return metadata
+
+
+def read_metadata(path: str | Path) -> dict:
+    """The file's metadata: config, info and threshold decoded from JSON, format as written."""
+    metadata = check_model_file(path)
     try:
         return {key: json.loads(metadata[key]) for key in ("config", "info", "threshold")}
     except (KeyError, json.JSONDecodeError):
