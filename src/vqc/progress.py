@@ -10,7 +10,7 @@ import sys
 
 from tqdm.auto import tqdm
 
-LOG_INTERVAL_S = 30.0
+LOG_INTERVAL_S = 5.0  # often enough to follow a job from its log, rare enough to keep the log short
 
 
 class _WholeLines:
