@@ -1,4 +1,5 @@
 """The operator page, end to end in headless Chromium (Debian's package), driven by Playwright."""
+import contextlib
 import shutil
 import socket
 import threading
@@ -19,7 +20,6 @@ def server(demo_model, demo_root, tmp_path_factory):
     if not shutil.which("chromium"):
         pytest.skip("Chromium is not installed (Debian: apt-get install chromium); .ci/run installs it")
     pytest.importorskip("playwright.sync_api", reason="pip install playwright (in the test extras)")
-    import uvicorn
     model = demo_model
     saved = model.threshold
     # a threshold that separates the demo set; on its 71 % defective test split it rejects most good parts
@@ -28,19 +28,73 @@ def server(demo_model, demo_root, tmp_path_factory):
     path = model.save(folder / "tiles.safetensors")
     model.threshold = saved
     key = add_key(folder / "keys.txt", "operator")
+    with _running(create_app(path, api_key_file=str(folder / "keys.txt"))) as url:
+        yield url, path, key
+
+
+@contextlib.contextmanager
+def _running(app):
+    import uvicorn
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    app = create_app(path, api_key_file=str(folder / "keys.txt"))
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.time() + 60
     while not server.started and time.time() < deadline:
         time.sleep(0.1)
-    yield f"http://127.0.0.1:{port}", path, key
-    server.should_exit = True
-    thread.join(timeout=10)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+def _browser(pw):
+    return pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu", "--no-first-run"])
+
+
+def test_the_page_lists_the_services_last_inspections_and_fits_the_heat_map_to_its_panel(demo_model_file,
+                                                                                        demo_root, tmp_path):
+    """History from the records (parts inspected by other clients too), no key controls where no key
+    is asked, the heat map at the panel's width with one legend."""
+    import shutil
+    import urllib.request
+
+    from playwright.sync_api import sync_playwright
+    if not shutil.which("chromium"):
+        pytest.skip("Chromium is not installed (Debian: apt-get install chromium)")
+    path = shutil.copy(demo_model_file, tmp_path / "tiles.safetensors")
+    samples = read_split(demo_root, "test")[:22]
+    with _running(create_app(path)) as url:
+        for sample in samples[:21]:  # another client: a camera posting raw bodies
+            urllib.request.urlopen(urllib.request.Request(f"{url}/v1/inspect?filename={sample.path.name}",
+                                                          data=sample.path.read_bytes(), method="POST",
+                                                          headers={"Content-Type": "image/png"})).read()
+        with sync_playwright() as pw:
+            browser = _browser(pw)
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(url)
+            page.wait_for_function("document.querySelectorAll('#history tr').length === 20")
+            names = [page.locator("#history tr").nth(i).locator("td").nth(1).inner_text() for i in range(20)]
+            assert names == [s.path.name for s in samples[1:21]][::-1]  # the last 20, newest first
+            assert not page.is_visible("#forget") and not page.is_visible("#keyform")
+            page.set_input_files("#file", str(samples[21].path))
+            page.wait_for_function("document.getElementById('heatmap').complete && "
+                                   "document.getElementById('heatmap').naturalWidth > 0")
+            assert page.locator("#history tr").nth(0).locator("td").nth(1).inner_text() == samples[21].path.name
+            assert page.locator("#history tr").count() == 20
+            box, panel, scale, drawn_height = page.evaluate(
+                "(() => { const i = document.getElementById('heatmap'); const r = i.getBoundingClientRect(); "
+                "const scale = Math.min(r.width / i.naturalWidth, r.height / i.naturalHeight); "
+                "return [r.width, i.parentElement.clientWidth, scale, i.naturalHeight * scale]; })()")
+            # scaled up to fill the panel's width, or the window's height for a tall part; not at its own size
+            assert box == pytest.approx(panel, abs=1) and scale > 1.3
+            assert box == pytest.approx(scale * page.evaluate("document.getElementById('heatmap').naturalWidth"),
+                                        abs=2) or drawn_height == pytest.approx(0.85 * 1000, abs=2)
+            assert not page.is_visible("#legend")  # the picture carries the legend: one on screen
+            browser.close()
 
 
 def test_operator_page_shows_verdicts_for_good_and_defective_images(server, demo_root):

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from vqc.cli import main
-from vqc.viz import legend_height
+from vqc.viz import picture_size
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +28,10 @@ def test_fit_predict_evaluate(fitted, demo_root, tmp_path, capsys):
     assert [r["overlay"] for r in rows] == [f"overlays/{p.name}" for p in images]
     overlay = Image.open(tmp_path / "p" / "overlays" / images[0].name)
     width, height = Image.open(images[0]).size
-    assert overlay.size == (width, height + legend_height(width))  # the colour legend beneath the image
+    assert overlay.size == picture_size(width, height)  # the colour legend beneath the image
+    verdicts = [r["verdict"] for r in rows]
+    assert f"scored 2 images ({verdicts.count('defective')} defective, {verdicts.count('ok')} ok) -> " in \
+        capsys.readouterr().out
 
     assert main(["evaluate", str(fitted), str(demo_root), "--json", str(tmp_path / "m.json"), "--record"]) == 0
     metrics = json.loads((tmp_path / "m.json").read_text())

@@ -78,12 +78,14 @@ def test_the_references_are_generated_from_the_code():
 
 
 def test_the_station_examples_are_complete_and_valid():
-    from vqc.station.config import load_line
+    from vqc.station.config import read_line
     examples = sorted((DOCS / "examples").glob("station-*.yaml"))
     assert len(examples) >= 2
     kinds = set()
     for example in examples:
-        line = load_line(example)
+        line, problems = read_line(example)
+        # the tutorial makes the watched folder beside the copied file (mkdir -p incoming)
+        assert all(": camera.folder: no folder " in p.replace("stations.cam1.", "") for p in problems), problems
         kinds |= {s.source.kind for s in line.stations} | {o for s in line.stations for o in s.outputs}
     assert {"folder", "aravis", "opcua", "mqtt"} <= kinds
 

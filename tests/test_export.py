@@ -1,5 +1,3 @@
-import json
-
 import numpy as np
 import pytest
 
@@ -30,11 +28,11 @@ def _check_images(demo_root):
 def test_exported_model_matches_pytorch(head, options, small_train, demo_root, tmp_path):
     model = vqc.AnomalyModel(head=head, head_options=options).fit(small_train, progress=False)
     images = _check_images(demo_root)
-    sidecar = export_onnx(model, tmp_path / f"{head}.onnx", images)
-    assert sidecar["parity"]["score_max_rel_diff"] <= 1e-4
-    assert sidecar["parity"]["map_max_diff_rel_to_scale"] <= 1e-3
-    side = json.loads((tmp_path / f"{head}.onnx.json").read_text())
-    assert side["format_version"] == 1 and side["input"]["dtype"] == "uint8" and side["threshold"] == model.threshold
+    exported = export_onnx(model, tmp_path / f"{head}.onnx", images)
+    assert [p.name for p in tmp_path.iterdir()] == [f"{head}.onnx"]  # the graph only: nothing reads a side file
+    assert exported["parity"]["score_max_rel_diff"] <= 1e-4
+    assert exported["parity"]["map_max_diff_rel_to_scale"] <= 1e-3
+    assert exported["input"]["dtype"] == "uint8"
     batch = check_batches(model, images)[0][0]
     reference_maps, reference_scores = OnnxEngine(tmp_path / f"{head}.onnx").run(batch)
     for engine in (OnnxEngine(tmp_path / f"{head}.onnx"), OpenVinoEngine(tmp_path / f"{head}.onnx")):
@@ -78,8 +76,8 @@ def test_export_command_and_bad_onnx_file(demo_model, tmp_path, demo_root, capsy
 def test_letterbox_model_exports_with_its_padding_mask(small_train, demo_root, tmp_path):
     model = vqc.AnomalyModel(head="knn", head_options={"coreset": 0.05}, geometry="letterbox").fit(small_train, progress=False)
     images = _check_images(demo_root)
-    sidecar = export_onnx(model, tmp_path / "box.onnx", images)
-    assert sidecar["input"]["geometry"] == "letterbox" and sidecar["input"]["valid"]
+    exported = export_onnx(model, tmp_path / "box.onnx", images)
+    assert exported["input"]["geometry"] == "letterbox" and exported["input"]["valid"]
     torch_scores = [p.score for p in model.predict(images)]
     for engine in ("onnx", "openvino"):
         model.use_engine(engine, tmp_path / "box.onnx")

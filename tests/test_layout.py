@@ -72,3 +72,16 @@ def test_no_module_imports_another_modules_private_names():
                 offenders += [f"{name}: from {'.' * node.level}{node.module or ''} import {a.name}"
                               for a in node.names if a.name.startswith("_") and not a.name.startswith("__")]
     assert not offenders, offenders
+
+
+def test_no_function_is_longer_than_80_lines():
+    """A function a reader cannot take in at once is split; 80 lines, decorators and docstring included."""
+    long = []
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                first = min([node.lineno, *(d.lineno for d in node.decorator_list)])
+                if node.end_lineno - first + 1 > 80:
+                    long.append(f"{path.relative_to(PACKAGE)}:{node.lineno} {node.name}: "
+                                f"{node.end_lineno - first + 1} lines")
+    assert not long, long

@@ -6,7 +6,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from vqc.training import metrics
-from vqc.training.metrics import (aupro, auroc, average_precision, cost_threshold, f1_max, f1_threshold,
+from vqc.training.metrics import (aupro, auroc, average_precision, cost_threshold, f1_max,
                          false_reject_threshold, pixel_auroc, pointing, pointing_hits, pro_curve)
 
 
@@ -223,7 +223,6 @@ LABELS, SCORES = [0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8]
 def test_f1_max_hand_computed():
     # t=.8: tp1 fp0 fn1 -> 2/3; t=.4: tp1 fp1 fn1 -> 1/2; t=.35: tp2 fp1 -> 4/5; t=.1: tp2 fp2 -> 2/3
     assert f1_max(LABELS, SCORES) == pytest.approx((0.8, 0.35))
-    assert f1_threshold(LABELS, SCORES) == 0.35
     assert all(math.isnan(v) for v in f1_max([0, 0], [0.1, 0.2]))
 
 

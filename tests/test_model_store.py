@@ -22,9 +22,38 @@ from .line_peers import free_port
 
 @pytest.fixture
 def store(tmp_path, demo_model_file) -> ModelStore:
-    store = ModelStore.open(tmp_path / "store")
+    store = ModelStore.open(tmp_path / "store", create=True)
     store.add(demo_model_file, "test")
     return store
+
+
+def test_a_folder_that_is_no_store_is_refused_in_one_line_and_left_as_it_was(tmp_path, capsys):
+    from vqc.cli import main
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for folder in (tmp_path / "nostore", empty):
+        assert main(["models", "list", "--store", str(folder)]) == 2
+        assert capsys.readouterr().err.splitlines() == [
+            f"vqc: error: {folder} is not a model store (no records.sqlite in it): make one with vqc models add "
+            f"MODEL --store {folder}"]
+    assert not (tmp_path / "nostore").exists() and not any(empty.iterdir())
+
+
+def test_promote_refuses_another_products_model_on_a_target_unless_asked(store, demo_model_file, tmp_path, capsys):
+    from vqc.cli import main
+    other = tmp_path / "metal_plate.safetensors"  # another part's model: another file, another name
+    rewrite_metadata(demo_model_file, other, info={**read_metadata(demo_model_file)["info"], "note": "plates"})
+    tire, plate = store.versions()[0], store.add(other, "test")
+    s = ["--store", str(store.folder), "--target", "tire-line"]
+    assert main(["models", "promote", tire["version"], *s]) == 0
+    capsys.readouterr()
+    assert main(["models", "promote", plate["version"], *s]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"vqc: error: {plate['version']} is a metal_plate model and tire-line runs {tire['name']} ({tire['version']}): "
+        "to put another product's model on tire-line, promote it with --other-product (API: other_product true)"]
+    assert store.deployment("tire-line")["live"] == tire["version"]
+    assert main(["models", "promote", plate["version"], *s, "--other-product"]) == 0
+    assert store.deployment("tire-line")["live"] == plate["version"]
 
 
 def _images(demo_root) -> list[Path]:

@@ -108,6 +108,27 @@ def test_3_the_banded_overlay_is_matplotlibs_jet_blend(rng):
     assert np.abs(got.astype(int) - want.round().astype(int)).max() <= 1  # float32 against float64
 
 
+def test_3_small_overlays_keep_the_legend_labels_and_carry_verdict_and_score(demo_model, demo_root):
+    from dataclasses import replace
+
+    from vqc.viz import LEGEND_MIN_WIDTH, legend_height, prediction_overlay
+    image = np.asarray(Image.open(read_split(demo_root, "test")[0].path).convert("RGB").resize((120, 90)))
+    pred = demo_model.predict([image])[0]
+    floor, top = demo_model.normal_range()
+    pictures = {verdict: prediction_overlay(image, replace(pred, verdict=verdict), floor, top)
+                for verdict in ("defective", "ok")}
+    picture = pictures["defective"]
+    assert picture.shape == (90 + legend_height(120), LEGEND_MIN_WIDTH, 3)  # set on a canvas wide enough
+    labels = picture[-8:].min(axis=2) < 100  # dark text on the last rows: under the left, middle and right
+    thirds = np.array_split(labels, 3, axis=1)
+    assert all(third.any() for third in thirds)
+    caption = picture[90:98].astype(int)  # the verdict in its colour, just beneath the image
+    assert ((caption[..., 0] > 150) & (caption[..., 1] < 90)).any()
+    assert ((pictures["ok"][90:98, :, 1].astype(int) > 100) & (pictures["ok"][90:98, :, 0] < 60)).any()
+    rescored = prediction_overlay(image, replace(pred, verdict="defective", score=pred.score * 3 + 1), floor, top)
+    assert not np.array_equal(rescored[90:98], picture[90:98])  # the score is written there too
+
+
 def test_3_overlays_are_drawn_at_a_bounded_size(demo_model, demo_root):
     from vqc.viz import OVERLAY_MAX_SIDE, legend_height, prediction_overlay
     image = np.asarray(Image.open(read_split(demo_root, "test")[0].path).convert("RGB").resize((4000, 3000)))
@@ -300,17 +321,19 @@ def test_13_the_coreset_shows_progress_and_runs_on_one_thread(monkeypatch, capsy
 
     from vqc.training.heads import knn
     seen_threads = []
-    real = knn.tqdm
+    real = knn.progress_bar
 
     def watching(*args, **kwargs):
         seen_threads.append(torch.get_num_threads())
         return real(*args, **kwargs)
-    monkeypatch.setattr(knn, "tqdm", watching)
+    monkeypatch.setattr(knn, "progress_bar", watching)
     torch.set_num_threads(2)
     points = torch.randn(3000, 64)
     knn.greedy_coreset(points, 300, seed=0, progress=True)
     assert seen_threads == [1] and torch.get_num_threads() == 2  # one thread inside, restored after
-    assert "coreset" in capsys.readouterr().err
+    err = capsys.readouterr().err  # not a terminal: whole lines, the first and the last, no redraws
+    assert "\r" not in err and 1 <= len(err.splitlines()) <= 3
+    assert "coreset" in err.splitlines()[-1] and "300/300" in err.splitlines()[-1]
 
 
 # 14 --------------------------------------------------------------- --version, --help, keys list / revoke

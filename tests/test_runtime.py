@@ -29,7 +29,7 @@ BLOCKED = ("torch", "torchvision", "timm", "FrEIA", "scipy", "sklearn", "matplot
            "onnxscript", "yaml")
 TORCH_FREE = ("vqc", "vqc.cli", "vqc.bundle", "vqc.loading", "vqc.inspection", "vqc.batching", "vqc.scorefiles", "vqc.scoring", "vqc.geometry", "vqc.data", "vqc.engines",
               "vqc.engines.onnx", "vqc.engines.openvino", "vqc.serve", "vqc.records", "vqc.monitoring",
-              "vqc.access", "vqc.viz", "vqc.files", "vqc.choices", "vqc.version", "vqc.errors",
+              "vqc.access", "vqc.viz", "vqc.files", "vqc.choices", "vqc.version", "vqc.errors", "vqc.progress",
               "vqc.station.config", "vqc.station.sources", "vqc.station.aravis", "vqc.station.delivery",
               "vqc.station.opcua", "vqc.station.mqtt", "vqc.station.webhook", "vqc.station.station",
               "vqc.station.line", "vqc.station.page", "vqc.station.run", "vqc.station.fake_camera",
@@ -202,3 +202,25 @@ def test_the_runtime_install_holds_no_torch_and_scores_bottle_as_the_full_instal
     with sqlite3.connect(tmp_path / "line.records.sqlite") as records:
         assert [r for (r,) in records.execute("select filename from inspections order by id")] == \
             [f"cam1-{p.name}" for p in parts]
+
+
+def test_the_runtime_install_names_a_model_path_that_is_no_model_as_such(tmp_path, demo_model_file, monkeypatch):
+    """Only a real training model file is answered 'needs the full install'; a path that is not
+    there, a text file and a picture are named for what they are."""
+    from vqc.errors import VqcError
+    from vqc.loading import open_model
+    monkeypatch.setitem(sys.modules, "torch", None)  # the runtime install: no torch to find or import
+    monkeypatch.setitem(sys.modules, "vqc.training.model", None)
+    (tmp_path / "notes.txt").write_text("the model is on the other PC\n")
+    from PIL import Image
+    Image.new("RGB", (32, 32)).save(tmp_path / "part.png")
+    answers = {}
+    for name in ("missing.safetensors", "notes.txt", "part.png"):
+        with pytest.raises(VqcError) as caught:
+            open_model(tmp_path / name)
+        answers[name] = str(caught.value)
+    assert answers["missing.safetensors"] == f"model {tmp_path}/missing.safetensors does not exist"
+    assert answers["notes.txt"].startswith(f"model file {tmp_path}/notes.txt is not a vqc model")
+    assert answers["part.png"].startswith(f"model file {tmp_path}/part.png is not a vqc model")
+    with pytest.raises(VqcError, match="is a training model file, which needs the full install"):
+        open_model(demo_model_file)

@@ -7,7 +7,7 @@ from PIL import Image
 
 from vqc.data import read_split
 from vqc.serve import create_app
-from vqc.viz import legend_height
+from vqc.viz import picture_size
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +33,7 @@ def test_inspect_multipart_and_raw_give_the_model_score(client, demo_model, demo
     assert raw.json()["score"] == pytest.approx(want.score, rel=1e-6)
     heat = Image.open(io.BytesIO(base64.b64decode(raw.json()["heatmap_png"])))
     width, height = Image.open(sample.path).size
-    assert heat.size == (width, height + legend_height(width))  # the colour legend beneath
+    assert heat.size == picture_size(width, height)  # the colour legend beneath
 
 
 def test_batch(client, demo_root):
@@ -67,3 +67,42 @@ def test_model_info_docs_and_page(client, demo_model):
         "/v1/stats"}
     page = client.get("/")
     assert page.status_code == 200 and "vqc inspection" in page.text
+
+
+def test_serve_on_a_busy_port_says_so_in_one_line_and_starts_nothing(demo_model_file, capsys):
+    import socket
+
+    from vqc.cli import main
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", str(demo_model_file), "--port", str(port), "--db", "none"]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.splitlines() == [f"vqc: error: cannot listen on 127.0.0.1:{port}: Address already in use (another "
+                                "program there? choose another --port or --host)"]
+
+
+def test_without_records_the_keyless_warning_does_not_speak_of_records(demo_model_file, caplog):
+    import logging
+    with caplog.at_level(logging.WARNING, logger="vqc.serve"):
+        create_app(demo_model_file, db="none")
+    warning = next(r.getMessage() for r in caplog.records if "--api-key-file" in r.getMessage())
+    assert "records" not in warning and "anyone who can reach this service can inspect;" in warning
+
+
+def test_every_positional_model_and_the_address_options_say_what_they_take(capsys):
+    from vqc.cli import main
+    for command, names in (("predict", ["model"]), ("evaluate", ["model"]), ("export", ["model"]),
+                           ("serve", ["--host HOST", "--port PORT"])):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        text = capsys.readouterr().out
+        lines = text[text.index("positional arguments"):].splitlines()
+        for name in names:
+            at = next(i for i, line in enumerate(lines) if line.strip().startswith(name))
+            indent = len(lines[at]) - len(lines[at].lstrip())
+            following = lines[at + 1]  # help too long for the name's line starts deeper on the next
+            assert (lines[at].strip()[len(name):].strip() or
+                    len(following) - len(following.lstrip()) > indent + len(name)), f"{command} {name}: no help"

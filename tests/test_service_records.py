@@ -17,7 +17,7 @@ from vqc.errors import VqcError
 from vqc.records import Records
 from vqc.serve import create_app
 from vqc.training.thresholds import choose_threshold
-from vqc.viz import legend_height
+from vqc.viz import picture_size
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +83,7 @@ def test_every_answer_is_on_record_and_can_be_queried(service, samples):
         if answer["verdict"] == "defective":  # kept with its overlay; good ones not (keep_good=0)
             overlay = Image.open(io.BytesIO(base64.b64decode(row["overlay_png"])))
             assert (row["width"], row["height"]) == Image.open(sample.path).size
-            assert overlay.size == (row["width"], row["height"] + legend_height(row["width"]))  # legend beneath
+            assert overlay.size == picture_size(row["width"], row["height"])  # legend beneath
         else:
             assert row["overlay_png"] is None and row["image_path"] is None
     assert answers[5][1]["part_id"] == "B-2" and answers[0][1]["part_id"] == "P-0"

@@ -3,6 +3,7 @@ of its own, showing the demo images), a PLC played by an asyncua client, Debian'
 a webhook receiver; and the faults a line has: the broker, the PLC and the camera going away."""
 import http.server
 import json
+import sys
 import threading
 import time
 import urllib.request
@@ -52,8 +53,9 @@ def write(path, text):
 def test_every_mistake_in_the_station_file_is_one_line_naming_its_key(tmp_path, text, message):
     with pytest.raises(VqcError) as caught:
         load_line(write(tmp_path / "line.yaml", text))
-    assert message in str(caught.value) and "\n" not in str(caught.value)
-    assert str(caught.value).startswith("line.yaml: ")
+    lines = str(caught.value).splitlines()  # the file's every mistake, a line each
+    assert any(message in line for line in lines)
+    assert all(line.startswith("line.yaml: ") for line in lines)
 
 
 def test_a_good_file_reads_with_its_defaults(tmp_path):
@@ -68,11 +70,34 @@ def test_a_good_file_reads_with_its_defaults(tmp_path):
 
 def test_station_check_command_answers_in_one_line(tmp_path, capsys):
     from vqc.cli import main
+    (tmp_path / "in").mkdir()
     path = write(tmp_path / "line.yaml", "stations:\n  cam1: {model: missing.bundle, trigger: camera, "
                                          "camera: {kind: folder, folder: in, trigger: free}}")
     assert main(["station", "check", str(path)]) == 2
-    assert capsys.readouterr().err.strip() == (f"vqc: error: line.yaml: stations.cam1.model: {tmp_path}/missing.bundle "
+    assert capsys.readouterr().err.strip() == (f"vqc: error: line.yaml: stations.cam1.model: model {tmp_path}/missing.bundle "
                                                "does not exist")
+
+
+def test_station_check_names_every_mistake_at_once_a_line_each(tmp_path, capsys, demo_model_file, monkeypatch):
+    """A typo is an unknown key, not a missing camera; a watched folder that is not there and a
+    training model file on the runtime install (no torch) are refused by check, as run would."""
+    from vqc.cli import main
+    monkeypatch.setitem(sys.modules, "torch", None)  # the runtime install: torch cannot be found
+    path = write(tmp_path / "line.yaml", f"""
+stations:
+  cam1: {{model: {demo_model_file}, trigger: camera, camera: {{kind: folder, folder: nodir, trigger: free, gain: high}}}}
+  cam2: {{model: {demo_model_file}, trigger: camera, camra: {{kind: folder, folder: ., trigger: free}}}}
+""")
+    assert main(["station", "check", str(path)]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines == ["vqc: error: line.yaml: stations.cam1.camera.gain: a number, got 'high'",
+                     f"vqc: error: line.yaml: stations.cam1.camera.folder: no folder {tmp_path}/nodir",
+                     "vqc: error: line.yaml: stations.cam2.camera: every station needs its camera (kind: aravis, "
+                     "video or folder)",
+                     "vqc: error: line.yaml: stations.cam2.camra: unknown key (did you mean camera?)",
+                     f"vqc: error: line.yaml: stations.cam1.model: {demo_model_file} is a training model file, which "
+                     f"needs the full install (no torch here): export it to a line bundle with `vqc export "
+                     f"{demo_model_file.name} --out DIR` where vqc-inspect[train] is installed, and give DIR"]
 
 
 # ------------------------------------------------------------ the outbox (no parts needed)
@@ -227,6 +252,33 @@ def test_the_page_shows_the_last_part_with_its_overlay(line_parts):
 
 
 @needs_parts
+def test_the_page_in_chromium_shows_each_inspected_part_with_its_score_and_threshold(line_parts):
+    """The page stays filled after a part: the threshold the station sends is the model's whole record."""
+    import shutil
+    if not shutil.which("chromium"):
+        pytest.skip("Chromium is not installed (Debian: apt-get install chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (in the test extras)")
+    line_parts["plc"].cycle("cam1", "chromium-part")
+    threshold = line_parts["line"].stations["cam1"].models.live.model.threshold["value"]
+    errors = []
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=shutil.which("chromium"), args=["--no-sandbox", "--disable-gpu"])
+        page = browser.new_page()
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.goto(line_parts["page"])
+        page.wait_for_selector("#station-cam1 .verdict:not(:empty)")
+        page.wait_for_function("document.getElementById('station-cam1').textContent.includes('chromium-part')")
+        text = page.inner_text("#station-cam1")
+        browser.close()
+    assert not errors
+    assert f"(threshold {threshold:.3f})" in text and page_verdict(text) in ("OK", "NG")
+
+
+def page_verdict(text: str) -> str:
+    return text.splitlines()[2].strip()
+
+
+@needs_parts
 def test_broker_killed_and_restarted_every_result_arrives_once_in_order(line_parts):
     plc, broker, received, line = line_parts["plc"], line_parts["broker"], line_parts["received"], line_parts["line"]
     box = next(b for b in line.stations["cam1"].outboxes if b.name.endswith("mqtt"))
@@ -256,6 +308,30 @@ def test_webhook_receiver_away_then_back_gets_every_result_in_order(line_parts):
     Receiver.down.clear()
     wait_for(lambda: box.waiting() == 0, what="the webhook to be delivered")
     assert [r["sequence"] for r in Receiver.taken] == list(range(1, last + 1))
+
+
+@needs_parts
+def test_each_station_keeps_a_retained_status_on_mqtt_that_follows_its_outputs(line_parts):
+    import paho.mqtt.client as mqtt
+    plc = line_parts["plc"]
+    seen = []
+    watcher = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="status-watcher")
+    watcher.on_connect = lambda c, *_: c.subscribe("plant/cam1/status", qos=1)
+    watcher.on_message = lambda c, u, m: seen.append((json.loads(m.payload), m.retain))
+    watcher.connect("127.0.0.1", line_parts["broker"].port)
+    watcher.loop_start()
+    try:
+        wait_for(lambda: seen, what="the retained status")  # kept by the broker for a client that comes later
+        assert seen[0][1] and set(seen[0][0]) == {"error", "waiting"}
+        Receiver.down.set()
+        plc.cycle("cam1", "status-part")
+        wait_for(lambda: any("webhook" in (s["error"] or "") for s, _ in seen), what="the webhook's error")
+        Receiver.down.clear()
+        wait_for(lambda: seen[-1][0] == {"error": None, "waiting": 0}, what="the error cleared")
+    finally:
+        Receiver.down.clear()
+        watcher.loop_stop()
+        watcher.disconnect()
 
 
 @needs_parts

@@ -167,3 +167,30 @@ def test_update_chooses_again_with_the_stored_costs_and_defect_rate():
     assert (chosen["fp_cost"], chosen["fn_cost"], chosen["defect_rate"]) == (2.0, 30.0, 0.01)
     with pytest.raises(VqcError, match="50% of its images are defective"):
         _rechoose(model, "cost", pool, {"policy": "cost"})
+
+
+def test_one_threshold_writer_for_a_model_file_and_a_line_bundle(demo_model, demo_model_file, tmp_path):
+    """The CLI and the model store change a threshold the same way, torch-free, leaving the
+    tensors and the graph as they were."""
+    import shutil
+
+    from vqc.bundle import GRAPH, read_manifest
+    from vqc.modelfile import read_metadata, write_threshold
+    from vqc.training.export import export_bundle
+    chosen = {**demo_model.threshold, "value": demo_model.threshold["value"] * 2, "policy": "manual"}
+    copy = shutil.copy(demo_model_file, tmp_path / "m.safetensors")
+    write_threshold(copy, chosen)
+    before, after = read_metadata(demo_model_file), read_metadata(copy)
+    assert after["threshold"] == chosen and after["config"] == before["config"] and after["info"] == before["info"]
+    assert _tensor_data(copy) == _tensor_data(demo_model_file)
+    bundle = tmp_path / "bundle"
+    export_bundle(demo_model, bundle)
+    graph = (bundle / GRAPH).read_bytes()
+    write_threshold(bundle, chosen)
+    assert read_manifest(bundle)["threshold"] == chosen and (bundle / GRAPH).read_bytes() == graph
+
+
+def _tensor_data(path) -> bytes:
+    """A safetensors file's bytes after its header: the tensors."""
+    raw = path.read_bytes()
+    return raw[8 + int.from_bytes(raw[:8], "little"):]

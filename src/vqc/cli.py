@@ -152,13 +152,8 @@ HIGH_REJECT_HELP = ("store the threshold even when it rejects more than half of 
                     "(refused otherwise: a line would throw most good parts away)")
 
 
-def _parser() -> argparse.ArgumentParser:
-    from .version import __version__
-    parser = _Parser(prog="vqc", description="Visual quality control from defect-free images.")
-    parser.add_argument("--version", action="version", version=f"vqc {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log details")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-
+def _add_fit(sub) -> None:
+    """The arguments of `vqc fit`."""
     fit = sub.add_parser("fit", help="fit a detector on defect-free images")
     fit.add_argument("data", help="data set root (MVTec AD, BTAD, VisA layout: its train split) or a folder of good images")
     fit.add_argument("--backbone", help="see `vqc backbones` (default: efficientnet_lite0; none for --head ae)")
@@ -207,8 +202,12 @@ def _parser() -> argparse.ArgumentParser:
                           "(resumable: fitted categories are skipped)")
     _add_ray(fit)
 
+
+def _add_scoring(sub) -> None:
+    """The arguments of `vqc predict`, `vqc evaluate`, `vqc export`."""
     predict = sub.add_parser("predict", help="score images; write scores.csv and heat-map overlays")
-    predict.add_argument("model", help="a model file (.safetensors) or a line bundle folder (vqc export)")
+    predict.add_argument("model", help="a model file (.safetensors, from vqc fit) or a line bundle folder "
+                         "(from vqc export)")
     predict.add_argument("images", nargs="+", help="image files, folders or globs; with --ray also .txt or .parquet "
                          "lists of image paths")
     predict.add_argument("--out", default="predictions", help="output folder (--ray: resumable, a rerun scores "
@@ -226,7 +225,8 @@ def _parser() -> argparse.ArgumentParser:
                          help="--ray: also write OUT/scores.csv from the Parquet parts in OUT/scores/")
 
     evaluate = sub.add_parser("evaluate", help="metrics on a labelled test split")
-    evaluate.add_argument("model", help="a model file or line bundle folder")
+    evaluate.add_argument("model", help="a model file (.safetensors, from vqc fit) or a line bundle folder "
+                          "(from vqc export)")
     evaluate.add_argument("data", nargs="?", help="a data set folder (its test split); or --from-records")
     _add_reviewed(evaluate)
     evaluate.add_argument("--json", help="also write the metrics to this JSON file")
@@ -236,12 +236,15 @@ def _parser() -> argparse.ArgumentParser:
 
     export = sub.add_parser("export", help="write the line bundle: the parity-checked ONNX graph and all a "
                             "torch-free runtime needs, in one folder")
-    export.add_argument("model", help="the model file to export (.safetensors)")
+    export.add_argument("model", help="the model file to export (.safetensors, from vqc fit)")
     export.add_argument("--format", choices=["onnx"], default="onnx", help="the graph format")
     export.add_argument("--out", required=True, metavar="DIR", help="bundle folder to write (model.onnx, bundle.json); "
                         "vqc predict, serve and watch take it on the runtime install")
     export.add_argument("--check-images", nargs="*", default=[], help="images both engines must agree on")
 
+
+def _add_benchmark(sub) -> None:
+    """The arguments of `vqc demo`, `vqc backbones`, `vqc benchmark`."""
     demo = sub.add_parser("demo", help="fit, evaluate and draw heat maps on the shipped demo data")
     demo.add_argument("--out", default="vqc-demo", help="output folder")
 
@@ -273,6 +276,9 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", help="--speed: also write the records to this JSON file")
     _add_ray(bench)
 
+
+def _add_serve(sub) -> None:
+    """The arguments of `vqc serve`."""
     serve = sub.add_parser("serve", help="HTTP inspection service with an operator page at /")
     serve.add_argument("model", nargs="?", help="a model file or line bundle; or leave it out and give --store")
     serve.add_argument("--store", metavar="DIR", help="serve what is live on --target in this model store, and "
@@ -297,6 +303,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--batch-wait-ms", type=float, default=5.0, metavar="MS",
                        help="requests arriving within MS of the first share one engine call (0: one at a time)")
 
+
+def _add_records_and_keys(sub) -> None:
+    """The arguments of `vqc records`, `vqc keys`."""
     records = sub.add_parser("records", help="inspection records: export")
     records_sub = records.add_subparsers(dest="records_command", required=True)
     export_records = records_sub.add_parser("export", help="write recorded inspections to CSV or Parquet")
@@ -324,6 +333,9 @@ def _parser() -> argparse.ArgumentParser:
     revoke_key.add_argument("file", help="the key file")
     revoke_key.add_argument("--name", required=True, help="the key's name (vqc keys list)")
 
+
+def _add_station(sub) -> None:
+    """The arguments of `vqc station`."""
     station = sub.add_parser("station", help="run cameras on the line: trigger, inspect, record, answer the PLC")
     station_sub = station.add_subparsers(dest="station_command", required=True)
     run_station = station_sub.add_parser("run", help="run every station of STATION.yaml until Ctrl-C or SIGTERM")
@@ -332,9 +344,9 @@ def _parser() -> argparse.ArgumentParser:
     check_station = station_sub.add_parser("check", help="check STATION.yaml: one line naming the key of each mistake")
     check_station.add_argument("file", metavar="STATION.yaml", help="the line's station file")
 
-    cli_models.add_parsers(sub)
-    studio.add_parser(sub)
 
+def _add_threshold(sub) -> None:
+    """The arguments of `vqc threshold`."""
     threshold = sub.add_parser("threshold", help="choose and store the model's decision threshold")
     threshold.add_argument("model", help="the model file whose threshold is chosen and stored")
     threshold.add_argument("--policy", required=True, metavar="f1|cost|false-reject-rate=R",
@@ -347,11 +359,29 @@ def _parser() -> argparse.ArgumentParser:
     threshold.add_argument("--defect-rate", type=float, help="cost policy: your line's share of defective parts "
                                                              "(needed when DATA is over 20 %% defective)")
     threshold.add_argument("--allow-high-reject", action="store_true", help=HIGH_REJECT_HELP)
+
+
+def _parser() -> argparse.ArgumentParser:
+    from .version import __version__
+    parser = _Parser(prog="vqc", description="Visual quality control from defect-free images.")
+    parser.add_argument("--version", action="version", version=f"vqc {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log details")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    _add_fit(sub)
+    _add_scoring(sub)
+    _add_benchmark(sub)
+    _add_serve(sub)
+    _add_records_and_keys(sub)
+    _add_station(sub)
+    cli_models.add_parsers(sub)
+    studio.add_parser(sub)
+    _add_threshold(sub)
     return parser
 
 
 TRAINING_STACK = {"torch", "torchvision", "timm", "FrEIA", "safetensors", "scipy", "sklearn", "onnx", "onnxscript", "matplotlib",
-                  "markdown_it"}  # the vqc[train] extra's packages, as imported
+                  "markdown_it"}  # the vqc-inspect[train] extra's packages, as imported
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -364,7 +394,8 @@ def main(argv: list[str] | None = None) -> int:
                 "keys": cmd_keys, "station": cmd_station, "models": cli_models.cmd_models,
                 "update": cli_models.cmd_update, "studio": studio.cmd_studio}[args.command](args) or 0
     except VqcError as exc:
-        print(f"vqc: error: {exc}", file=sys.stderr)
+        for line in str(exc).splitlines() or [""]:  # a checked file's mistakes: a line each
+            print(f"vqc: error: {line}", file=sys.stderr)
         return 2
     except ModuleNotFoundError as exc:
         if exc.name not in TRAINING_STACK:
@@ -509,8 +540,8 @@ def cmd_predict(args) -> int | None:
         if recorder is not None:
             recorder.records.close()
     if not unreadable:
-        print(f"scored {scored} images -> {writer.path} in {seconds:.2f} s ({scored / seconds:.1f} images/s "
-              f"from the first file read to the last row written)")
+        print(f"scored {scored} images ({writer.verdict_counts()}) -> {writer.path} in {seconds:.2f} s "
+              f"({scored / seconds:.1f} images/s from the first file read to the last row written)")
         return None
     if not scored and len(unreadable) == 1:
         raise VqcError(unreadable[0][1])
@@ -519,7 +550,7 @@ def cmd_predict(args) -> int | None:
         print(f"  unreadable: {reason}", file=sys.stderr)
     if not scored:
         raise VqcError(f"none of the {len(unreadable)} images could be read (listed above and in {listing})")
-    print(f"scored {scored} of {scored + len(unreadable)} images -> {writer.path}; "
+    print(f"scored {scored} of {scored + len(unreadable)} images ({writer.verdict_counts()}) -> {writer.path}; "
           f"{len(unreadable)} could not be read (listed above and in {listing})")
     return 1
 
@@ -759,13 +790,13 @@ def cmd_keys(args) -> None:
 
 
 def cmd_threshold(args) -> None:
+    from .modelfile import write_threshold
     from .training.model import load
     from .training.thresholds import choose_threshold
     model = load(args.model)
     chosen = choose_threshold(model, args.policy, _reviewed_data(args, args.data), args.fp_cost, args.fn_cost,
                               args.defect_rate, args.allow_high_reject)
-    model.threshold = chosen  # written only once the policy's choice stands
-    model.save(args.model)
+    write_threshold(args.model, chosen)  # written only once the policy's choice stands
     extra = ", ".join(f"{k} {v}" for k, v in chosen.items() if k not in ("policy", "value"))
     print(f"threshold {chosen['value']:.6g} ({chosen['policy']}; {extra}) stored in {args.model}")
 

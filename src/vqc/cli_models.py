@@ -30,6 +30,9 @@ def add_parsers(sub) -> None:
                                     "within a second, no request dropped)")
     promote.add_argument("version", help="the version to make live")
     _store_options(promote, target=True)
+    promote.add_argument("--other-product", action="store_true",
+                         help="allow a version whose name (its product) differs from the one live on the target; "
+                              "refused otherwise")
     _store_options(models_sub.add_parser("rollback", help="back to the version live before the current one"),
                    target=True)
     shadow = models_sub.add_parser("shadow", help="score a candidate beside the live model, not acted on ('none' "
@@ -61,7 +64,7 @@ def add_parsers(sub) -> None:
 
 def _open(args):
     from .store.versions import ModelStore
-    return ModelStore.open(args.store, args.db)
+    return ModelStore.open(args.store, args.db, create=args.models_command == "add")
 
 
 def _actor(args) -> str:
@@ -82,7 +85,7 @@ def cmd_models(args) -> None:
         row["fit_manifest"] = {"images": len(row["fit_manifest"]), "first": row["fit_manifest"][:3]}
         print(json.dumps(row, indent=1, default=str))
     elif command == "promote":
-        version = store.promote(args.target, args.version, _actor(args))
+        version = store.promote(args.target, args.version, _actor(args), args.other_product)
         print(f"{version} is live on {args.target}")
     elif command == "rollback":
         version = store.rollback(args.target, _actor(args))

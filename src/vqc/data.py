@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .errors import VqcError
+from .errors import VqcError, first_line
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 
@@ -79,7 +79,7 @@ def decode_image(source: str | Path | bytes, name: str | None = None,
     except (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError, TypeError,
             ZeroDivisionError, MemoryError) as exc:
         # Pillow's plugins raise all of these on damaged files (truncated data, broken headers)
-        raise VqcError(f"cannot read image {label}: {_one_line(exc)}") from None
+        raise VqcError(f"cannot read image {label}: {_decoder_message(exc)}") from None
 
 
 def read_bytes(path: str | Path) -> bytes:
@@ -94,9 +94,9 @@ def read_bytes(path: str | Path) -> bytes:
         raise VqcError(f"cannot read image {path}: {exc.strerror or exc}") from None
 
 
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return re.sub(r"<[^<>]* object at 0x[0-9a-f]+>", "the data", text)[:300]
+def _decoder_message(exc: BaseException) -> str:
+    """The decoder's reason in one line, without the memory address of its buffer object."""
+    return re.sub(r"<[^<>]* object at 0x[0-9a-f]+>", "the data", first_line(exc))[:300]
 
 
 def _to_rgb8(image: Image.Image) -> np.ndarray:

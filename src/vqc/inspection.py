@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import VqcError
+from .errors import VqcError, first_line
 from .records import ModelIdentity, Records, inspection_row
 from .scoring import Prediction, Scorer
 from .viz import prediction_overlay
@@ -76,9 +76,9 @@ class Recorder:
             return self.records.add(rows, [(item.data, functools.partial(item.overlay, floor, top)) for item in items],
                                     self.overlays_later)
         except Exception as exc:  # any failure to record must be said, never passed over
-            log.error("inspection not recorded (%s): %s", type(exc).__name__, str(exc).splitlines()[0])
+            log.error("inspection not recorded: %s", first_line(exc, with_type=True))
             raise NotRecorded(f"{', '.join(item.name for item in items)} scored but not recorded in "
-                              f"{self.records.url}: {type(exc).__name__}: {str(exc).splitlines()[0]}") from None
+                              f"{self.records.url}: {first_line(exc, with_type=True)}") from None
 
 
 def inspect_files(model: Scorer, paths: list[Path], on_unreadable=None, progress: bool = False):

@@ -26,6 +26,7 @@ from typing import Callable
 import numpy as np
 
 from .batching import Batcher
+from .errors import first_line
 from .inspection import Recorder
 from .monitoring import DriftMonitor
 from .records import ModelIdentity
@@ -125,7 +126,7 @@ class LiveModels:
             try:
                 self.refresh()
             except Exception as exc:  # a database away for a moment: the models in force stay
-                log.warning("deployment of %s not read: %s", self.target, str(exc).splitlines()[0])
+                log.warning("deployment of %s not read: %s", self.target, first_line(exc))
 
     # ------------------------------------------------------------ shadow
 

@@ -1,4 +1,5 @@
-"""A training model file's header, read and rewritten without torch.
+"""A training model file's header, read and rewritten without torch; and the one way to change
+the threshold of a model file or a line bundle (the CLI and the model store both call it).
 
 A safetensors file is an 8-byte little-endian header length, a JSON header (the tensors' dtypes,
 shapes and offsets into the data that follows, and `__metadata__`, vqc's config, info and
@@ -13,8 +14,9 @@ import shutil
 import struct
 from pathlib import Path
 
+from .bundle import MANIFEST
 from .errors import VqcError
-from .files import atomic_path
+from .files import atomic_path, write_text_atomic
 
 MAX_HEADER = 100 * 2**20  # safetensors' own limit
 
@@ -32,8 +34,9 @@ def _header(f, path: Path) -> tuple[dict, int]:
         raise VqcError(f"model file {path} is not a vqc model (its header is not JSON)") from None
 
 
-def read_metadata(path: str | Path) -> dict:
-    """The file's metadata: config, info and threshold decoded from JSON, format as written."""
+def check_model_file(path: str | Path) -> dict[str, str]:
+    """The metadata of a vqc model file as stored (JSON strings); a VqcError for a file that is
+    not one (a text file, a picture), read from its header alone."""
     path = Path(path)
     try:
         with open(path, "rb") as f:
@@ -43,6 +46,12 @@ def read_metadata(path: str | Path) -> dict:
     metadata = header.get("__metadata__") or {}
     if metadata.get("format") != "vqc-model":
         raise VqcError(f"model file {path} is not a vqc model (no 'vqc-model' header)")
+    return metadata
+
+
+def read_metadata(path: str | Path) -> dict:
+    """The file's metadata: config, info and threshold decoded from JSON, format as written."""
+    metadata = check_model_file(path)
     try:
         return {key: json.loads(metadata[key]) for key in ("config", "info", "threshold")}
     except (KeyError, json.JSONDecodeError):
@@ -62,3 +71,14 @@ def rewrite_metadata(source: str | Path, target: str | Path, **updates) -> None:
         with atomic_path(target) as tmp, open(tmp, "wb") as out:
             out.write(struct.pack("<Q", len(encoded)) + encoded)
             shutil.copyfileobj(f, out, 1 << 20)
+
+
+def write_threshold(path: str | Path, threshold: dict) -> None:
+    """Replace the threshold of the model file or line bundle at `path`, in place and torch-free:
+    the file's tensors and the bundle's graph are not touched."""
+    path = Path(path)
+    if path.is_dir():
+        manifest = json.loads((path / MANIFEST).read_text())
+        write_text_atomic(path / MANIFEST, json.dumps({**manifest, "threshold": threshold}, indent=1))
+    else:
+        rewrite_metadata(path, path, threshold=threshold)

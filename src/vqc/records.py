@@ -24,7 +24,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from .version import __version__
 from .data import IMAGE_SUFFIXES
-from .errors import VqcError
+from .errors import VqcError, first_line
 from .files import atomic_path
 
 log = logging.getLogger(__name__)
@@ -240,7 +240,7 @@ def migrate(engine: sa.Engine) -> None:
                     current or "(new)", head)
             command.upgrade(config, "head")
     except sa.exc.OperationalError as exc:
-        raise VqcError(f"cannot open database {shown}: {str(exc.orig).strip().splitlines()[0]}") from None
+        raise VqcError(f"cannot open database {shown}: {first_line(exc.orig)}") from None
 
 
 class Records:

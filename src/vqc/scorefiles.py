@@ -2,6 +2,7 @@
 the watched camera folder. Runtime part (no torch); the command line only parses and prints."""
 from __future__ import annotations
 
+import collections
 import csv
 import io
 import os
@@ -39,6 +40,14 @@ class ScoreWriter:
     def __init__(self, path: Path, model, base: Path, overlays: bool, recorder=None, station: str | None = None):
         self.path, self.model, self.base, self.overlays = path, model, base.resolve(), overlays
         self.file, self.recorder, self.station = None, recorder, station
+        self.verdicts: collections.Counter = collections.Counter()  # rows written per verdict (None: no threshold)
+
+    def verdict_counts(self) -> str:
+        """The rows written so far by verdict, as the command prints them."""
+        counted = [f"{self.verdicts['defective']} defective", f"{self.verdicts['ok']} ok"]
+        if self.verdicts[None]:
+            counted.append(f"{self.verdicts[None]} without a verdict (the model has no threshold)")
+        return ", ".join(counted)
 
     def overlay_path(self, image: Path) -> Path:
         """overlays/<path below base>, ending .png (a.png -> a.png, a.jpg -> a.jpg.png: never shared)."""
@@ -73,6 +82,7 @@ class ScoreWriter:
             self.csv.writerow({**row, "score": f"{row['score']:.6g}", "normalised_score": f"{row['normalised_score']:.4f}",
                                "verdict": row["verdict"] or "", "warning": row["warning"] or "", "overlay": overlay})
             self.file.flush()
+            self.verdicts[pred.verdict] += 1
             count += 1
         return count
 

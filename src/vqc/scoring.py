@@ -15,12 +15,12 @@ from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from .data import decode_image, list_images, read_bytes
 from .errors import VqcError
 from .geometry import Geometry, Plan, assemble, to_original, valid_mask
 from .geometry import score as canvas_score
+from .progress import progress_bar
 
 ImageInput = str | Path | np.ndarray
 DECODE_THREADS = 4  # decoding waits on files and Pillow, not on the model's cores
@@ -183,7 +183,7 @@ class Scorer:
         self.require_ready()
         images = list(images)
         order: deque[tuple[int, tuple | None]] = deque()  # each plan's index (and inputs) on its way through
-        with tqdm(total=len(images), desc="predict", unit="img", disable=not progress) as bar:
+        with progress_bar(total=len(images), desc="predict", unit="img", shown=progress) as bar:
             def skipped(image, error):
                 bar.update(1)
                 on_unreadable(image, error)

@@ -210,7 +210,7 @@ async def _read_limited(request: Request, limit: int) -> bytes:
     return bytes(body)
 
 
-async def _uploads(request: Request, limit: int) -> tuple[list[tuple[str, bytes]], dict[str, list[str]]]:
+async def read_uploads(request: Request, limit: int) -> tuple[list[tuple[str, bytes]], dict[str, list[str]]]:
     """Images from multipart form files, or the raw body as one image; and the text fields
     (query parameters, then multipart fields). A body that is not well-formed is answered 400."""
     body = await _read_limited(request, limit)
@@ -273,7 +273,8 @@ def create_app(model_path: str | Path | None, config: ServeConfig | None = None,
     inspector = Inspector(model_path, config, store, target)
     limit = int(config.max_upload_mb * 2**20)
     if keys is None:
-        log.warning("no --api-key-file: anyone who can reach this service can inspect and read the records; "
+        reach = "inspect and read the records" if inspector.records is not None else "inspect"
+        log.warning(f"no --api-key-file: anyone who can reach this service can {reach}; "
                     "model changes need an admin key and are refused")
 
     def caller(request: Request) -> Caller:
@@ -299,22 +300,7 @@ def create_app(model_path: str | Path | None, config: ServeConfig | None = None,
     app = FastAPIOffline(title="vqc inspection service", version=__version__, lifespan=lifespan, redoc_url=None,
                          description="Score images of parts against a detector fitted on good parts, and keep the record.")
     app.state.inspector = inspector
-    allowed_origins = set(config.cors_origins)
-
-    @app.middleware("http")
-    async def refuse_cross_site_posts(request: Request, call_next):
-        """A page on another site can make an operator's browser POST a form here (no preflight
-        for form types) and, with no key configured, have it carried out. Such a request names
-        its origin; one from this service's own page, curl or a PLC names this host or none."""
-        if request.method not in ("GET", "HEAD", "OPTIONS") and not _same_origin(request, allowed_origins):
-            return JSONResponse({"detail": "cross-origin request refused: this service takes POSTs from its "
-                                           "own page, from clients that send no Origin, and from --cors-origin "
-                                           "origins"}, status_code=403)
-        return await call_next(request)
-    if config.cors_origins:  # off unless asked: a browser page elsewhere cannot call the API by default
-        from fastapi.middleware.cors import CORSMiddleware
-        app.add_middleware(CORSMiddleware, allow_origins=list(config.cors_origins), allow_methods=["GET", "POST"],
-                           allow_headers=["Authorization", "X-API-Key", "Content-Type"])
+    _guard_origins(app, config.cors_origins)
 
     @app.exception_handler(VqcError)
     async def bad_input(request: Request, exc: VqcError):
@@ -341,11 +327,44 @@ def create_app(model_path: str | Path | None, config: ServeConfig | None = None,
     def model_info() -> dict:
         return inspector.describe()
 
+    _inspection_routes(app, inspector, keyed, limit, config.max_batch)
+    records = _record_routes(app, inspector, keyed)
+    app.include_router(lifecycle_routes(inspector, caller, records))
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def page() -> str:
+        return (files("vqc") / "static" / "operator.html").read_text()
+
+    return app
+
+
+def _guard_origins(app: FastAPI, cors_origins: tuple[str, ...]) -> None:
+    """POSTs from other sites refused; CORS only for the origins named."""
+    allowed_origins = set(cors_origins)
+
+    @app.middleware("http")
+    async def refuse_cross_site_posts(request: Request, call_next):
+        """A page on another site can make an operator's browser POST a form here (no preflight
+        for form types) and, with no key configured, have it carried out. Such a request names
+        its origin; one from this service's own page, curl or a PLC names this host or none."""
+        if request.method not in ("GET", "HEAD", "OPTIONS") and not same_origin(request, allowed_origins):
+            return JSONResponse({"detail": "cross-origin request refused: this service takes POSTs from its "
+                                           "own page, from clients that send no Origin, and from --cors-origin "
+                                           "origins"}, status_code=403)
+        return await call_next(request)
+    if cors_origins:  # off unless asked: a browser page elsewhere cannot call the API by default
+        from fastapi.middleware.cors import CORSMiddleware
+        app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "X-API-Key", "Content-Type"])
+
+
+def _inspection_routes(app: FastAPI, inspector: Inspector, keyed: list, limit: int, max_batch: int) -> None:
+    """POST /v1/inspect and /v1/inspect/batch."""
     @app.post("/v1/inspect", dependencies=keyed,
               summary="Inspect one image (raw body or multipart field 'file'); optional station, part_id")
     async def inspect(request: Request, heatmap: bool = False) -> dict:
         start = time.perf_counter()
-        uploads, fields = await _uploads(request, limit)
+        uploads, fields = await read_uploads(request, limit)
         if len(uploads) != 1:
             raise HTTPException(400, f"send one image here ({len(uploads)} given); use /v1/inspect/batch for several")
         return (await _run(inspector, uploads, fields, heatmap, start))[0]
@@ -354,11 +373,14 @@ def create_app(model_path: str | Path | None, config: ServeConfig | None = None,
               summary="Inspect several images (multipart, one field per image); optional station, part_id per image")
     async def inspect_batch(request: Request, heatmap: bool = False) -> dict:
         start = time.perf_counter()
-        uploads, fields = await _uploads(request, limit * config.max_batch)
-        if len(uploads) > config.max_batch:
-            raise HTTPException(413, f"{len(uploads)} images is over the batch limit of {config.max_batch}")
+        uploads, fields = await read_uploads(request, limit * max_batch)
+        if len(uploads) > max_batch:
+            raise HTTPException(413, f"{len(uploads)} images is over the batch limit of {max_batch}")
         return {"results": await _run(inspector, uploads, fields, heatmap, start)}
 
+
+def _record_routes(app: FastAPI, inspector: Inspector, keyed: list):
+    """GET /v1/inspections, /v1/inspections/ID and /v1/stats; the records, or 404 without them."""
     def records() -> Records:
         if inspector.records is None:
             raise HTTPException(404, "this service keeps no records (started with --db none)")
@@ -397,16 +419,10 @@ def create_app(model_path: str | Path | None, config: ServeConfig | None = None,
             raise HTTPException(422, f"shifts are comma-separated hours, e.g. 6,14,22 (got {shifts!r})") from None
         return {"by": by, "tz": tz, "buckets": records().stats(where, by, starts, tz)}
 
-    app.include_router(lifecycle_routes(inspector, caller, records))
-
-    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    def page() -> str:
-        return (files("vqc") / "static" / "operator.html").read_text()
-
-    return app
+    return records
 
 
-def _same_origin(request: Request, allowed: set[str]) -> bool:
+def same_origin(request: Request, allowed: set[str]) -> bool:
     origin = request.headers.get("origin")
     if request.headers.get("sec-fetch-site") == "cross-site" and origin not in allowed:
         return False
@@ -435,6 +451,20 @@ async def _run(inspector: Inspector, uploads, fields, heatmap: bool, start: floa
     return results
 
 
+def check_port_free(host: str, port: int) -> None:
+    """A VqcError naming the address when another program listens there: said before the model
+    loads and uvicorn starts, in one line."""
+    import socket
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: TIME_WAIT is no obstacle
+            probe.bind((host, port))
+    except OSError as exc:
+        raise VqcError(f"cannot listen on {host}:{port}: {exc.strerror or exc} (another program there? "
+                       f"choose another --port or --host)") from None
+
+
 def serve(model_path: str | None, host: str = "127.0.0.1", port: int = 8000, config: ServeConfig | None = None,
           store=None, target: str = "serve") -> None:
     import copy
@@ -444,4 +474,5 @@ def serve(model_path: str | None, host: str = "127.0.0.1", port: int = 8000, con
     log_config = copy.deepcopy(LOGGING_CONFIG)
     log_config.setdefault("filters", {})["hide_secrets"] = {"()": HideSecretsInUrls}
     log_config["handlers"]["access"]["filters"] = ["hide_secrets"]
+    check_port_free(host, port)
     uvicorn.run(create_app(model_path, config, store, target), host=host, port=port, log_level="info", log_config=log_config)

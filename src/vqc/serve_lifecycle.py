@@ -30,8 +30,9 @@ class ReviewIn(BaseModel):
     note: str | None = Field(None, max_length=500)
 
 
-class VersionIn(BaseModel):
+class PromoteIn(BaseModel):
     version: str = Field(min_length=4, max_length=12)
+    other_product: bool = False  # allow a version of another product than the one live here
 
 
 class ShadowIn(BaseModel):
@@ -90,9 +91,9 @@ def lifecycle_routes(inspector, caller: Callable, records: Callable) -> APIRoute
             for row in versions]}
 
     @router.post("/v1/models/promote", summary="Make a version live (admin)")
-    async def promote(body: VersionIn, who: Caller = Depends(admin)) -> dict:
+    async def promote(body: PromoteIn, who: Caller = Depends(admin)) -> dict:
         models = store()
-        return await change(lambda: models.promote(inspector.target, body.version, who.name))
+        return await change(lambda: models.promote(inspector.target, body.version, who.name, body.other_product))
 
     @router.post("/v1/models/rollback", summary="Back to the version live before this one (admin)")
     async def rollback(who: Caller = Depends(admin)) -> dict:

@@ -12,6 +12,8 @@ from .files import atomic_path
 OVERLAY_MAX_SIDE = 2048  # pixels on the longer side: a 36 MP part still gives a few-MB picture
 BLEND_ROWS = 256  # rows blended at once: about 10 MB of float work at 2048 wide
 LEGEND_LABELS = ("typical good", "worst good", "2x")  # levels 0, 1 (the worst held-out good image), 2
+LEGEND_MIN_WIDTH = 240  # narrower pictures are set on a white canvas this wide: the labels need the room
+VERDICT_COLOURS = {"defective": (200, 30, 30), "ok": (20, 130, 60), None: (60, 60, 60)}
 
 
 def overlay(image: np.ndarray, anomaly_map: np.ndarray, floor: float, top: float,
@@ -60,7 +62,7 @@ def prediction_overlay(image: np.ndarray, prediction, floor: float, top: float, 
                        max_side: int = OVERLAY_MAX_SIDE) -> np.ndarray:
     """The picture an operator sees for one scored image: the overlay at most `max_side` pixels
     on its longer side (the map is taken from the canvas at that size, so a huge image never
-    needs a full-resolution map), with the colour legend beneath."""
+    needs a full-resolution map), with its verdict and score and the colour legend beneath."""
     h, w = image.shape[:2]
     ratio = min(1.0, max_side / max(h, w))
     size = (max(1, round(h * ratio)), max(1, round(w * ratio)))
@@ -69,31 +71,48 @@ def prediction_overlay(image: np.ndarray, prediction, floor: float, top: float, 
             size[::-1], Image.BILINEAR)) for c in range(3)], axis=2)
         if mask is not None:
             mask = np.asarray(Image.fromarray(mask).resize(size[::-1], Image.NEAREST))
-    return with_legend(overlay(image, prediction.map_at(*size), floor, top, mask))
+    verdict = (prediction.verdict or "no threshold").upper()
+    caption = (f"{verdict}  score {prediction.score:.4g}", VERDICT_COLOURS.get(prediction.verdict))
+    return with_legend(overlay(image, prediction.map_at(*size), floor, top, mask), caption)
 
 
-def legend_height(width: int) -> int:
+def _scale_height(width: int) -> int:
     return int(min(48, max(20, width // 20)))
 
 
-def with_legend(picture: np.ndarray) -> np.ndarray:
-    """The picture with a strip beneath: overlay()'s colour scale from level 0 (transparent:
-    a typical good position) to level 2, and its labels."""
+def legend_height(width: int) -> int:
+    """Rows beneath a picture of this width: the caption's, then the colour scale's with its labels."""
+    scale = _scale_height(max(width, LEGEND_MIN_WIDTH))
+    return scale + scale - max(4, scale // 3)
+
+
+def picture_size(width: int, height: int) -> tuple[int, int]:
+    """(width, height) of the picture with_legend makes of a width x height overlay."""
+    return max(width, LEGEND_MIN_WIDTH), height + legend_height(width)
+
+
+def with_legend(picture: np.ndarray, caption: tuple[str, tuple] | None = None) -> np.ndarray:
+    """The picture with a strip beneath: the caption (text, colour), then overlay()'s colour scale
+    from level 0 (transparent: a typical good position) to level 2, and its labels."""
     h, w = picture.shape[:2]
-    strip = legend_height(w)
-    bar = max(4, strip // 3)
-    levels = np.linspace(0, 2, w, dtype=np.float32)[None]
-    row = _blend(np.full((1, w, 3), 128, np.uint8), levels, 0.0, 1.0)[0]  # the scale as blended over grey
-    out = np.full((h + strip, w, 3), 255, np.uint8)
-    out[:h] = picture
-    out[h:h + bar] = row[None]
+    width = max(w, LEGEND_MIN_WIDTH)
+    scale = _scale_height(width)
+    bar = max(4, scale // 3)
+    text_rows = scale - bar
+    out = np.full((h + legend_height(w), width, 3), 255, np.uint8)
+    left = (width - w) // 2
+    out[:h, left:left + w] = picture
+    levels = np.linspace(0, 2, width, dtype=np.float32)[None]
+    top = h + text_rows
+    out[top:top + bar] = _blend(np.full((1, width, 3), 128, np.uint8), levels, 0.0, 1.0)  # the scale over grey
     canvas = Image.fromarray(out)
     draw = ImageDraw.Draw(canvas)
-    font = _font(strip - bar - 2)
-    for (x, anchor), label in zip(((1, "la"), (w // 2, "ma"), (w - 2, "ra")), LEGEND_LABELS):
-        draw.line([(x, h), (x, h + bar)], fill=(0, 0, 0))
-        if w >= 200:  # narrower pictures keep the bar; the labels would overlap
-            draw.text((x, h + bar + 1), label, fill=(0, 0, 0), font=font, anchor=anchor)
+    font = _font(text_rows - 2)
+    if caption is not None:
+        draw.text((1, h + 1), caption[0], fill=caption[1], font=font, anchor="la")
+    for (x, anchor), label in zip(((1, "la"), (width // 2, "ma"), (width - 2, "ra")), LEGEND_LABELS):
+        draw.line([(x, top), (x, top + bar)], fill=(0, 0, 0))
+        draw.text((x, top + bar + 1), label, fill=(0, 0, 0), font=font, anchor=anchor)
     return np.asarray(canvas)
 
 

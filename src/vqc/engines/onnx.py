@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import VqcError
+from ..errors import VqcError, first_line
 from .feed import graph_feed
 
 
@@ -25,7 +25,7 @@ class OnnxEngine:
         try:
             self.session = ort.InferenceSession(str(path), options, providers=providers)
         except Exception as exc:
-            raise VqcError(f"cannot load ONNX model {path}: {str(exc).splitlines()[0]}") from None
+            raise VqcError(f"cannot load ONNX model {path}: {first_line(exc)}") from None
         self.inputs = [i.name for i in self.session.get_inputs()]
 
     def run(self, images: np.ndarray, valid: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:

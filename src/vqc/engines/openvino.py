@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import VqcError
+from ..errors import VqcError, first_line
 from .feed import graph_feed
 
 
@@ -40,7 +40,7 @@ class OpenVinoEngine:
             self.model = self.core.read_model(str(path))
             dynamic = self.core.compile_model(self.model, "CPU", {**self.config, "PERFORMANCE_HINT": "THROUGHPUT"})
         except Exception as exc:
-            raise VqcError(f"cannot load ONNX model {path} in OpenVINO: {str(exc).splitlines()[0]}") from None
+            raise VqcError(f"cannot load ONNX model {path} in OpenVINO: {first_line(exc)}") from None
         self.streams = max(1, int(dynamic.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
         self.inputs = [i.get_any_name() for i in self.model.inputs]
         self.fixed_size = all(d.is_static for d in list(self.model.inputs[0].get_partial_shape())[1:])

@@ -1,12 +1,14 @@
 """STATION.yaml: what `vqc station run` and `vqc station check` read.
 
-Every mistake is one VqcError naming the file and the key (`line.yaml: stations.cam1.camera.gain:
-a number, got 'high'`), so `vqc station check` can answer it in one line before a line starts.
+Every mistake is one line naming the file and the key (`line.yaml: stations.cam1.camera.gain:
+a number, got 'high'`); the whole file is read before the VqcError is raised, so `vqc station
+check` answers every mistake of a file at once, a line each, before a line starts.
 Paths in the file are relative to the file's folder. `schema()` lists every key the reader knows,
 with its type, default and KEY_HELP's text: the documentation's STATION.yaml reference is made from it.
 """
 from __future__ import annotations
 
+import difflib
 import os
 import re
 from dataclasses import dataclass, field
@@ -22,6 +24,7 @@ OUTPUTS = ("opcua", "mqtt", "webhook")
 WHEN_FULL = ("stop", "drop-oldest")
 PIXEL_FORMATS = ("RGB8", "BGR8", "Mono8")
 NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # becomes an OPC UA browse name and an MQTT topic level
+STATION_KEYS = ("model", "camera", "trigger", "outputs", "webhook", "threads", "engine", "plc_nodes")
 PLC_NODES = ("trigger", "part_id", "busy", "done", "result", "score", "sequence", "model_version", "error",
              "heartbeat")  # with opcua.client: the PLC's node ids per station; trigger and result at least
 
@@ -93,20 +96,23 @@ class LineConfig:
 
 
 class _Reader:
-    """Reads one mapping of the file, naming the key path in every error, refusing unknown keys."""
+    """Reads one mapping of the file, naming the key path in every mistake, refusing unknown keys.
+
+    A mistake is noted in `problems` (shared by the readers of one file) and reading goes on: a
+    value that is wrong reads as its default, so the rest of the file is still checked."""
 
     log: list | None = None  # schema(): every key read, as (where, key, kind, default, choices, minimum)
 
-    def __init__(self, file: Path, where: str, value: Any):
-        self.file, self.where = file, where
+    def __init__(self, file: Path, where: str, value: Any, problems: list[str]):
+        self.file, self.where, self.problems = file, where, problems
+        self.value = value if isinstance(value, dict) else {}
+        self.seen: set[str] = set()
         if not isinstance(value, dict):
             self.fail(f"a mapping of keys, got {_shown(value)}")
-        self.value = value
-        self.seen: set[str] = set()
 
-    def fail(self, message: str, key: str | None = None):
+    def fail(self, message: str, key: str | None = None) -> None:
         where = f"{self.where}.{key}" if key and self.where else (key or self.where or "top level")
-        raise VqcError(f"{self.file.name}: {where}: {message}")
+        self.problems.append(f"{self.file.name}: {where}: {message}")
 
     def has(self, key: str) -> bool:
         return self.value.get(key) is not None
@@ -124,11 +130,13 @@ class _Reader:
             value = str(value)  # an address or a part of one
         if not isinstance(value, kind) or (kind in (int, float) and isinstance(value, bool)):
             self.fail(f"{_KIND_NAMES[kind]}, got {_shown(value)}", key)
-        if choices is not None and value not in choices:
+        elif choices is not None and value not in choices:
             self.fail(f"one of {', '.join(choices)}; got {_shown(value)}", key)
-        if minimum is not None and value < minimum:
+        elif minimum is not None and value < minimum:
             self.fail(f"at least {minimum}, got {value}", key)
-        return value
+        else:
+            return value
+        return default
 
     def path(self, key: str, default: Path | None = None) -> Path | None:
         value = self.get(key, str)
@@ -140,12 +148,14 @@ class _Reader:
             _Reader.log.append((self.where, key, dict, None, None, None))
         if self.value.get(key) is None:
             return None
-        return _Reader(self.file, f"{self.where}.{key}" if self.where else key, self.value[key])
+        return _Reader(self.file, f"{self.where}.{key}" if self.where else key, self.value[key], self.problems)
 
     def done(self) -> None:
-        unknown = sorted(set(map(str, self.value)) - self.seen)
-        if unknown:
-            self.fail(f"unknown key (known: {', '.join(sorted(self.seen))})", unknown[0])
+        """Each key not read is a mistake: a typo is named as the unknown key it is."""
+        for key in sorted(set(map(str, self.value)) - self.seen):
+            close = difflib.get_close_matches(key, sorted(self.seen), n=1)
+            hint = f"did you mean {close[0]}?" if close else f"known: {', '.join(sorted(self.seen))}"
+            self.fail(f"unknown key ({hint})", key)
 
 
 _KIND_NAMES = {str: "a string", int: "a whole number", float: "a number", bool: "true or false",
@@ -164,6 +174,7 @@ def _address(reader: _Reader, key: str) -> tuple[str, int] | None:
     host, _, port = value.rpartition(":")
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
         reader.fail(f"HOST:PORT, got {_shown(value)}", key)
+        return None
     return host, int(port)
 
 
@@ -180,6 +191,8 @@ def _source(reader: _Reader) -> SourceConfig:
         reconnect_s=reader.get("reconnect_s", float, 1.0, minimum=0.01), folder=reader.path("folder"))
     if kind == "folder" and source.folder is None:
         reader.fail("a folder source needs its folder", "folder")
+    elif kind == "folder" and not source.folder.is_dir():
+        reader.fail(f"no folder {source.folder}", "folder")
     if kind == "video" and source.id is None:
         reader.fail("a video source needs its URL or device (rtsp://..., /dev/video0)", "id")
     if kind != "aravis" and source.trigger == "software":
@@ -188,7 +201,8 @@ def _source(reader: _Reader) -> SourceConfig:
     return source
 
 
-def _station(reader: _Reader, name: str, line: dict) -> StationConfig:
+def _station(reader: _Reader, name: str, line: dict) -> StationConfig | None:
+    """The station, or None when it has no camera (its other keys are still checked)."""
     if not NAME.match(name):
         reader.fail("a station name is 1 to 64 letters, digits, - or _")
     model = reader.path("model")
@@ -198,6 +212,9 @@ def _station(reader: _Reader, name: str, line: dict) -> StationConfig:
     source_reader = reader.sub("camera")
     if source_reader is None:
         reader.fail("every station needs its camera (kind: aravis, video or folder)", "camera")
+        reader.seen.update(STATION_KEYS)
+        reader.done()
+        return None
     source = _source(source_reader)
     trigger = reader.get("trigger", str, "opcua" if source.trigger == "software" else "camera", STATION_TRIGGERS)
     if trigger == "camera" and source.trigger == "software":
@@ -239,7 +256,16 @@ def _station(reader: _Reader, name: str, line: dict) -> StationConfig:
 
 
 def load_line(path: str | Path) -> LineConfig:
-    """The checked line file; a VqcError naming the key at the first mistake."""
+    """The checked line file; a VqcError with one line per mistake, each naming its key."""
+    line, problems = read_line(path)
+    if problems:
+        raise VqcError("\n".join(problems))
+    return line
+
+
+def read_line(path: str | Path) -> tuple[LineConfig, list[str]]:
+    """The line file as far as it reads, and its mistakes (a line each); a file that is not
+    YAML is a VqcError at once."""
     import yaml
     path = Path(path)
     try:
@@ -250,7 +276,8 @@ def load_line(path: str | Path) -> LineConfig:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
         raise VqcError(f"{path.name}: not YAML{where}: {getattr(exc, 'problem', None) or exc}") from None
-    top = _Reader(path, "", raw if raw is not None else {})
+    problems: list[str] = []
+    top = _Reader(path, "", raw if raw is not None else {}, problems)
     opcua = mqtt = None
     if (reader := top.sub("opcua")) is not None:
         opcua = OpcUaConfig(server=reader.get("server", str), client=reader.get("client", str),
@@ -276,12 +303,14 @@ def load_line(path: str | Path) -> LineConfig:
     stations_reader = top.sub("stations")
     if stations_reader is None or not stations_reader.value:
         top.fail("a line needs at least one station under stations:", "stations")
-    line_raw = {"opcua": raw.get("opcua"), "mqtt": raw.get("mqtt"), "store": raw.get("store")}
+    line_raw = {key: top.value.get(key) for key in ("opcua", "mqtt", "store")}
     stations = []
-    for name, value in stations_reader.value.items():
-        station_reader = _Reader(path, f"stations.{name}", value)
-        stations.append(_station(station_reader, str(name), line_raw))
-    stations_reader.seen.update(map(str, stations_reader.value))
+    for name, value in (stations_reader.value if stations_reader is not None else {}).items():
+        station = _station(_Reader(path, f"stations.{name}", value, problems), str(name), line_raw)
+        if station is not None:
+            stations.append(station)
+    if stations_reader is not None:
+        stations_reader.seen.update(map(str, stations_reader.value))
     cameras = [s.source.id for s in stations if s.source.kind == "aravis" and s.source.id]
     if len(set(cameras)) < len(cameras):
         top.fail("two stations name the same camera", "stations")
@@ -292,7 +321,7 @@ def load_line(path: str | Path) -> LineConfig:
                       image_store=top.path("image_store"), store=top.path("store"), keep_good=top.get("keep_good", float, 0.01, minimum=0),
                       page=_address(top, "page"), opcua=opcua, mqtt=mqtt, queue_size=queue_size, when_full=when_full)
     top.done()
-    return line
+    return line, problems
 
 
 # What each key means: the STATION.yaml reference. Key paths name a station NAME; tests/test_docs.py
@@ -406,7 +435,7 @@ def schema() -> list[dict]:
             for text in _SCHEMA_EXAMPLES:
                 file = Path(folder) / "STATION.yaml"
                 file.write_text(text, encoding="utf-8")
-                load_line(file)
+                read_line(file)  # the examples name folders and models that need not exist
     finally:
         _Reader.log = None
     log += [("stations.cam1.plc_nodes", node, str, None, None, None) for node in PLC_NODES]

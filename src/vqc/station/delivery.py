@@ -20,6 +20,8 @@ import threading
 import time
 from typing import Callable
 
+from ..errors import first_line
+
 log = logging.getLogger(__name__)
 
 
@@ -67,7 +69,7 @@ class Outbox:
             try:
                 self.deliver(head)
             except Exception as exc:  # the peer is away: keep the head, say why, try again
-                message = f"{self.name}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+                message = f"{self.name}: {first_line(exc)}"
                 if message != self.error:
                     self.error = message
                     log.warning("%s; %d results waiting", message, len(self.queue))

@@ -112,20 +112,25 @@ class Line:
             self.links.append(client)
         if c.mqtt is not None:
             from .mqtt import MqttLink
-            mqtt = MqttLink(c.mqtt, [s.name for s in c.stations if s.trigger == "mqtt"], self._trigger)
+            mqtt = MqttLink(c.mqtt, [s.name for s in c.stations if s.trigger == "mqtt"], self._trigger,
+                            self._status_of)
             self.links.append(mqtt)
         for station in c.stations:
             uses_opcua = station.trigger == "opcua" or "opcua" in station.outputs
             signals = [server] if server is not None and uses_opcua else []
-            error_signals = [client] if client is not None and uses_opcua else []
+            error_signals = ([client] if client is not None and uses_opcua else []) + ([mqtt] if mqtt else [])
+            changed = functools.partial(mqtt.publish_status, station.name) if mqtt else None
             outboxes = []
             if "opcua" in station.outputs and client is not None:
-                outboxes.append(self._outbox(f"{station.name} opcua", functools.partial(client.deliver, station.name)))
+                outboxes.append(self._outbox(f"{station.name} opcua", functools.partial(client.deliver, station.name),
+                                             changed))
             if "mqtt" in station.outputs:
-                outboxes.append(self._outbox(f"{station.name} mqtt", functools.partial(mqtt.deliver, station.name)))
+                outboxes.append(self._outbox(f"{station.name} mqtt", functools.partial(mqtt.deliver, station.name),
+                                             changed))
             if "webhook" in station.outputs:
                 from .webhook import Webhook
-                outboxes.append(self._outbox(f"{station.name} webhook", Webhook(station.webhook, self.run_id).deliver))
+                outboxes.append(self._outbox(f"{station.name} webhook", Webhook(station.webhook, self.run_id).deliver,
+                                             changed))
             follows = self.store if self.store is not None and station.model is None else None
             models = LiveModels(judges[station.name], functools.partial(self._open_judge, station), follows,
                                 station.name if follows else None, on_swap=self._swapped(station.name))
@@ -151,8 +156,16 @@ class Line:
                 log.warning("overlay not written: %s", exc)
         self.overlays.submit(logged)
 
-    def _outbox(self, name: str, deliver) -> Outbox:
-        return Outbox(name, deliver, self.config.queue_size, self.config.when_full)
+    def _outbox(self, name: str, deliver, on_change=None) -> Outbox:
+        return Outbox(name, deliver, self.config.queue_size, self.config.when_full, on_change)
+
+    def _status_of(self, name: str) -> dict | None:
+        """A station's retained MQTT status: its error or its first output's, and the results waiting."""
+        station = self.stations.get(name)
+        if station is None:
+            return None
+        errors = [station.state.error, *(box.error for box in station.outboxes)]
+        return {"error": next((e for e in errors if e), None), "waiting": sum(b.waiting() for b in station.outboxes)}
 
     def _trigger(self, station: str, part_id: str | None) -> None:
         if station in self.stations:
@@ -161,6 +174,10 @@ class Line:
     def start(self) -> None:
         for station in self.stations.values():
             station.start()
+        for link in self.links:  # each station's first status (later ones as they change)
+            if hasattr(link, "publish_status"):
+                for name in self.stations:
+                    link.publish_status(name)
 
     def status(self) -> list[dict]:
         """Each station as the page shows it: its state, its outputs' queues and the links' errors."""

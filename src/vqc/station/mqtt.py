@@ -4,7 +4,8 @@ Topics, under `prefix` (default vqc):
 - `PREFIX/STATION/trigger` (subscribed, QoS 1): a part to inspect; the payload is its part id, as
   text or as JSON {"part_id": ...}; empty: no id.
 - `PREFIX/STATION/result` (QoS 1): one JSON result per part, with the station's `sequence`.
-- `PREFIX/STATION/status` (QoS 1, retained): {"error": ..., "waiting": ...} when it changes.
+- `PREFIX/STATION/status` (QoS 1, retained): {"error": ..., "waiting": ...} when it changes: the
+  station's error or its first output's (null when none), and the results its outputs hold.
 - `PREFIX/status` (retained): "online", and "offline" as the broker's will when vqc drops away.
 
 `deliver` publishes a result once and returns when the broker's PUBACK for it has come; paho
@@ -28,13 +29,16 @@ ACK_WAIT_S = 0.5  # a delivery not acknowledged by then is retried by the outbox
 
 class MqttLink:
     def __init__(self, config: MqttConfig, trigger_stations: list[str], on_trigger: Callable[[str, str | None], None],
-                 on_change: Callable[[], None] = lambda: None):
+                 status_of: Callable[[str], dict | None] = lambda station: None):
+        """status_of(station): the station's status payload now (None: not known yet)."""
         try:
             import paho.mqtt.client as mqtt
         except ModuleNotFoundError:
             raise VqcError('MQTT needs paho-mqtt: pip install "vqc-inspect[line]"') from None
         self.mqtt, self.config = mqtt, config
-        self.trigger_stations, self.on_trigger, self.on_change = set(trigger_stations), on_trigger, on_change
+        self.trigger_stations, self.on_trigger, self.status_of = set(trigger_stations), on_trigger, status_of
+        self.published: dict[str, dict] = {}
+        self.stations_seen: set[str] = set()  # the status last published per station (retained at the broker)
         self.connected = False
         self.error: str | None = f"broker {config.host}:{config.port}: not connected yet"
         self.acked: set[int] = set()
@@ -62,14 +66,15 @@ class MqttLink:
         client.publish(self.topic("status"), "online", qos=1, retain=True)
         self.connected, self.error = True, None
         log.info("MQTT: connected to %s:%d", self.config.host, self.config.port)
-        self.on_change()
+        self.published.clear()  # a broker that restarted without persistence has lost the retained ones
+        for station in list(self.stations_seen):
+            self.publish_status(station)
 
     def _disconnected(self, client, userdata, flags, reason_code, properties) -> None:
         self.connected = False
         self.error = f"broker {self.config.host}:{self.config.port} unreachable ({reason_code})"
         with self.cond:
             self.cond.notify_all()
-        self.on_change()
 
     def _acknowledged(self, client, userdata, mid, reason_code, properties) -> None:
         with self.cond:
@@ -106,9 +111,18 @@ class MqttLink:
             self.acked.discard(mid)
             del self.pending[station]
 
-    def status(self, station: str, status: dict) -> None:
-        if self.connected:
-            self.client.publish(self.topic(station, "status"), json.dumps(status), qos=1, retain=True)
+    def publish_status(self, station: str) -> None:
+        """The station's status on its retained topic, when it differs from the one last published."""
+        self.stations_seen.add(station)
+        status = self.status_of(station)
+        if status is None or not self.connected or self.published.get(station) == status:
+            return
+        self.client.publish(self.topic(station, "status"), json.dumps(status), qos=1, retain=True)
+        self.published[station] = status
+
+    def signal_error(self, station: str, text: str | None) -> None:
+        """A station's error set or cleared (the station tells its error signals)."""
+        self.publish_status(station)
 
     def close(self) -> None:
         if self.connected:

@@ -24,7 +24,7 @@ import threading
 from datetime import datetime, timezone
 from typing import Callable
 
-from ..errors import VqcError
+from ..errors import VqcError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -190,10 +190,9 @@ class OpcUaClient:
     """vqc is a client of the PLC's server: it watches the PLC's Trigger nodes and writes the
     result nodes named in each station's plc_nodes, reconnecting every second while it is away."""
 
-    def __init__(self, endpoint: str, stations: dict[str, dict[str, str]], on_trigger, on_change=lambda: None,
-                 reconnect_s: float = 1.0):
+    def __init__(self, endpoint: str, stations: dict[str, dict[str, str]], on_trigger, reconnect_s: float = 1.0):
         _ua()
-        self.endpoint, self.reconnect_s, self.on_change = endpoint, reconnect_s, on_change
+        self.endpoint, self.reconnect_s = endpoint, reconnect_s
         self.stations = {s: {PLC_NODE_NAMES[k]: v for k, v in nodes.items()} for s, nodes in stations.items()}
         self.edges = Edges(on_trigger)
         self.client = None
@@ -218,7 +217,6 @@ class OpcUaClient:
                             await subscription.subscribe_data_change(node)
                     self.client, self.error = client, None
                     log.info("OPC UA: connected to the PLC at %s", self.endpoint)
-                    self.on_change()
                     while True:  # the PLC's server state, read each period: raises once the PLC is gone
                         await asyncio.sleep(self.reconnect_s)
                         await asyncio.wait_for(client.nodes.server_state.read_value(), self.reconnect_s * 2)
@@ -226,11 +224,10 @@ class OpcUaClient:
                 raise
             except Exception as exc:  # the PLC is away: say so, try again
                 self.client = None
-                message = f"PLC {self.endpoint} unreachable: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+                message = f"PLC {self.endpoint} unreachable: {first_line(exc)}"
                 if message != self.error:
                     self.error = message
                     log.warning("OPC UA: %s", message)
-                    self.on_change()
                 await asyncio.sleep(self.reconnect_s)
 
     async def _write(self, station: str, values: dict) -> None:

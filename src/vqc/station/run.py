@@ -6,28 +6,29 @@ import signal
 import threading
 from pathlib import Path
 
-from ..bundle import MANIFEST
 from ..errors import VqcError
-from .config import LineConfig, load_line
+from ..loading import check_model_path
+from .config import LineConfig, read_line
 from .line import Line
 from .page import PageServer
 
 
 def check_line(path: str | Path) -> LineConfig:
-    """The file checked key by key, and each station's model found (not opened: no camera, no link)."""
-    config = load_line(path)
+    """The file checked key by key and each station's model checked as this install would open it
+    (no engine, no camera, no link): a VqcError with one line per mistake, all of them at once."""
+    config, problems = read_line(path)
+    where = config.path.name
     for station in config.stations:
-        model = station.model
-        if model is None:  # from the store: what is live is looked up when the line opens it
-            if not (config.store / "records.sqlite").is_file():
-                raise VqcError(f"{config.path.name}: store: {config.store} is not a model store (no records.sqlite; "
-                               f"vqc models add MODEL --store {config.store})")
-            continue
-        if not model.exists():
-            raise VqcError(f"{config.path.name}: stations.{station.name}.model: {model} does not exist")
-        if model.is_dir() and not (model / MANIFEST).is_file():
-            raise VqcError(f"{config.path.name}: stations.{station.name}.model: {model} is a folder without "
-                           f"{MANIFEST} (not a line bundle: vqc export MODEL --out DIR)")
+        if station.model is not None:
+            try:
+                check_model_path(station.model)
+            except VqcError as exc:
+                problems.append(f"{where}: stations.{station.name}.model: {exc}")
+    if config.store is not None and not (config.store / "records.sqlite").is_file():
+        problems.append(f"{where}: store: {config.store} is not a model store (no records.sqlite; "
+                        f"vqc models add MODEL --store {config.store})")
+    if problems:
+        raise VqcError("\n".join(problems))
     return config
 
 

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-from ..errors import VqcError
+from ..errors import VqcError, first_line
 from ..inspection import Inspected, NotRecorded
 from ..live import Judge, LiveModels
 from .config import StationConfig
@@ -99,13 +99,13 @@ class Station:
                 self.take(part_id, triggered)
             except Exception as exc:  # a fault of this part must not end the station
                 log.exception("%s: part %s failed", self.name, part_id)
-                self._answer_error(part_id, triggered, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+                self._answer_error(part_id, triggered, first_line(exc, with_type=True))
 
     def _reopen(self) -> bool:
         try:
             self.source.open()
         except Exception as exc:  # CameraLost, or a camera that refuses the file's settings
-            self._set_error(str(exc).splitlines()[0])
+            self._set_error(first_line(exc))
             return False
         self.state.camera_ok = True
         log.info("%s: %s connected", self.name, self.source.label)

@@ -6,11 +6,14 @@ give the model that judged (vqc.records.ModelIdentity). A target is a service (`
 --store`) or a station by name; its live slot judges parts, its shadow slot scores them beside
 the live one and is never acted on. Promotion, rollback and shadow changes are rows in
 `deployments` (the newest per target and slot is in force) and in `audit`, in one transaction.
+
+A version's product is its name (the model file's stem or the bundle's folder name when it was
+added; a new threshold or an update keeps it). Promotion refuses a version of another product
+than the one live on the target, unless asked for (a line's model replaced by another part's).
 """
 from __future__ import annotations
 
 import getpass
-import json
 import shutil
 from datetime import datetime, timezone
 from pathlib import Path
@@ -20,11 +23,12 @@ import sqlalchemy as sa
 from ..bundle import MANIFEST, is_bundle, read_manifest
 from ..errors import VqcError
 from ..files import atomic_path
-from ..modelfile import read_metadata, rewrite_metadata
+from ..modelfile import read_metadata, write_threshold
 from ..records import ModelIdentity, engine_for, migrate
 from .tables import AuditEntry, Deployment, ModelVersion
 
 SLOTS = ("live", "shadow")
+DATABASE = "records.sqlite"  # the store's default database, beside its versions
 
 
 def local_actor() -> str:
@@ -54,12 +58,17 @@ class ModelStore:
         self.folder, self.engine, self.url = Path(folder), engine, url
 
     @classmethod
-    def open(cls, folder: str | Path, db: str | None = None) -> "ModelStore":
+    def open(cls, folder: str | Path, db: str | None = None, create: bool = False) -> "ModelStore":
         """The store in `folder`; its tables in `db` (default: folder/records.sqlite, the records
-        database `vqc serve --store` writes inspections to as well)."""
+        database `vqc serve --store` writes inspections to as well). A folder that is not a store
+        is refused unless `create` (adding the first version makes one)."""
         folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        url = db or folder / "records.sqlite"
+        if create:
+            folder.mkdir(parents=True, exist_ok=True)
+        elif not folder.is_dir() or (db is None and not (folder / DATABASE).is_file()):
+            raise VqcError(f"{folder} is not a model store (no {DATABASE} in it): make one with "
+                           f"vqc models add MODEL --store {folder}")
+        url = db or folder / DATABASE
         engine = engine_for(url)
         migrate(engine)
         return cls(folder, engine, url)
@@ -139,14 +148,12 @@ class ModelStore:
         try:
             if row["kind"] == "bundle":
                 shutil.copytree(source, scratch)
-                manifest = json.loads((scratch / MANIFEST).read_text())
-                manifest["threshold"] = threshold
-                (scratch / MANIFEST).write_text(json.dumps(manifest, indent=1))
                 made = scratch
             else:
                 scratch.mkdir(parents=True)
                 made = scratch / f"{row['name']}.safetensors"
-                rewrite_metadata(source, made, threshold=threshold)
+                shutil.copyfile(source, made)
+            write_threshold(made, threshold)
             return self.add(made, by, parent=row["version"], note=f"threshold {threshold['value']:.6g} "
                                                                   f"({threshold.get('policy')})")
         finally:
@@ -169,10 +176,18 @@ class ModelStore:
             targets = [t for (t,) in connection.execute(sa.select(Deployment.target).distinct())]
         return {target: self.deployment(target) for target in sorted(targets)}
 
-    def promote(self, target: str, version: str, by: str) -> str:
-        """Make `version` live on `target`; if it was in the shadow slot, the slot is emptied."""
-        version = self.get(version)["version"]
+    def promote(self, target: str, version: str, by: str, other_product: bool = False) -> str:
+        """Make `version` live on `target`; if it was in the shadow slot, the slot is emptied. A
+        version of another product than the live one is refused unless `other_product`."""
+        row = self.get(version)
+        version = row["version"]
         current = self.deployment(target)
+        if current["live"] is not None and not other_product:
+            live = self.get(current["live"])
+            if live["name"] != row["name"]:
+                raise VqcError(f"{version} is a {row['name']} model and {target} runs {live['name']} "
+                               f"({live['version']}): to put another product's model on {target}, promote it "
+                               f"with --other-product (API: other_product true)")
         rows = [self._deployment(target, "live", version, "promote", by)]
         if current["shadow"] == version:
             rows.append(self._deployment(target, "shadow", None, "promote", by))

@@ -22,7 +22,7 @@ from starlette.concurrency import run_in_threadpool
 from ..access import ApiKeys, presented_key
 from ..choices import DEFAULT_PRESET, PRESETS
 from ..errors import VqcError
-from ..serve import _same_origin, _uploads
+from ..serve import read_uploads, same_origin
 from ..serve_lifecycle import Caller
 from ..version import __version__
 from . import results
@@ -97,7 +97,7 @@ def create_studio_app(store, api_key_file: str | Path | None = None, poll_s: flo
 
     @app.middleware("http")
     async def refuse_cross_site_posts(request: Request, call_next):
-        if request.method not in ("GET", "HEAD", "OPTIONS") and not _same_origin(request, set()):
+        if request.method not in ("GET", "HEAD", "OPTIONS") and not same_origin(request, set()):
             return JSONResponse({"detail": "cross-origin request refused: the studio takes POSTs from its own "
                                            "page and from clients that send no Origin"}, status_code=403)
         return await call_next(request)
@@ -143,7 +143,7 @@ def _project_routes(store, projects: Projects, runner: JobRunner, caller: Callab
 
     @router.post("/projects/{name}/images", summary="Upload images (multipart; file names carry their folders)")
     async def upload(request: Request, kind: Literal["good", "test"], p: Project = Depends(project)) -> dict:
-        uploads, _ = await _uploads(request, UPLOAD_LIMIT)  # the service's reader: 413 over the limit, 400 malformed
+        uploads, _ = await read_uploads(request, UPLOAD_LIMIT)  # the service's reader: 413 over the limit, 400 malformed
         return await run_in_threadpool(p.add_files, uploads, kind)
 
     @router.post("/projects/{name}/images/folder", summary="Take the images of a folder on the studio's machine "

@@ -153,12 +153,12 @@ def weights_problem(backbone: str, weights: str | None, online: bool) -> str | N
 
 def run_matrix(cells: list[Cell], out: Path, costs: dict, progress: bool = True, say=print) -> list[dict]:
     """Run every cell not stored yet (each in a subprocess); return all cells' records."""
-    from tqdm.auto import tqdm
+    from ..progress import progress_bar
     out.mkdir(parents=True, exist_ok=True)
     stored = {cell: stored_record(cell, out) for cell in cells}
     problems = weights_problems([cell for cell in cells if stored[cell] is None])
     records = []
-    for cell in tqdm(cells, desc="benchmark", unit="cell", disable=not progress):
+    for cell in progress_bar(cells, desc="benchmark", unit="cell", shown=progress):
         record = stored[cell]
         if record is None:
             problem = problems.get(cell)

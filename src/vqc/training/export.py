@@ -21,12 +21,10 @@ import numpy as np
 import torch
 
 from ..version import __version__
-from ..errors import VqcError
+from ..errors import VqcError, first_line
 from ..engines.onnx import OnnxEngine
-from ..files import atomic_path, write_text_atomic
+from ..files import atomic_path
 
-SIDECAR_FORMAT = "vqc-onnx"
-SIDECAR_VERSION = 1
 SCORE_RTOL = 1e-4  # image scores: relative difference allowed between ONNX Runtime and PyTorch
 MAP_TOL = 1e-3  # maps: difference allowed, relative to the largest map value (a scale-free bound)
 GRAPH_REVISION = 2  # raised whenever the Detector's graph changes for the same model, so cached exports are redone
@@ -50,9 +48,9 @@ def check_batches(model, images: list) -> list[tuple[np.ndarray, np.ndarray | No
     return batches
 
 
-def export_onnx(model, path: str | Path, check_images: list | None = None, sidecar: bool = True) -> dict:
-    """Export `model` (a fitted AnomalyModel) to `path` plus, with `sidecar`, `path`.json; raise
-    if parity fails. Returns what the side file holds.
+def export_onnx(model, path: str | Path, check_images: list | None = None) -> dict:
+    """Export `model` (a fitted AnomalyModel) to `path`; raise if parity fails. Returns the graph's
+    input, the model's config and the parity measured (what the line bundle's manifest records).
 
     check_images: images scored by both engines; seeded noise is added."""
     model.require_ready()
@@ -88,7 +86,7 @@ def export_onnx(model, path: str | Path, check_images: list | None = None, sidec
                                   opset_version=18, dynamo=True, external_data=False, verbose=False)
         except Exception as exc:  # the exporter raises many types; the user needs the head and the reason
             raise VqcError(f"ONNX export of {model.config.backbone} + {model.config.head} failed: "
-                           f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
+                           f"{first_line(exc, with_type=True)}") from exc
         engine = OnnxEngine(graph)
         checks = []
         for batch, mask in batches:
@@ -104,18 +102,12 @@ def export_onnx(model, path: str | Path, check_images: list | None = None, sidec
         with atomic_path(path) as final:
             shutil.copyfile(graph, final)
     model.detector.to(model.device)
-    description = {"format": SIDECAR_FORMAT, "format_version": SIDECAR_VERSION, "vqc_version": __version__,
-               "input": {"name": "images", "dtype": "uint8", "layout": "NCHW", "channels": "RGB",
-                         "height": "dynamic" if mode == "native" else size,
-                         "width": "dynamic" if mode == "native" else size,
-                         "geometry": mode, "resize": "Pillow bilinear",
-                         "valid": "float32 [batch, 1, H, W], 1 = image" if valid is not None else None},
-               "outputs": {"maps": "float32 [batch, 1, H, W]", "scores": "float32 [batch]"},
-               "normalisation": "inside the graph", "config": _jsonable(model.config),
-               "threshold": model.threshold, "info": model.info, "parity": {**worst, "images": int(sum(len(b) for b, _ in batches))}}
-    if sidecar:
-        write_text_atomic(path.with_suffix(path.suffix + ".json"), json.dumps(description, indent=1))
-    return description
+    return {"input": {"name": "images", "dtype": "uint8", "layout": "NCHW", "channels": "RGB",
+                      "height": "dynamic" if mode == "native" else size,
+                      "width": "dynamic" if mode == "native" else size,
+                      "geometry": mode, "resize": "Pillow bilinear",
+                      "valid": "float32 [batch, 1, H, W], 1 = image" if valid is not None else None},
+            "config": _jsonable(model.config), "parity": {**worst, "images": int(sum(len(b) for b, _ in batches))}}
 
 
 def export_bundle(model, folder: str | Path, check_images: list | None = None, source: str | Path | None = None) -> dict:
@@ -130,7 +122,7 @@ def export_bundle(model, folder: str | Path, check_images: list | None = None, s
     with tempfile.TemporaryDirectory(dir=folder.parent, prefix=f".{folder.name}.") as tmp:
         staging = Path(tmp) / "bundle"
         staging.mkdir()
-        description = export_onnx(model, staging / GRAPH, check_images, sidecar=False)
+        description = export_onnx(model, staging / GRAPH, check_images)
         source = Path(source) if source else None
         g = model.geometry
         manifest = {"format": BUNDLE_FORMAT, "format_version": BUNDLE_VERSION, "vqc_version": __version__,

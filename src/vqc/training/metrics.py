@@ -1,6 +1,6 @@
 """Detection and localisation metrics, and threshold choice for a production line.
 
-Image level: ``auroc``, ``average_precision``, ``f1_max`` / ``f1_threshold``, ``cost_threshold``
+Image level: ``auroc``, ``average_precision``, ``f1_max`` (and its threshold), ``cost_threshold``
 and ``false_reject_threshold``. Pixel level: ``pixel_auroc``, ``pro_curve`` and ``aupro`` (the
 MVTec AD per-region-overlap metric), and ``pointing`` (does the map's maximum land on the defect?).
 An image or pixel is called defective when its score is ``>= threshold``; pixels or images with
@@ -72,11 +72,6 @@ def f1_max(labels, scores) -> tuple[float, float]:
     f1 = 2 * tp / (tp + fp + n_defective)  # 2tp / (2tp + fp + fn), with fn = n_defective - tp
     best = int(np.argmax(f1))
     return float(f1[best]), float(thresholds[best])
-
-
-def f1_threshold(labels, scores) -> float:
-    """The threshold of ``f1_max``."""
-    return f1_max(labels, scores)[1]
 
 
 def cost_threshold(labels, scores, fp_cost: float, fn_cost: float, defect_rate: float | None = None) -> dict:

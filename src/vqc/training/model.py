@@ -10,9 +10,9 @@ from typing import Iterator, Sequence
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from ..choices import BORDERS
+from ..progress import progress_bar
 from ..version import __version__
 from .backbones import build_trunk, get_spec, normalisation
 from ..data import default_max_pixels, image_manifest, list_images, read_split
@@ -161,7 +161,7 @@ class AnomalyModel(Scorer):
         decides whether to keep them. `sizes` collects each image's (h, w), `owners` the index in
         `images` of each input yielded."""
         done = 0
-        with tqdm(total=len(images), desc="features", unit="img", disable=not progress) as bar:
+        with progress_bar(total=len(images), desc="features", unit="img", shown=progress) as bar:
             for plans in self.planned_chunks(images):
                 if sizes is not None:
                     sizes.extend(plan.original for plan in plans)
@@ -182,7 +182,7 @@ class AnomalyModel(Scorer):
         head = self.detector.head
         image_of_row = owners[head.bank_inputs]
         scores, medians = [], []
-        with tqdm(total=len(images), desc="leave-one-out", unit="img", disable=not progress) as bar:
+        with progress_bar(total=len(images), desc="leave-one-out", unit="img", shown=progress) as bar:
             for i, image in enumerate(images):
                 drop = image_of_row == i
                 if drop.all():
@@ -198,7 +198,7 @@ class AnomalyModel(Scorer):
     def _normal_range(self, images: list, progress: bool) -> tuple[np.ndarray, float]:
         """Scores of held-out good images, and the median map value: the operator's scale."""
         scores, medians = [], []
-        with tqdm(total=len(images), desc="validation", unit="img", disable=not progress) as bar:
+        with progress_bar(total=len(images), desc="validation", unit="img", shown=progress) as bar:
             for _, canvas, score in self.canvases(self.planned_chunks(images)):
                 scores.append(score)
                 medians.append(float(np.median(canvas)))

@@ -31,11 +31,11 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
-from tqdm.auto import tqdm
 
-from ..errors import VqcError
+from ..errors import VqcError, first_line
 from ..files import atomic_path, write_text_atomic
 from ..inspection import SCORE_COLUMNS
+from ..progress import progress_bar
 
 
 LIST_SUFFIXES = {".txt", ".lst", ".list"}  # a text file naming one image per line
@@ -71,7 +71,7 @@ def ray_session(address: str | None) -> Iterator:
         ray.init(address=address or "local", runtime_env=runtime_env, logging_level=logging.WARNING, **local)
     except (ConnectionError, ValueError, RuntimeError) as exc:
         where = f"join the Ray cluster at {address}" if address else "start a local Ray instance"
-        raise VqcError(f"cannot {where}: {str(exc).splitlines()[0]}") from None
+        raise VqcError(f"cannot {where}: {first_line(exc)}") from None
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False  # vqc draws one bar: images done, images/s
     context.print_on_execution_start = False
@@ -296,8 +296,8 @@ def _score_on_ray(model, model_path: Path, pending: list[str], store: ScoreStore
                                                        "compile": compile,
                                                        "threads": max(1, int(options.cpus_per_worker))}))
         start = time.perf_counter()
-        with tqdm(total=result.listed, initial=result.already, desc=f"predict on ray ({workers} workers)",
-                  unit="img", disable=not progress, file=sys.stderr) as bar, _job_failure(ray, result):
+        with progress_bar(total=result.listed, initial=result.already, desc=f"predict on ray ({workers} workers)",
+                  unit="img", shown=progress, file=sys.stderr) as bar, _job_failure(ray, result):
             for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
                 for path, score, normalised, verdict, error in zip(
                         batch["path"], batch["score"], batch["normalised_score"], batch["verdict"], batch["error"]):
@@ -318,7 +318,7 @@ def _job_failure(ray, result: BatchResult) -> Iterator:
     try:
         yield
     except ray.exceptions.RayError as exc:
-        raise VqcError(f"the Ray job stopped: {_one_line(exc)} ({result.scored} images scored before that are "
+        raise VqcError(f"the Ray job stopped: {_task_failure(exc)} ({result.scored} images scored before that are "
                        f"stored; a rerun goes on from there)") from None
 
 
@@ -387,8 +387,8 @@ def _images_in(data: str | Path, splits: tuple[str, ...]) -> int:
         return 0
 
 
-def _one_line(exc: BaseException) -> str:
-    """The last line of a task's failure: the exception the task raised, not Ray's wrappers."""
+def _task_failure(exc: BaseException) -> str:
+    """The last line of a Ray task's failure: the exception the task raised, not Ray's wrappers."""
     while (inner := getattr(exc, "cause", None) or exc.__cause__) is not None:
         exc = inner
     lines = str(exc).strip().splitlines() or [type(exc).__name__]
@@ -400,7 +400,7 @@ def _run_tasks(ray, function, jobs: dict, needs: dict, images: dict, desc: str, 
     exception) as each finishes, advancing a bar by the job's image count."""
     remote = ray.remote(**needs)(function)
     running = {remote.remote(*args): key for key, args in jobs.items()}
-    with tqdm(total=sum(images.values()), desc=desc, unit="img", disable=not progress, file=sys.stderr) as bar:
+    with progress_bar(total=sum(images.values()), desc=desc, unit="img", shown=progress, file=sys.stderr) as bar:
         while running:
             (ready,), _ = ray.wait(list(running), num_returns=1)
             key = running.pop(ready)
@@ -428,7 +428,7 @@ def run_matrix_on_ray(cells: list, out: Path, costs: dict, options: RayOptions, 
             for cell, outcome in _run_tasks(ray, _cell_task, jobs, _task_needs(ray, options), images,
                                             f"benchmark on ray ({len(jobs)} cells)", progress):
                 if isinstance(outcome, Exception):
-                    outcome = error_record(cell, f"cell task failed: {_one_line(outcome)}"), {}
+                    outcome = error_record(cell, f"cell task failed: {_task_failure(outcome)}"), {}
                 records[cell] = _store_cell(out, *outcome)
                 say(cell_summary(cell, records[cell]))
     return [records[cell] for cell in cells]
@@ -483,7 +483,7 @@ def fit_categories(root: str | Path, spec: FitSpec, out: str | Path, options: Ra
 
     def store(name: str, outcome) -> None:
         if isinstance(outcome, Exception):
-            failed[name] = f"{targets[name][0]}: {_one_line(outcome)}"
+            failed[name] = f"{targets[name][0]}: {_task_failure(outcome)}"
             say(f"{name}: failed: {failed[name]}")
             return
         data, summary = outcome

@@ -34,6 +34,7 @@ from ..choices import AUTO_BUDGET_S
 from ..data import decode_image, read_split
 from ..errors import VqcError
 from ..geometry import score as canvas_score
+from ..progress import progress_bar
 from .metrics import auroc, false_reject_threshold, pixel_auroc
 from .synthetic import defect_set
 
@@ -168,7 +169,7 @@ def choose(data: str | Path, policy_rate: float = 0.01, budget_s: float = AUTO_B
     started = time.perf_counter()
     records, slowest, outside = [], 0.0, 0.0  # outside: the regret table's test-split evaluations, not --auto's
     refit_share = len(paths) / len(fit_paths)  # the final refit fits every good image, not only these
-    for candidate in tqdm(pool, desc="auto", unit="candidate", disable=not progress):
+    for candidate in progress_bar(pool, desc="auto", unit="candidate", shown=progress):
         # room for one more candidate and for refitting the slowest so far: the budget covers the whole run
         if records and time.perf_counter() - started - outside + slowest * (1 + refit_share) > budget_s:
             records.append({"name": candidate.name, "options": _plain(candidate.options),

@@ -12,10 +12,10 @@ import math
 import time
 
 import torch
-from tqdm.auto import tqdm
 from torch import nn
 
 from ...errors import VqcError
+from ...progress import progress_bar
 from .patches import flatten_positions, patch_features
 
 LOG_2PI = math.log(2 * math.pi)
@@ -139,7 +139,7 @@ class GmmHead(nn.Module):
         x = x.double()
         candidates = [self.components] if self.components else [k for k in self.grid if k <= len(x)]
         fits, bic, seconds = {}, {}, {}
-        for k in tqdm(candidates, desc="gmm (components)", unit="fit", disable=not progress):
+        for k in progress_bar(candidates, desc="gmm (components)", unit="fit", shown=progress):
             start = time.perf_counter()
             params = initial_parameters(x, k, self.covariance, self.reg, generator)
             params, mean_ll, iterations = em(x, *params, self.covariance, self.reg, self.max_iter, self.tol)

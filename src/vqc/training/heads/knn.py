@@ -14,9 +14,9 @@ import math
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from ...errors import VqcError
+from ...progress import progress_bar
 from .patches import flatten_positions, patch_features
 
 
@@ -144,7 +144,7 @@ def _greedy_coreset(points: torch.Tensor, n: int, seed: int, progress: bool, dim
         nearest = torch.full((len(points),), float("inf"))
     else:
         chosen[0] = nearest.argmax()
-    for i in tqdm(range(n), desc="coreset", unit="patch", disable=not progress, miniters=max(1, n // 100)):
+    for i in progress_bar(range(n), desc="coreset", unit="patch", shown=progress, miniters=max(1, n // 100)):
         if i:
             chosen[i] = nearest.argmax()
         c = chosen[i]

@@ -12,7 +12,8 @@ from typing import Callable, Sequence
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+
+from ...progress import progress_bar
 
 
 def train_early_stopping(module: nn.Module, loss_fn: Callable, train: Sequence, val: Sequence, *,
@@ -25,7 +26,7 @@ def train_early_stopping(module: nn.Module, loss_fn: Callable, train: Sequence, 
     best_loss, best_epoch, best_state = math.inf, -1, copy.deepcopy(module.state_dict())
     history = []
     start = time.perf_counter()
-    bar = tqdm(range(max_epochs), desc=desc, unit="epoch", disable=not progress)
+    bar = progress_bar(range(max_epochs), desc=desc, unit="epoch", shown=progress)
     for epoch in bar:
         module.train()
         total, count = 0.0, 0
