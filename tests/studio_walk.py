@@ -27,7 +27,7 @@ def running_studio(store_folder: Path, key_file: Path | None):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    app = create_studio_app(ModelStore.open(store_folder), key_file)
+    app = create_studio_app(ModelStore.open(store_folder, create=True), key_file)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

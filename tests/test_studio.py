@@ -21,7 +21,7 @@ def studio(tmp_path):
     """A studio on an empty store with an admin and an operator key: (client, store, admin, operator headers)."""
     keys = tmp_path / "keys.txt"
     admin, operator = add_key(keys, "quality", "admin"), add_key(keys, "line3", "operator")
-    store = ModelStore.open(tmp_path / "store")
+    store = ModelStore.open(tmp_path / "store", create=True)
     with TestClient(create_studio_app(store, keys, poll_s=0.1)) as client:
         yield client, store, {"Authorization": f"Bearer {admin}"}, {"Authorization": f"Bearer {operator}"}
 
@@ -164,7 +164,7 @@ def test_studio_walks_a_project_from_empty_to_promoted(browser_page, demo_root, 
     assert float(seen["by_policy"][0].rstrip(" %")) <= 10  # false-reject-rate=0.1 on the 12 good test images
     assert sorted(p.name for p in pictures.iterdir()) == [f"studio-{s}.png" for s in
                                                           ("check", "compare", "fit", "images", "project", "ship", "threshold")]
-    store = ModelStore.open(tmp_path / "store")
+    store = ModelStore.open(tmp_path / "store", create=True)
     assert store.get(seen["saved"])["parent"] == seen["fitted"]
     assert [a["action"] for a in store.audit_trail(3)] == ["promote", "threshold", "add"]
     with TestClient(create_app(None, store=store, engine="torch")) as service:  # what vqc serve --store runs
@@ -234,7 +234,7 @@ def test_images_from_a_folder_on_the_server_are_labelled_by_their_folders(studio
 
 
 def test_a_job_left_running_by_a_stopped_studio_is_failed_when_it_starts_again(tmp_path):
-    store = ModelStore.open(tmp_path / "store")
+    store = ModelStore.open(tmp_path / "store", create=True)
     with TestClient(create_studio_app(store)) as client:
         client.post("/api/projects", json={"name": "tiles"}).raise_for_status()
     jobs = store.folder / "studio" / "tiles" / "jobs"

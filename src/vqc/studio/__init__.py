@@ -12,7 +12,7 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 def add_parser(sub) -> None:
     studio = sub.add_parser("studio", help="the studio: build, check and ship a detector from the browser")
-    studio.add_argument("--store", required=True, metavar="DIR", help="the model store's folder (vqc serve --store)")
+    studio.add_argument("--store", required=True, metavar="DIR", help="the model store's folder (vqc serve --store); made if missing")
     studio.add_argument("--db", metavar="URL", help="the store's database (default: DIR/records.sqlite)")
     studio.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (default 127.0.0.1, this machine only; 0.0.0.0 for the plant "
@@ -31,6 +31,6 @@ def cmd_studio(args) -> None:
     if args.api_key_file is None and args.host not in LOOPBACK:
         raise VqcError(f"--host {args.host} opens the studio to other machines: give --api-key-file (vqc keys add "
                        "FILE --name NAME --role admin)")
-    store = ModelStore.open(args.store, args.db)
+    store = ModelStore.open(args.store, args.db, create=True)  # the studio is where a product's store begins
     print(f"vqc studio on http://{args.host}:{args.port}/ (store {store.folder}); Ctrl-C stops", flush=True)
     uvicorn.run(create_studio_app(store, args.api_key_file), host=args.host, port=args.port, log_level="warning")
