@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,20 +22,16 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT))
+
+from tests.served import free_port, serving  # noqa: E402
 
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def save_small(image: Image.Image, path: Path, width: int, colours: int = 128) -> None:
@@ -55,18 +50,6 @@ def side_by_side(images: list[Image.Image], gap: int = 12, background=(255, 255,
         out.paste(image.convert("RGB"), (x, 0))
         x += image.width + gap
     return out
-
-
-def serve(app) -> tuple[str, object, threading.Thread]:
-    import uvicorn
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 60
-    while not server.started and time.time() < deadline:
-        time.sleep(0.1)
-    return f"http://127.0.0.1:{port}", server, thread
 
 
 def main() -> int:
@@ -118,18 +101,15 @@ def main() -> int:
         page = browser.new_page(viewport={"width": 1100, "height": 760})
 
         # the operator page: a good and a defective part inspected through it
-        url, server, thread = serve(create_app(path, db=str(work / "records.sqlite"),
-                                               image_store=str(work / "images")))
-        page.goto(url)
-        page.wait_for_function("document.getElementById('model').textContent.includes('knn')")
-        for sample, verdict in ((good[0], "OK"), (crack[0], "DEFECTIVE")):
-            page.set_input_files("#file", str(sample.path))
-            page.wait_for_function(f"document.getElementById('verdict').textContent === '{verdict}'",
-                                   timeout=120000)
-        page.wait_for_timeout(500)
-        page.screenshot(path=str(work / "operator.png"), full_page=False)
-        server.should_exit = True
-        thread.join(timeout=10)
+        with serving(create_app(path, db=str(work / "records.sqlite"), image_store=str(work / "images"))) as url:
+            page.goto(url)
+            page.wait_for_function("document.getElementById('model').textContent.includes('knn')")
+            for sample, verdict in ((good[0], "OK"), (crack[0], "DEFECTIVE")):
+                page.set_input_files("#file", str(sample.path))
+                page.wait_for_function(f"document.getElementById('verdict').textContent === '{verdict}'",
+                                       timeout=120000)
+            page.wait_for_timeout(500)
+            page.screenshot(path=str(work / "operator.png"), full_page=False)
         operator = Image.open(work / "operator.png")
         save_small(operator, out / "operator-page.png", 900)
 

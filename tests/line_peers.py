@@ -11,8 +11,9 @@ import subprocess
 import sys
 import threading
 import time
-from contextlib import contextmanager
 from pathlib import Path
+
+from .served import free_port
 
 PUBLISH_MS = 10  # the PLC's subscription: how often the server sends it changes
 
@@ -34,12 +35,6 @@ def missing_parts(*parts: str) -> str | None:
             except ModuleNotFoundError:
                 return f"{part} is not installed (pip install \"vqc-inspect[line]\")"
     return None
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for_port(port: int, timeout: float = 10.0) -> None:

@@ -5,11 +5,10 @@ from __future__ import annotations
 import contextlib
 import io
 import shutil
-import socket
-import threading
-import time
 from pathlib import Path
 from typing import Callable
+
+from .served import serving
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -20,25 +19,10 @@ FIT_TIMEOUT_MS = 240_000  # a quick fit of the demo set and the scoring of its t
 @contextlib.contextmanager
 def running_studio(store_folder: Path, key_file: Path | None):
     """The studio on a store, served by uvicorn in a thread; yields its URL."""
-    import uvicorn
-
     from vqc.store.versions import ModelStore
     from vqc.studio.app import create_studio_app
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    app = create_studio_app(ModelStore.open(store_folder, create=True), key_file)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 60
-    while not server.started and time.time() < deadline:
-        time.sleep(0.1)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=15)
+    with serving(create_studio_app(ModelStore.open(store_folder, create=True), key_file)) as url:
+        yield url
 
 
 def small_png(png: bytes, path: Path, width: int = 900) -> None:

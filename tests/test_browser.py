@@ -1,9 +1,5 @@
 """The operator page, end to end in headless Chromium (Debian's package), driven by Playwright."""
-import contextlib
 import shutil
-import socket
-import threading
-import time
 
 import pytest
 
@@ -11,6 +7,8 @@ from vqc.access import add_key
 from vqc.data import read_split
 from vqc.serve import create_app
 from vqc.training.thresholds import choose_threshold
+
+from .served import serving
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
@@ -28,27 +26,8 @@ def server(demo_model, demo_root, tmp_path_factory):
     path = model.save(folder / "tiles.safetensors")
     model.threshold = saved
     key = add_key(folder / "keys.txt", "operator")
-    with _running(create_app(path, api_key_file=str(folder / "keys.txt"))) as url:
+    with serving(create_app(path, api_key_file=str(folder / "keys.txt"))) as url:
         yield url, path, key
-
-
-@contextlib.contextmanager
-def _running(app):
-    import uvicorn
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 60
-    while not server.started and time.time() < deadline:
-        time.sleep(0.1)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
 
 
 def _browser(pw):
@@ -67,7 +46,7 @@ def test_the_page_lists_the_services_last_inspections_and_fits_the_heat_map_to_i
         pytest.skip("Chromium is not installed (Debian: apt-get install chromium)")
     path = shutil.copy(demo_model_file, tmp_path / "tiles.safetensors")
     samples = read_split(demo_root, "test")[:22]
-    with _running(create_app(path)) as url:
+    with serving(create_app(path)) as url:
         for sample in samples[:21]:  # another client: a camera posting raw bodies
             urllib.request.urlopen(urllib.request.Request(f"{url}/v1/inspect?filename={sample.path.name}",
                                                           data=sample.path.read_bytes(), method="POST",

@@ -10,7 +10,6 @@ import csv
 import http.client
 import io
 import json
-import os
 import socket
 import struct
 import subprocess

@@ -17,7 +17,7 @@ from vqc.records import Inspection
 from vqc.store.tables import AuditEntry, Review, ShadowScore
 from vqc.store.versions import ModelStore
 
-from .line_peers import free_port
+from .served import free_port
 
 
 @pytest.fixture

@@ -19,7 +19,8 @@ from vqc.station.delivery import Outbox
 from vqc.station.line import Line
 from vqc.station.page import PageServer
 
-from .line_peers import FakeCamera, Mosquitto, Plc, free_port, missing_parts
+from .line_peers import FakeCamera, Mosquitto, Plc, missing_parts
+from .served import free_port
 
 SIDE = 256  # the camera's region: the fake camera resizes each image to it
 
@@ -336,7 +337,7 @@ def test_each_station_keeps_a_retained_status_on_mqtt_that_follows_its_outputs(l
 
 @needs_parts
 def test_plc_disconnects_and_comes_back_the_station_carries_on(line_parts):
-    plc, endpoint = line_parts["plc"], line_parts["endpoint"]
+    plc = line_parts["plc"]
     first = plc.cycle("cam1", "before-drop")["Sequence"]
     plc.run(plc.client.disconnect())
     time.sleep(0.3)

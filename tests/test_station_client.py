@@ -10,7 +10,8 @@ from vqc.station.config import load_line
 from vqc.station.line import Line
 from vqc.station.opcua import EventLoop
 
-from .line_peers import FakeCamera, free_port, missing_parts
+from .line_peers import FakeCamera, missing_parts
+from .served import free_port
 
 NODES = {"trigger": "Trigger", "part_id": "PartId", "busy": "Busy", "done": "Done", "result": "Result",
          "score": "Score", "sequence": "Sequence", "error": "Error"}
