@@ -28,18 +28,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT))
 
+from tests.pictures import save_small  # noqa: E402
 from tests.served import free_port, serving  # noqa: E402
 
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]
-
-
-def save_small(image: Image.Image, path: Path, width: int, colours: int = 128) -> None:
-    """Scaled to `width` pixels and stored with a palette: a few tens of KB per picture."""
-    if image.width > width:
-        image = image.resize((width, round(image.height * width / image.width)), Image.LANCZOS)
-    image.convert("RGB").quantize(colors=colours, method=Image.Quantize.MEDIANCUT).save(path, optimize=True)
-    print(f"{path} {path.stat().st_size // 1024} KB")
 
 
 def side_by_side(images: list[Image.Image], gap: int = 12, background=(255, 255, 255)) -> Image.Image:

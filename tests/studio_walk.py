@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 from typing import Callable
 
+from .pictures import save_small
 from .served import serving
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -28,10 +29,7 @@ def running_studio(store_folder: Path, key_file: Path | None):
 def small_png(png: bytes, path: Path, width: int = 900) -> None:
     """A screenshot as a small PNG for the documentation: scaled to `width`, 64 colours."""
     from PIL import Image
-    image = Image.open(io.BytesIO(png)).convert("RGB")
-    if image.width > width:
-        image = image.resize((width, round(image.height * width / image.width)), Image.LANCZOS)
-    image.quantize(64).save(path, optimize=True)
+    save_small(Image.open(io.BytesIO(png)), path, width, colours=64)
 
 
 def rates_shown(page) -> tuple[str, str]:
