@@ -91,35 +91,81 @@ def test_the_station_examples_are_complete_and_valid():
 
 
 def _commands(markdown: str):
-    """Each command line of the bash code blocks, split at && and ;, prompts and comments removed."""
+    """Each command of the bash code blocks: lines split at &&, ; and |, the command inside
+    VAR=$(...), prompts and comments removed."""
     for block in re.findall(r"```bash\n(.*?)```", markdown, re.S):
         for line in block.replace("\\\n", " ").splitlines():
             line = re.sub(r"\s+#.*$", "", line).strip()
-            for part in re.split(r"\s*(?:&&|;)\s*", line):
+            line = re.sub(r"^\w+=\$\((.*)\)$", r"\1", line)
+            for part in re.split(r"\s*(?:&&|;|\|)\s*", line):
                 if part:
                     yield part
 
 
 TUTORIALS = sorted((DOCS / "tutorials").glob("*.md")) + [DOCS / "getting-started.md", ROOT / "README.md"]
+# the pages whose files a tutorial starts from ("You need ... from [Your part](your-part.md)")
+NEEDS = {"models-that-change.md": ["your-part.md"], "on-the-line.md": ["your-part.md"],
+         "station.md": ["your-part.md", "on-the-line.md"]}
+# files a page names that the reader brings: their camera's folder, their own list or bundle
+READER_FILES = {"camera_drop/", "bottle-bundle/", "paths.parquet", "STATION.yaml"}
+REPOSITORY_PATH = re.compile(r"^(src|docs|bench|tests|tools)/")
+FILE_NAME = re.compile(r"^[\w.-]+(/[\w.-]+)*(/|\.(safetensors|txt|yaml|csv|parquet|sqlite|json))$")
+
+
+def _made(words: list[str]) -> set[str]:
+    """The files and folders a command makes: --out and --json, a > redirect, cp's target,
+    mkdir's folders, vqc keys add's key file, vqc models add's store."""
+    made = {after for before, after in zip(words, words[1:]) if before in ("--out", "--json", ">")}
+    if words[0] == "cp":
+        made.add(words[-1])
+    if words[0] == "mkdir":
+        made |= {word for word in words[1:] if not word.startswith("-")}
+    if words[1:3] == ["keys", "add"]:
+        made.add(words[3])
+    if words[1:3] == ["models", "add"] and "--store" in words:
+        made.add(words[words.index("--store") + 1])
+    return made
+
+
+def _is_made(name: str, made: set[str]) -> bool:
+    return any(name.rstrip("/") == m.rstrip("/") or name.startswith(m.rstrip("/") + "/") for m in made)
+
+
+def _files_made(page: Path) -> set[str]:
+    made = set()
+    for command in _commands(page.read_text(encoding="utf-8")):
+        words = shlex.split(command)
+        made |= _made(words) if len(words) > 1 else set()
+    return made
 
 
 def _problems(page: Path) -> tuple[list[str], int]:
     """What is wrong with the page's commands (a vqc line that does not parse, a repository path
-    that does not exist), and how many vqc lines were checked."""
+    that does not exist, a file that no earlier step makes), and how many vqc lines were checked."""
     parser = _generator().cli_parser()
     problems, checked = [], 0
+    made = set().union(*(_files_made(page.parent / needed) for needed in NEEDS.get(page.name, [])))
     for command in _commands(page.read_text(encoding="utf-8")):
         words = shlex.split(command)
-        for word in words:  # paths into this repository must exist
-            if re.match(r"^(src|docs|bench|tests|tools)/", word) and not (ROOT / word).exists():
+        for word in filter(REPOSITORY_PATH.match, words):  # paths into this repository must exist
+            if "*" in word and not any(ROOT.glob(word)):
+                problems.append(f"{page.name}: {command}: {word} matches no file")
+            elif "*" not in word and not (ROOT / word).exists():
                 problems.append(f"{page.name}: {command}: {word} does not exist")
+        made_here = _made(words) if len(words) > 1 else set()
         if words[0].rsplit("/", 1)[-1] != "vqc":
+            made |= made_here
             continue
         checked += 1
         try:
             parser.parse_args(words[1:])
         except SystemExit:
             problems.append(f"{page.name}: `{command}` does not parse")
+        for word in words[1:]:
+            if (FILE_NAME.match(word) and not REPOSITORY_PATH.match(word) and word not in made_here
+                    and word not in READER_FILES and not _is_made(word, made)):
+                problems.append(f"{page.name}: {command}: no earlier step makes {word}")
+        made |= made_here
     return problems, checked
 
 
@@ -130,14 +176,28 @@ def test_tutorial_commands_parse_and_their_files_exist(page):
     assert checked, f"{page.name} has no vqc command"
 
 
+def test_the_tutorials_followed_from_a_fresh_clone_are_checked():
+    """Each tutorial's vqc lines are checked, those in $(...) and after a pipe too."""
+    counts = {page.name: _problems(page)[1] for page in TUTORIALS}
+    assert counts["your-part.md"] >= 4 and counts["scaling-out.md"] >= 8
+    assert counts["models-that-change.md"] >= 17  # the two `VAR=$(vqc keys add ... | tail -1)` among them
+
+
 def test_a_wrong_tutorial_command_is_caught(tmp_path, capsys):
     page = tmp_path / "page.md"
     page.write_text("```bash\n.venv/bin/vqc fit src/vqc/demo_data/magnetic_tile --out m.safetensors  # fine\n"
-                    "vqc fit docs/no-such-folder --out m.safetensors\nvqc serve m --hots 0.0.0.0\n```\n")
+                    "vqc fit docs/no-such-folder --out m.safetensors\nvqc serve m --hots 0.0.0.0\n"
+                    "ls src/vqc/demo_data/magnetic_tile/test/*/*.jpg > list.txt\n"
+                    "vqc serve m.safetensors --api-key-file keys.txt\nvqc keys add keys.txt --name op1\n"
+                    "K=$(vqc keys add keys.txt --nme lead | tail -1)\n```\n")
     problems, checked = _problems(page)
-    assert checked == 3
+    assert checked == 6
     assert problems == ["page.md: vqc fit docs/no-such-folder --out m.safetensors: docs/no-such-folder does not exist",
-                        "page.md: `vqc serve m --hots 0.0.0.0` does not parse"]
+                        "page.md: `vqc serve m --hots 0.0.0.0` does not parse",
+                        "page.md: ls src/vqc/demo_data/magnetic_tile/test/*/*.jpg > list.txt: "
+                        "src/vqc/demo_data/magnetic_tile/test/*/*.jpg matches no file",
+                        "page.md: vqc serve m.safetensors --api-key-file keys.txt: no earlier step makes keys.txt",
+                        "page.md: `vqc keys add keys.txt --nme lead` does not parse"]
 
 
 def test_the_few_shot_plot_reads_every_row_of_its_table():
