@@ -10,7 +10,7 @@
    streamed half that was rejected is reviewed "good" (a confirmed false reject); every rejected
    test defect is confirmed "defective". Test/good images are not reviewed: neither the fit nor
    the update sees them, and they measure the false-reject rate.
-3. `vqc update live --from-records STORE` makes a new version from the reviews; it goes to shadow.
+3. `vqc update live --store STORE` makes a new version from the reviews; it goes to shadow.
    The test images are sent again: the live model judges, the candidate scores beside it, and the
    operator reviews the live rejects. `vqc models compare` reports the two.
 4. The candidate is promoted with the admin key, the test images are sent a third time, and the
@@ -154,7 +154,7 @@ def main() -> int:
                 operator.review(result, "defective", sample.defect)
         print(f"live {first}: {confirmed} false rejects of {len(streamed)} streamed good parts confirmed by the operator")
 
-        update = vqc("update", "live", "--from-records", str(store), "--target", TARGET, "--by", "lead")
+        update = vqc("update", "live", "--store", str(store), "--target", TARGET, "--by", "lead")
         print(update.strip())
         candidate = update.split()[1]
         deadline = time.time() + 300

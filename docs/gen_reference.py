@@ -15,8 +15,8 @@ from pathlib import Path
 
 def cli_parser() -> argparse.ArgumentParser:
     """The `vqc` command's parser: the one place that knows where it is built."""
-    from vqc.cli import _parser
-    return _parser()
+    from vqc.cli import cli_parser as parser
+    return parser()
 
 
 def _subcommands(parser: argparse.ArgumentParser):

@@ -374,7 +374,7 @@ def test_evaluate_reports_pointing_overall_and_per_defect(tmp_path, capsys):
         "scratch": (1.0, 2), "dent": (0.0, 1)}
     assert 0 <= result["pointing"] <= 1
 
-    from vqc.cli import _metrics_json, print_metrics
+    from vqc.cli.scoring import _metrics_json, print_metrics
     print_metrics(result, "constructed")
     out = capsys.readouterr().out
     assert "pointing" in out and "0.6667 of 3" in out and "1.0000 of 2" in out

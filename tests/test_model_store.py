@@ -360,7 +360,7 @@ def test_the_command_line_runs_the_store_and_reads_the_reviews(store, demo_root,
     add_review(store.engine, flagged.id, "good", "op1", note="a mark, not a defect")
     capsys.readouterr()
     assert main(["models", "promote", first[:6], "--target", "t", *s, "--by", "lead"]) == 0
-    assert main(["update", "live", "--from-records", str(store.folder), "--target", "t", "--by", "lead"]) == 0
+    assert main(["update", "live", "--store", str(store.folder), "--target", "t", "--by", "lead"]) == 0
     out = capsys.readouterr().out
     assert "1 confirmed false rejects added" in out and "in shadow on t" in out
     candidate = out.split("version ")[1].split()[0]

@@ -27,13 +27,15 @@ from .conftest import shared_set
 REPO = Path(__file__).resolve().parents[1]
 BLOCKED = ("torch", "torchvision", "timm", "FrEIA", "scipy", "sklearn", "matplotlib", "safetensors", "onnx",
            "onnxscript", "yaml")
-TORCH_FREE = ("vqc", "vqc.cli", "vqc.bundle", "vqc.loading", "vqc.inspection", "vqc.batching", "vqc.scorefiles", "vqc.scoring", "vqc.geometry", "vqc.data", "vqc.engines",
+TORCH_FREE = ("vqc", "vqc.cli", "vqc.cli.options", "vqc.cli.fit", "vqc.cli.scoring", "vqc.cli.bench",
+              "vqc.cli.serve", "vqc.cli.records", "vqc.cli.station", "vqc.cli.models", "vqc.bundle", "vqc.loading",
+              "vqc.inspection", "vqc.batching", "vqc.scorefiles", "vqc.scoring", "vqc.geometry", "vqc.data", "vqc.engines",
               "vqc.engines.onnx", "vqc.engines.openvino", "vqc.serve", "vqc.records", "vqc.monitoring",
               "vqc.access", "vqc.viz", "vqc.files", "vqc.choices", "vqc.version", "vqc.errors", "vqc.progress",
               "vqc.station.config", "vqc.station.sources", "vqc.station.aravis", "vqc.station.delivery",
               "vqc.station.opcua", "vqc.station.mqtt", "vqc.station.webhook", "vqc.station.station",
               "vqc.station.line", "vqc.station.page", "vqc.station.run", "vqc.station.fake_camera",
-              "vqc.cli_models", "vqc.live", "vqc.serve_lifecycle", "vqc.modelfile", "vqc.store.tables",
+              "vqc.live", "vqc.serve_lifecycle", "vqc.modelfile", "vqc.store.tables",
               "vqc.store.versions", "vqc.store.reviews", "vqc.store.shadow")
 SITE_PACKAGES_LIMIT_MB = 400
 

@@ -78,7 +78,7 @@ def test_auto_candidates_follow_the_images_shape(tmp_path):
 
 
 def test_auto_prints_one_row_per_candidate(capsys):
-    from vqc.cli import print_candidates
+    from vqc.cli.fit import print_candidates
 
     def judged(name, k, image, score):
         return {"name": name + (f", top-{k} score" if k else ""), "candidate": name, "options": {}, "top_k": k,

@@ -11,15 +11,14 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 def add_parser(sub) -> None:
-    studio = sub.add_parser("studio", help="the studio: build, check and ship a detector from the browser")
-    studio.add_argument("--store", required=True, metavar="DIR", help="the model store's folder (vqc serve --store); made if missing")
-    studio.add_argument("--db", metavar="URL", help="the store's database (default: DIR/records.sqlite)")
-    studio.add_argument("--host", default="127.0.0.1",
-                        help="address to listen on (default 127.0.0.1, this machine only; 0.0.0.0 for the plant "
-                             "network, which needs --api-key-file)")
-    studio.add_argument("--port", type=int, default=8010, help="port to listen on (default 8010)")
-    studio.add_argument("--api-key-file", metavar="FILE", help="ask for one of these keys (vqc keys add); without "
-                        "one the studio listens on this machine only and whoever uses it is an admin")
+    from ..cli.options import add_api_key_file, add_db, add_listening, add_store
+    studio = sub.add_parser("studio", help="the studio: build, check and ship a detector from the browser; "
+                            "makes the model store if missing")
+    studio.set_defaults(run=cmd_studio)
+    add_store(studio, required=True)
+    add_db(studio)
+    add_listening(studio, port=8010)
+    add_api_key_file(studio)
 
 
 def cmd_studio(args) -> None:

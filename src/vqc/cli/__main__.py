@@ -1,0 +1,6 @@
+"""`python -m vqc.cli`: the `vqc` command."""
+import sys
+
+from . import main
+
+sys.exit(main())
