@@ -16,6 +16,8 @@ from PIL import Image
 import vqc
 from vqc.cli import main
 from vqc.scorefiles import ScoreWriter, watch_folder
+from vqc.engines import EngineSettings
+from vqc.live import JudgeOptions, open_judge
 from vqc.data import decode_image, read_split
 
 
@@ -235,13 +237,13 @@ def test_8_watch_reports_an_empty_file_once_and_scores_it_once_written(demo_mode
     drop.mkdir()
     empty = drop / "part7.png"
     empty.write_bytes(b"")
-    model = vqc.load(demo_model_file)
-    writer = ScoreWriter(tmp_path / "out" / "scores.csv", model, drop, overlays=False)
-    watch_folder(model, drop, writer, interval=0.01, rounds=8)
+    judge = open_judge(Path(demo_model_file), JudgeOptions(EngineSettings("torch")))
+    writer = ScoreWriter(tmp_path / "out" / "scores.csv", judge, drop, overlays=False)
+    watch_folder(drop, writer, interval=0.01, rounds=8)
     err = capsys.readouterr().err
     assert err.count("part7.png is empty (0 bytes)") == 1  # said once, not every look
     shutil.copy(read_split(demo_root, "test")[0].path, empty)  # the camera's second write
-    watch_folder(model, drop, writer, interval=0.01, rounds=3)
+    watch_folder(drop, writer, interval=0.01, rounds=3)
     writer.close()
     assert [Path(r["path"]).name for r in _rows(tmp_path / "out")] == ["part7.png"]
 

@@ -24,8 +24,8 @@ def test_fit_stores_a_false_reject_threshold_from_every_good_image_left_out_in_t
 def test_heads_without_leave_one_out_hold_good_images_out(demo_root):
     images = [s.path for s in read_split(demo_root, "train")][:20]
     model = vqc.AnomalyModel(leave_one_out=False, head_options={"coreset": 0.05}).fit(images, progress=False)
-    assert (model.info["n_train"], model.info["n_validation"], model.threshold["n_images"]) == (18, 2, 2)
-    assert model.threshold["validated_on"] == "held-out good training images"
+    assert (model.info["n_train"], model.info["n_validation"], model.threshold.details["n_images"]) == (18, 2, 2)
+    assert model.threshold.validated_on == "held-out good training images"
 
 
 def test_cost_and_f1_policies_on_labelled_data(demo_model, demo_root):
@@ -177,17 +177,18 @@ def test_one_threshold_writer_for_a_model_file_and_a_line_bundle(demo_model, dem
     from vqc.bundle import GRAPH, read_manifest
     from vqc.modelfile import read_metadata, write_threshold
     from vqc.training.export import export_bundle
-    chosen = {**demo_model.threshold, "value": demo_model.threshold["value"] * 2, "policy": "manual"}
+    from vqc.threshold import Threshold
+    chosen = Threshold(demo_model.threshold.value * 2, "manual", demo_model.threshold.details)
     copy = shutil.copy(demo_model_file, tmp_path / "m.safetensors")
     write_threshold(copy, chosen)
     before, after = read_metadata(demo_model_file), read_metadata(copy)
-    assert after["threshold"] == chosen and after["config"] == before["config"] and after["info"] == before["info"]
+    assert Threshold.of(after["threshold"]) == chosen and after["config"] == before["config"] and after["info"] == before["info"]
     assert _tensor_data(copy) == _tensor_data(demo_model_file)
     bundle = tmp_path / "bundle"
     export_bundle(demo_model, bundle)
     graph = (bundle / GRAPH).read_bytes()
     write_threshold(bundle, chosen)
-    assert read_manifest(bundle)["threshold"] == chosen and (bundle / GRAPH).read_bytes() == graph
+    assert Threshold.of(read_manifest(bundle)["threshold"]) == chosen and (bundle / GRAPH).read_bytes() == graph
 
 
 def _tensor_data(path) -> bytes:

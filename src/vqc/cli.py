@@ -450,12 +450,9 @@ def cmd_fit(args) -> int | None:
     info = model.info
     print(f"fitted {model.config.backbone} + {model.config.head} on {info['n_train']} images "
           f"({info['n_validation']} held out) in {info['fit_seconds']:.1f} s; weights {info['weights_source']}")
-    t = model.threshold
-    rate = f", defect rate {t['defect_rate']:g} ({t['defect_rate_from']})" if "defect_rate" in t else ""
-    print(f"threshold {t['value']:.6g} ({t['policy']}, on {t['n_images']} images: {t['validated_on']}{rate}); "
-          f"saved {path}")
-    if model.threshold.get("warning"):
-        print(f"vqc: warning: {model.threshold['warning']}", file=sys.stderr)
+    print(f"threshold {model.threshold.summary()}; saved {path}")
+    if model.threshold.warning:
+        print(f"vqc: warning: {model.threshold.warning}", file=sys.stderr)
 
 
 def _auto_model(args) -> tuple:
@@ -520,15 +517,14 @@ def cmd_predict(args) -> int | None:
     images = [] if args.watch else list_images(args.images)
     from .inspection import inspect_files
     from .scorefiles import ScoreWriter, common_folder, watch_folder, write_unreadable
-    model = _scoring_model(args)
-    recorder = _recorder(args, model) if args.db else None
+    judge = _scoring_judge(args)
+    model = judge.model
     base = Path(args.images[0]) if args.watch else common_folder(images)
-    writer = ScoreWriter(out / "scores.csv", model, base, overlays=not args.no_overlays, recorder=recorder,
-                          station=args.station)
+    writer = ScoreWriter(out / "scores.csv", judge, base, overlays=not args.no_overlays, station=args.station)
     try:
         if args.watch:
             print(f"watching {base} for new images (Ctrl-C to stop); rows go to {writer.path}")
-            watch_folder(model, base, writer, args.interval)
+            watch_folder(base, writer, args.interval)
             return None
         unreadable: list[tuple[Path, str]] = []
         start = time.perf_counter()
@@ -537,8 +533,8 @@ def cmd_predict(args) -> int | None:
         seconds = time.perf_counter() - start
     finally:
         writer.close()
-        if recorder is not None:
-            recorder.records.close()
+        if judge.recorder is not None:
+            judge.recorder.records.close()
     if not unreadable:
         print(f"scored {scored} images ({writer.verdict_counts()}) -> {writer.path} in {seconds:.2f} s "
               f"({scored / seconds:.1f} images/s from the first file read to the last row written)")
@@ -555,12 +551,12 @@ def cmd_predict(args) -> int | None:
     return 1
 
 
-def _recorder(args, model):
-    """`predict --db`: one committed row per scored image, as `vqc serve` records them."""
-    from .inspection import Recorder
-    from .records import ModelIdentity, Records, default_locations
-    records = Records(args.db, args.image_store or default_locations(args.model)[1], args.keep_good)
-    return Recorder(records, ModelIdentity.of(args.model, model.engine_name), model)
+def _scoring_judge(args):
+    """`predict`: the model judging each image, as `vqc serve` judges them; with --db, each recorded."""
+    from .live import JudgeOptions, open_judge
+    from .records import open_records
+    records = open_records(args.db, args.image_store, args.keep_good, beside=args.model) if args.db else None
+    return open_judge(Path(args.model), JudgeOptions(_engine_settings(args), args.max_pixels), records)
 
 
 def _predict_on_ray(args) -> int:
@@ -735,8 +731,7 @@ def cmd_serve(args) -> None:
         from .store.versions import ModelStore
         store = ModelStore.open(args.store, args.db)
     serve(args.model, args.host, args.port, store=store, target=args.target, config=ServeConfig(
-        engine=args.engine, threads=args.threads, precision=args.precision, compile=args.compile,
-        max_upload_mb=args.max_upload_mb, max_pixels=args.max_pixels, db=args.db, image_store=args.image_store, keep_good=args.keep_good,
+        engine=_engine_settings(args), max_upload_mb=args.max_upload_mb, max_pixels=args.max_pixels, db=args.db, image_store=args.image_store, keep_good=args.keep_good,
         api_key_file=args.api_key_file, protect_monitoring=args.protect_monitoring,
         cors_origins=tuple(args.cors_origin), drift_window=args.drift_window, max_batch=args.max_batch,
         batch_wait_ms=args.batch_wait_ms))
@@ -797,8 +792,7 @@ def cmd_threshold(args) -> None:
     chosen = choose_threshold(model, args.policy, _reviewed_data(args, args.data), args.fp_cost, args.fn_cost,
                               args.defect_rate, args.allow_high_reject)
     write_threshold(args.model, chosen)  # written only once the policy's choice stands
-    extra = ", ".join(f"{k} {v}" for k, v in chosen.items() if k not in ("policy", "value"))
-    print(f"threshold {chosen['value']:.6g} ({chosen['policy']}; {extra}) stored in {args.model}")
+    print(f"threshold {chosen.explain()} stored in {args.model}")
 
 
 if __name__ == "__main__":
