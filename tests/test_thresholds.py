@@ -162,11 +162,12 @@ def test_update_chooses_again_with_the_stored_costs_and_defect_rate():
     from vqc.training.update import _rechoose
     model = scored_by(lambda p: 1.0 if int(p.stem) < 10 else 0.1)
     pool = Pool([1] * 10 + [0] * 10)  # reviewed records: half defective, as reviews of rejects tend to be
-    before = {"policy": "cost", "fp_cost": 2.0, "fn_cost": 30.0, "defect_rate": 0.01}
-    chosen = _rechoose(model, "cost", pool, before)
+    from vqc.threshold import Threshold
+    before = Threshold(0.5, "cost", {"fp_cost": 2.0, "fn_cost": 30.0, "defect_rate": 0.01})
+    chosen = _rechoose(model, "cost", pool, before.choice_options())
     assert (chosen.details["fp_cost"], chosen.details["fn_cost"], chosen.details["defect_rate"]) == (2.0, 30.0, 0.01)
     with pytest.raises(VqcError, match="50% of its images are defective"):
-        _rechoose(model, "cost", pool, {"policy": "cost"})
+        _rechoose(model, "cost", pool, {})
 
 
 def test_one_threshold_writer_for_a_model_file_and_a_line_bundle(demo_model, demo_model_file, tmp_path):
