@@ -113,11 +113,12 @@ def test_3_the_banded_overlay_is_matplotlibs_jet_blend(rng):
 def test_3_small_overlays_keep_the_legend_labels_and_carry_verdict_and_score(demo_model, demo_root):
     from dataclasses import replace
 
+    from vqc.threshold import Verdict
     from vqc.viz import LEGEND_MIN_WIDTH, legend_height, prediction_overlay
     image = np.asarray(Image.open(read_split(demo_root, "test")[0].path).convert("RGB").resize((120, 90)))
     pred = demo_model.predict([image])[0]
     floor, top = demo_model.normal_range()
-    pictures = {verdict: prediction_overlay(image, replace(pred, verdict=verdict), floor, top)
+    pictures = {verdict: prediction_overlay(image, replace(pred, verdict=Verdict(verdict)), floor, top)
                 for verdict in ("defective", "ok")}
     picture = pictures["defective"]
     assert picture.shape == (90 + legend_height(120), LEGEND_MIN_WIDTH, 3)  # set on a canvas wide enough
@@ -127,7 +128,7 @@ def test_3_small_overlays_keep_the_legend_labels_and_carry_verdict_and_score(dem
     caption = picture[90:98].astype(int)  # the verdict in its colour, just beneath the image
     assert ((caption[..., 0] > 150) & (caption[..., 1] < 90)).any()
     assert ((pictures["ok"][90:98, :, 1].astype(int) > 100) & (pictures["ok"][90:98, :, 0] < 60)).any()
-    rescored = prediction_overlay(image, replace(pred, verdict="defective", score=pred.score * 3 + 1), floor, top)
+    rescored = prediction_overlay(image, replace(pred, verdict=Verdict.DEFECTIVE, score=pred.score * 3 + 1), floor, top)
     assert not np.array_equal(rescored[90:98], picture[90:98])  # the score is written there too
 
 
