@@ -170,6 +170,18 @@ def test_update_chooses_again_with_the_stored_costs_and_defect_rate():
         _rechoose(model, "cost", pool, {})
 
 
+def test_update_keeps_a_threshold_set_by_hand():
+    """A threshold set on the service or in the studio ("manual") is a person's decision: vqc
+    update keeps it instead of failing on a policy it cannot choose by."""
+    from vqc.threshold import Threshold
+    from vqc.training.update import threshold_after_update
+    model = scored_by(lambda p: 0.1)
+    manual = Threshold(0.7, "manual", {"set_by": "lead"})
+    assert threshold_after_update(model, manual, Pool([1] * 10 + [0] * 10)) is manual
+    model.info = {"normal_scores": [0.1, 0.2, 0.3]}
+    assert threshold_after_update(model, None, None).policy == "false-reject-rate=0.01"
+
+
 def test_one_threshold_writer_for_a_model_file_and_a_line_bundle(demo_model, demo_model_file, tmp_path):
     """The CLI and the model store change a threshold the same way, torch-free, leaving the
     tensors and the graph as they were."""

@@ -27,6 +27,15 @@ def parse_policy(text: str) -> tuple[str, float | None]:
     raise VqcError(f"unknown threshold policy {text!r}; use f1, cost or false-reject-rate=R")
 
 
+def is_policy(text: str) -> bool:
+    """Whether vqc chooses thresholds by this policy (not one set by hand, such as "manual")."""
+    try:
+        parse_policy(text)
+    except VqcError:
+        return False
+    return True
+
+
 def few_images_warning(n_good: int, rate: float) -> dict:
     """{"warning": ...} when n_good images cannot measure a false-reject rate of `rate`: with
     fewer than 1 / rate of them the threshold lands above the highest one and the rate on new

@@ -26,7 +26,7 @@ from ..data import list_images, read_bytes
 from ..errors import VqcError
 from ..threshold import Threshold
 from .model import AnomalyModel
-from .thresholds import choose_threshold, parse_policy
+from .thresholds import choose_threshold, is_policy, parse_policy
 
 
 def image_hashes(paths: list[Path]) -> list[str]:
@@ -54,8 +54,8 @@ def update_model(model: AnomalyModel, confirmed: list[Path], reviewed=None, fit_
                                                                            for p, h in new]
     else:  # the new fit's manifest names them all
         done = _refit(model, [p for p, _ in new], fit_data, progress)
-    policy = before.policy if before else "false-reject-rate=0.01"
-    model.threshold = _rechoose(model, policy, reviewed, before.choice_options() if before else {})
+    model.threshold = threshold_after_update(model, before, reviewed)
+    policy = model.threshold.policy
     done.update({"images_added": len(new), "image_sha256": [h for _, h in new], "seconds": round(time.perf_counter() - start, 2),
                  "threshold_before": before.value if before else None, "threshold": model.threshold.value,
                  "policy": policy, "updated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
@@ -94,6 +94,15 @@ def _refit(model: AnomalyModel, images: list[Path], fit_data, progress: bool) ->
     fresh.fit(list(found.values()) + images, progress=progress)
     model.detector, model.info = fresh.detector, {**fresh.info, "evaluation": None}
     return {"method": f"{model.config.head} fitted again on {len(found)} fit images and the new ones"}
+
+
+def threshold_after_update(model: AnomalyModel, before: Threshold | None, reviewed) -> Threshold:
+    """The threshold chosen again by the stored policy; one set by hand (the service's or the
+    studio's threshold) is a person's decision and stays as it was."""
+    if before is not None and not is_policy(before.policy):
+        return before
+    policy = before.policy if before else "false-reject-rate=0.01"
+    return _rechoose(model, policy, reviewed, before.choice_options() if before else {})
 
 
 def _rechoose(model: AnomalyModel, policy: str, reviewed, options: dict) -> Threshold:
