@@ -72,7 +72,8 @@ def test_backbones_lists_all(capsys):
 
 def test_watch_scores_each_new_image_once_and_skips_bad_files(fitted, demo_root, tmp_path, capsys):
     import shutil
-    import vqc
+    from vqc.engines import EngineSettings
+    from vqc.live import JudgeOptions, open_judge
     from vqc.scorefiles import ScoreWriter, watch_folder
     drop = tmp_path / "camera"
     drop.mkdir()
@@ -80,9 +81,9 @@ def test_watch_scores_each_new_image_once_and_skips_bad_files(fitted, demo_root,
     for image in images:
         shutil.copy(image, drop / image.name)
     (drop / "broken.png").write_bytes(b"\x89PNG half a file")
-    model = vqc.load(fitted)
-    writer = ScoreWriter(tmp_path / "out" / "scores.csv", model, drop, overlays=False)
-    watch_folder(model, drop, writer, interval=0.01, rounds=5)  # five looks at the folder
+    judge = open_judge(Path(fitted), JudgeOptions(EngineSettings("torch")))
+    writer = ScoreWriter(tmp_path / "out" / "scores.csv", judge, drop, overlays=False)
+    watch_folder(drop, writer, interval=0.01, rounds=5)  # five looks at the folder
     writer.close()
     rows = list(csv.DictReader(open(tmp_path / "out" / "scores.csv")))
     assert sorted(Path(r["path"]).name for r in rows) == [i.name for i in images]  # once each, not the bad one

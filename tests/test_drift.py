@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from vqc.engines import EngineSettings
 from vqc.data import read_split
 from vqc.monitoring import DriftMonitor
 from vqc.serve import create_app
@@ -49,10 +50,10 @@ def test_ks_two_sample_equals_scipy(n1, n2, shift, ties, rng):
 def test_drift_window_survives_a_restart(demo_model, demo_root, tmp_path):
     path = demo_model.save(tmp_path / "tiles.safetensors")
     images = [s.path.read_bytes() for s in read_split(demo_root, "test")[:5]]
-    with TestClient(create_app(path, engine="torch", drift_window=30)) as client:
+    with TestClient(create_app(path, engine=EngineSettings("torch"), drift_window=30)) as client:
         for image in images:
             assert client.post("/v1/inspect", content=image).status_code == 200
-    with TestClient(create_app(path, engine="torch", drift_window=30)) as client:  # the same records file
+    with TestClient(create_app(path, engine=EngineSettings("torch"), drift_window=30)) as client:  # the same records file
         assert client.get("/health").json()["drift"]["window"] == 5
 
 
@@ -68,7 +69,7 @@ def test_health_turns_drifting_on_another_product_and_stays_ok_on_good_bottles(b
     good_bottles = sorted((bottle / "test" / "good").glob("*.png"))
     plates = sorted((metal_plate / "test" / "good").glob("*.png"))[:20]
     assert len(good_bottles) == 20
-    with TestClient(create_app(path, engine="torch", db="none", drift_window=20)) as client:
+    with TestClient(create_app(path, engine=EngineSettings("torch"), db="none", drift_window=20)) as client:
         for image in good_bottles:
             assert client.post("/v1/inspect", content=image.read_bytes()).status_code == 200
         ok = client.get("/health").json()

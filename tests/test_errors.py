@@ -38,9 +38,9 @@ class _Model:
 
 def test_an_unrecorded_inspection_whose_error_has_no_message_is_not_recorded_not_a_crash():
     """The service answers NotRecorded with 503; an IndexError here was a 500."""
-    recorder = Recorder(_Refusing(), ModelIdentity("m", "abc", "abc" * 20, "onnx"), _Model())
+    recorder = Recorder(_Refusing(), _Model())
     with pytest.raises(NotRecorded, match="scored but not recorded in postgresql://db/line: TimeoutError$"):
-        recorder.record([], rows=[{"score": 1.0}])
+        recorder.record([], [])
 
 
 class _FlakyStore:

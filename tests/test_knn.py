@@ -67,7 +67,7 @@ def test_leave_one_out_scores_equal_a_fit_without_that_image(demo_root):
     options = dict(backbone="efficientnet_lite0", head="knn", head_options={"coreset_method": "none"})
     model = vqc.AnomalyModel(**options).fit(paths, progress=False)
     assert model.info["n_train"] == 8 and model.info["n_validation"] == 0
-    assert len(model.info["normal_scores"]) == 8 and "leave-one-out" in model.threshold["validated_on"]
+    assert len(model.info["normal_scores"]) == 8 and "leave-one-out" in model.threshold.validated_on
     for i in (0, 5):
         others = vqc.AnomalyModel(**options, leave_one_out=False, validation_fraction=0)
         others.fit(paths[:i] + paths[i + 1:], progress=False)

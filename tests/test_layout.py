@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "vqc"
@@ -85,3 +86,38 @@ def test_no_function_is_longer_than_80_lines():
                     long.append(f"{path.relative_to(PACKAGE)}:{node.lineno} {node.name}: "
                                 f"{node.end_lineno - first + 1} lines")
     assert not long, long
+
+
+NAMED_THRESHOLD = re.compile(r"threshold\W*(or \{\}\W*)?$", re.IGNORECASE)  # ends in a threshold, not "thresholds"
+
+
+def _threshold_key_reads(tree: ast.Module) -> list[str]:
+    """Keys read from something named like a threshold: `x.threshold["value"]`, `threshold.get("policy")`."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Subscript) and isinstance(node.ctx, ast.Load):
+            target, key = node.value, node.slice
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "get" \
+                and node.args:
+            target, key = node.func.value, node.args[0]
+        else:
+            continue
+        if isinstance(key, ast.Constant) and isinstance(key.value, str) and NAMED_THRESHOLD.search(ast.unparse(target)):
+            found.append(f"line {node.lineno}: {ast.unparse(node)}")
+    return found
+
+
+def test_only_the_threshold_type_reads_a_stored_thresholds_keys():
+    """A threshold is read through vqc.threshold.Threshold (value, policy, details); a module
+    that reads the stored object's keys itself is a second reader of that format."""
+    readers = {}
+    for name, (tree, _) in _modules().items():
+        if name != "vqc.threshold":
+            readers.update({f"{name} {read}": None for read in _threshold_key_reads(tree)})
+    assert not readers, "\n".join(readers)
+
+
+def test_the_threshold_key_rule_finds_what_it_is_meant_to():
+    tree = ast.parse('a = model.threshold["value"]\nb = t.threshold.get("policy")\nc = manifest["threshold"]\n'
+                     'd = (row.get("threshold") or {}).get("value")\ne = run["thresholds"]["cost"]')
+    assert [read.split(":")[0] for read in _threshold_key_reads(tree)] == ["line 1", "line 2", "line 4"]

@@ -9,6 +9,7 @@ import pytest
 import sqlalchemy as sa
 
 import vqc
+from vqc.engines import EngineSettings
 from vqc.access import add_key
 from vqc.data import read_split
 from vqc.errors import VqcError
@@ -16,6 +17,7 @@ from vqc.modelfile import read_metadata, rewrite_metadata
 from vqc.records import Inspection
 from vqc.store.tables import AuditEntry, Review, ShadowScore
 from vqc.store.versions import ModelStore
+from vqc.threshold import Threshold
 
 from .served import free_port
 
@@ -56,6 +58,12 @@ def test_promote_refuses_another_products_model_on_a_target_unless_asked(store, 
     assert store.deployment("tire-line")["live"] == plate["version"]
 
 
+def _halved(version: dict) -> Threshold:
+    """The version's threshold at half its value."""
+    stored = Threshold.of(version["evidence"]["threshold"])
+    return Threshold(stored.value * 0.5, stored.policy, stored.details)
+
+
 def _images(demo_root) -> list[Path]:
     return [s.path for s in read_split(demo_root, "test")]
 
@@ -65,10 +73,11 @@ def test_versions_are_file_hashes_with_parents_and_every_change_audited(store, d
     assert first["version"] == vqc.records.ModelIdentity.of(demo_model_file, "").version
     assert store.add(demo_model_file, "again")["version"] == first["version"]  # the same file: one version
     assert len(first["fit_manifest"]) == vqc.load(demo_model_file).info["n_train"]
-    lower = dict(first["evidence"]["threshold"], value=first["evidence"]["threshold"]["value"] * 0.5, policy="manual")
+    stored = Threshold.of(first["evidence"]["threshold"])
+    lower = Threshold(stored.value * 0.5, "manual", stored.details)
     second = store.with_threshold(first["version"], lower, "ann")
     assert second["parent"] == first["version"] and second["version"] != first["version"]
-    assert vqc.load(store.path_of(second["version"])).threshold["value"] == pytest.approx(lower["value"])
+    assert vqc.load(store.path_of(second["version"])).threshold == lower
     assert store.find(first["version"][:6])["version"] == first["version"]
     with pytest.raises(VqcError, match="no model version ffff"):
         store.get("ffff")
@@ -96,7 +105,7 @@ def test_header_rewrite_keeps_every_tensor(demo_model_file, demo_root, tmp_path)
     before, after = vqc.load(demo_model_file), vqc.load(target)
     images = _images(demo_root)[:4]
     assert [p.score for p in after.predict(images)] == pytest.approx([p.score for p in before.predict(images)], rel=1e-6)
-    assert after.info == before.info and after.threshold["value"] == 1.5
+    assert after.info == before.info and after.threshold.value == 1.5
     with pytest.raises(VqcError, match="not a vqc model"):
         read_metadata(demo_root / "SOURCE.md")
 
@@ -109,7 +118,7 @@ class Service:
 
         from vqc.serve import create_app
         self.app = create_app(None, store=store, target="line", api_key_file=str(keys) if keys else None,
-                              engine="onnx", keep_good=1.0, **settings)
+                              engine=EngineSettings("onnx"), keep_good=1.0, **settings)
         port = free_port()
         self.url = f"http://127.0.0.1:{port}"
         self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=port, log_level="warning"))
@@ -129,8 +138,7 @@ def served(store, tmp_path):
     keys = tmp_path / "keys.txt"
     admin, operator = add_key(keys, "alice", "admin"), add_key(keys, "oscar")
     first = store.versions()[0]
-    threshold = first["evidence"]["threshold"]
-    second = store.with_threshold(first["version"], dict(threshold, value=threshold["value"] * 0.5), "test")
+    second = store.with_threshold(first["version"], _halved(first), "test")
     store.promote("line", first["version"], "test")
     service = Service(store, keys)
     yield service, {"admin": admin, "operator": operator}, first["version"], second["version"]
@@ -270,7 +278,7 @@ def test_update_adds_confirmed_false_rejects_to_the_knn_bank(demo_root, tmp_path
     new = [s.path for s in read_split(demo_root, "test") if s.label == 0][:2]
     before = [p.score for p in model.predict(new)]
     bank = len(model.detector.head.bank)
-    threshold = dict(model.threshold)
+    threshold = model.threshold
     done = update_model(model, new + new[:1])  # an image confirmed twice counts once
     per_image = done["patches_offered"] // 2
     assert done["images_added"] == 2 and done["bank"] - bank == int(np.ceil(2 * per_image * 0.1)) == len(
@@ -278,7 +286,7 @@ def test_update_adds_confirmed_false_rejects_to_the_knn_bank(demo_root, tmp_path
     after = [p.score for p in model.predict(new)]
     assert all(a < b for a, b in zip(after, before))  # their own patches are in the bank now
     assert all(loo <= b + 1e-4 for loo, b in zip(done["added_leave_one_out_scores"], before))
-    assert model.threshold["value"] == pytest.approx(threshold["value"])  # the fit's normal scores, as documented
+    assert model.threshold.value == pytest.approx(threshold.value)  # the fit's normal scores, as documented
     assert len(model.info["fit_manifest"]) == 8
     with pytest.raises(VqcError, match="in the model already"):
         update_model(model, new)
@@ -293,8 +301,7 @@ def test_a_station_follows_its_store_live_and_shadow_without_stopping(store, dem
     from vqc.station.config import load_line
     from vqc.station.line import Line
     first = store.versions()[0]
-    threshold = first["evidence"]["threshold"]
-    second = store.with_threshold(first["version"], dict(threshold, value=threshold["value"] * 0.5), "test")["version"]
+    second = store.with_threshold(first["version"], _halved(first), "test")["version"]
     first = first["version"]
     store.promote("cam1", first, "test")
     camera = tmp_path / "camera"

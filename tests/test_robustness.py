@@ -16,6 +16,8 @@ from PIL import Image
 import vqc
 from vqc.cli import main
 from vqc.scorefiles import ScoreWriter, watch_folder
+from vqc.engines import EngineSettings
+from vqc.live import JudgeOptions, open_judge
 from vqc.data import decode_image, read_split
 
 
@@ -111,11 +113,12 @@ def test_3_the_banded_overlay_is_matplotlibs_jet_blend(rng):
 def test_3_small_overlays_keep_the_legend_labels_and_carry_verdict_and_score(demo_model, demo_root):
     from dataclasses import replace
 
+    from vqc.threshold import Verdict
     from vqc.viz import LEGEND_MIN_WIDTH, legend_height, prediction_overlay
     image = np.asarray(Image.open(read_split(demo_root, "test")[0].path).convert("RGB").resize((120, 90)))
     pred = demo_model.predict([image])[0]
     floor, top = demo_model.normal_range()
-    pictures = {verdict: prediction_overlay(image, replace(pred, verdict=verdict), floor, top)
+    pictures = {verdict: prediction_overlay(image, replace(pred, verdict=Verdict(verdict)), floor, top)
                 for verdict in ("defective", "ok")}
     picture = pictures["defective"]
     assert picture.shape == (90 + legend_height(120), LEGEND_MIN_WIDTH, 3)  # set on a canvas wide enough
@@ -125,7 +128,7 @@ def test_3_small_overlays_keep_the_legend_labels_and_carry_verdict_and_score(dem
     caption = picture[90:98].astype(int)  # the verdict in its colour, just beneath the image
     assert ((caption[..., 0] > 150) & (caption[..., 1] < 90)).any()
     assert ((pictures["ok"][90:98, :, 1].astype(int) > 100) & (pictures["ok"][90:98, :, 0] < 60)).any()
-    rescored = prediction_overlay(image, replace(pred, verdict="defective", score=pred.score * 3 + 1), floor, top)
+    rescored = prediction_overlay(image, replace(pred, verdict=Verdict.DEFECTIVE, score=pred.score * 3 + 1), floor, top)
     assert not np.array_equal(rescored[90:98], picture[90:98])  # the score is written there too
 
 
@@ -235,13 +238,13 @@ def test_8_watch_reports_an_empty_file_once_and_scores_it_once_written(demo_mode
     drop.mkdir()
     empty = drop / "part7.png"
     empty.write_bytes(b"")
-    model = vqc.load(demo_model_file)
-    writer = ScoreWriter(tmp_path / "out" / "scores.csv", model, drop, overlays=False)
-    watch_folder(model, drop, writer, interval=0.01, rounds=8)
+    judge = open_judge(Path(demo_model_file), JudgeOptions(EngineSettings("torch")))
+    writer = ScoreWriter(tmp_path / "out" / "scores.csv", judge, drop, overlays=False)
+    watch_folder(drop, writer, interval=0.01, rounds=8)
     err = capsys.readouterr().err
     assert err.count("part7.png is empty (0 bytes)") == 1  # said once, not every look
     shutil.copy(read_split(demo_root, "test")[0].path, empty)  # the camera's second write
-    watch_folder(model, drop, writer, interval=0.01, rounds=3)
+    watch_folder(drop, writer, interval=0.01, rounds=3)
     writer.close()
     assert [Path(r["path"]).name for r in _rows(tmp_path / "out")] == ["part7.png"]
 

@@ -86,7 +86,7 @@ def test_fit_per_category_skips_fitted_categories(demo_root, tmp_path, capsys):
             "--out", str(tmp_path / "models")]
     assert main(args) == 0
     model = vqc.load(tmp_path / "models" / "tile.safetensors")
-    assert model.info["n_train"] == 60 and model.threshold["policy"] == "false-reject-rate=0.01"
+    assert model.info["n_train"] == 60 and model.threshold.policy == "false-reject-rate=0.01"
     before = (tmp_path / "models" / "tile.safetensors").stat().st_mtime_ns
     assert main(args) == 0
     assert "already fitted" in capsys.readouterr().out

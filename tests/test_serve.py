@@ -27,7 +27,7 @@ def test_inspect_multipart_and_raw_give_the_model_score(client, demo_model, demo
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["score"] == pytest.approx(want.score, rel=1e-6)
-    assert body["verdict"] == want.verdict and body["threshold"] == demo_model.threshold["value"]
+    assert body["verdict"] == want.verdict and body["threshold"] == demo_model.threshold.value
     assert body["filename"] == sample.path.name and body["model"] == "tiles" and body["latency_ms"] > 0
     raw = client.post("/v1/inspect?heatmap=1", content=_png(sample.path), headers={"content-type": "image/png"})
     assert raw.json()["score"] == pytest.approx(want.score, rel=1e-6)
@@ -61,7 +61,7 @@ def test_bad_uploads_get_4xx_and_the_service_keeps_running(client, demo_root):
 def test_model_info_docs_and_page(client, demo_model):
     info = client.get("/v1/model").json()
     assert info["backbone"] == "efficientnet_lite0" and info["head"] == "knn"
-    assert info["threshold"]["policy"] == demo_model.threshold["policy"]
+    assert info["threshold"]["policy"] == demo_model.threshold.policy
     assert client.get("/openapi.json").json()["paths"].keys() >= {
         "/v1/inspect", "/v1/inspect/batch", "/health", "/metrics", "/v1/inspections", "/v1/inspections/{inspection_id}",
         "/v1/stats"}

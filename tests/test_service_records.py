@@ -10,6 +10,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
+from vqc.engines import EngineSettings
 from vqc.access import add_key
 from vqc.cli import main
 from vqc.data import read_split
@@ -46,7 +47,7 @@ def samples(demo_root):
 @pytest.fixture
 def service(model_path, key_file, db_url, tmp_path):
     keys, key = key_file
-    app = create_app(model_path, engine="torch", db=db_url, image_store=str(tmp_path / "images"), keep_good=0,
+    app = create_app(model_path, engine=EngineSettings("torch"), db=db_url, image_store=str(tmp_path / "images"), keep_good=0,
                      api_key_file=str(keys))
     with TestClient(app, headers={"Authorization": f"Bearer {key}"}) as client:
         yield client
@@ -130,7 +131,7 @@ def test_every_answer_is_on_record_and_can_be_queried(service, samples):
 def test_keys_are_asked_on_v1_only_and_cors_is_off_by_default(model_path, key_file, samples, tmp_path):
     keys, key = key_file
     image = samples[0].path.read_bytes()
-    app = create_app(model_path, engine="torch", db=str(tmp_path / "r.sqlite"), api_key_file=str(keys))
+    app = create_app(model_path, engine=EngineSettings("torch"), db=str(tmp_path / "r.sqlite"), api_key_file=str(keys))
     with TestClient(app) as client:
         for method, path in (("post", "/v1/inspect"), ("get", "/v1/model"), ("get", "/v1/inspections"),
                              ("get", "/v1/inspections/1"), ("get", "/v1/stats")):
@@ -146,7 +147,7 @@ def test_keys_are_asked_on_v1_only_and_cors_is_off_by_default(model_path, key_fi
         assert client.get("/").status_code == 200  # the page itself asks for the key
         r = client.get("/health", headers={"Origin": "https://elsewhere.example"})
         assert "access-control-allow-origin" not in r.headers
-    protected = create_app(model_path, engine="torch", db="none", api_key_file=str(keys), protect_monitoring=True,
+    protected = create_app(model_path, engine=EngineSettings("torch"), db="none", api_key_file=str(keys), protect_monitoring=True,
                            cors_origins=("https://dash.plant",))
     with TestClient(protected) as client:
         assert client.get("/health").status_code == 401 and client.get("/metrics").status_code == 401
@@ -158,7 +159,7 @@ def test_keys_are_asked_on_v1_only_and_cors_is_off_by_default(model_path, key_fi
 def test_an_inspection_the_database_refuses_is_answered_503_never_200(model_path, samples, tmp_path):
     db = tmp_path / "r.sqlite"
     image = samples[0].path.read_bytes()
-    with TestClient(create_app(model_path, engine="torch", db=str(db))) as client:
+    with TestClient(create_app(model_path, engine=EngineSettings("torch"), db=str(db))) as client:
         assert client.post("/v1/inspect", content=image).status_code == 200
         records = client.app.state.inspector.records
         with records.engine.begin() as connection:  # a real refusal by the database, as a full disk would be

@@ -260,7 +260,7 @@ def test_the_page_in_chromium_shows_each_inspected_part_with_its_score_and_thres
         pytest.skip("Chromium is not installed (Debian: apt-get install chromium)")
     sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (in the test extras)")
     line_parts["plc"].cycle("cam1", "chromium-part")
-    threshold = line_parts["line"].stations["cam1"].models.live.model.threshold["value"]
+    threshold = line_parts["line"].stations["cam1"].models.live.model.threshold.value
     errors = []
     with sync_api.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=shutil.which("chromium"), args=["--no-sandbox", "--disable-gpu"])

@@ -7,6 +7,7 @@ import time
 import pytest
 from fastapi.testclient import TestClient
 
+from vqc.engines import EngineSettings
 from vqc.access import add_key
 from vqc.store.versions import ModelStore
 from vqc.studio.app import create_studio_app
@@ -167,7 +168,7 @@ def test_studio_walks_a_project_from_empty_to_promoted(browser_page, demo_root, 
     store = ModelStore.open(tmp_path / "store", create=True)
     assert store.get(seen["saved"])["parent"] == seen["fitted"]
     assert [a["action"] for a in store.audit_trail(3)] == ["promote", "threshold", "add"]
-    with TestClient(create_app(None, store=store, engine="torch")) as service:  # what vqc serve --store runs
+    with TestClient(create_app(None, store=store, engine=EngineSettings("torch"))) as service:  # what vqc serve --store runs
         model = service.get("/v1/model").json()
     assert model["version"] == seen["saved"] and model["threshold"]["value"] == pytest.approx(seen["threshold"])
 

@@ -24,6 +24,7 @@ from .engines import EngineSettings, open_graph_engine
 from .errors import VqcError
 from .geometry import Geometry
 from .scoring import Scorer
+from .threshold import Threshold
 
 BUNDLE_FORMAT = "vqc-bundle"
 BUNDLE_VERSION = 1
@@ -80,7 +81,7 @@ class LineBundle(Scorer):
         self.geometry = Geometry(g["mode"], g["size"], g["stride"], g["scale"])
         self.top_k = manifest["top_k"]
         self.info = manifest["info"]
-        self.threshold = manifest["threshold"]
+        self.threshold = Threshold.of(manifest["threshold"])
         self.batch_size = batch_size
         self.max_pixels = default_max_pixels(g["size"])
         self.engine, self.engine_name = open_graph_engine(self.folder / GRAPH, settings, kind)

@@ -1,15 +1,16 @@
-"""One inspection, from decoded image to recorded row: the path `predict`, `--watch` and `serve` share.
+"""One inspection, from decoded image to recorded row: the path `predict`, `--watch`, `serve` and stations share.
 
 An `Inspected` is one scored image with what it came as (its bytes, its decoded array): its
 overlay is drawn at most once, from that array, whoever asks (the image store, the CSV's
-overlay file, the service's heat map). `Recorder` commits the rows of a batch of them to the
-records database before anyone is answered or a CSV row is written. `score_row` is the row
-schema of the score files, CSV and Parquet alike. This module imports no torch.
+overlay file, the service's heat map), and its `result` (vqc.result.InspectionResult) is what
+every output is made from. `Recorder` commits the rows of a batch of them to the records
+database before anyone is answered or a CSV row is written. This module imports no torch.
 """
 from __future__ import annotations
 
 import functools
 import logging
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -17,18 +18,18 @@ from pathlib import Path
 import numpy as np
 
 from .errors import VqcError, first_line
-from .records import ModelIdentity, Records, inspection_row
+from .records import ModelIdentity, Records
+from .result import InspectionResult, Part
 from .scoring import Prediction, Scorer
 from .viz import prediction_overlay
 
 log = logging.getLogger(__name__)
 
-SCORE_COLUMNS = ("path", "score", "normalised_score", "verdict", "warning")  # scores.csv and the Parquet parts
-
 
 def score_row(path: str | Path, pred: Prediction) -> dict:
-    return {"path": str(path), "score": float(pred.score), "normalised_score": float(pred.normalised_score),
-            "verdict": pred.verdict, "warning": pred.warning}
+    """The scores.csv row of an image scored where nothing is recorded (on Ray's workers)."""
+    return InspectionResult(pred.verdict, float(pred.score), float(pred.normalised_score), None, None, None,
+                            datetime.now(timezone.utc), name=str(path), warning=pred.warning).csv_row()
 
 
 @dataclass
@@ -43,6 +44,13 @@ class Inspected:
     part_id: str | None = None
     _overlay: np.ndarray | None = field(default=None, init=False, repr=False)
 
+    @property
+    def part(self) -> Part:
+        return Part(self.name, self.data, self.image.shape, self.station, self.part_id, self.received)
+
+    def result(self, identity: ModelIdentity, model: Scorer) -> InspectionResult:
+        return InspectionResult.of(self.prediction, model, identity, self.part, self.latency_ms)
+
     def overlay(self, floor: float, top: float) -> np.ndarray:
         """The operator's picture (vqc.viz.prediction_overlay), drawn on first use only."""
         if self._overlay is None:
@@ -54,24 +62,17 @@ class NotRecorded(VqcError):
     """The records database did not take an inspection (the service answers 503, predict names it)."""
 
 
-def inspection_rows(identity: ModelIdentity, model: Scorer, items: list[Inspected]) -> list[dict]:
-    """The records' row of each inspection (vqc.records.inspection_row), recorded or not."""
-    return [inspection_row(identity, model, item.prediction, item.data, item.image.shape, item.latency_ms,
-                           item.received, item.name, item.station, item.part_id) for item in items]
-
-
 class Recorder:
     """Commits inspections to the records database, one transaction per batch, overlays drawn once."""
 
-    def __init__(self, records: Records, identity: ModelIdentity, model: Scorer, overlays_later=None):
+    def __init__(self, records: Records, model: Scorer, overlays_later=None):
         """overlays_later: see Records.add (a station draws kept overlays after it has answered)."""
-        self.records, self.identity, self.model = records, identity, model
-        self.overlays_later = overlays_later
+        self.records, self.model, self.overlays_later = records, model, overlays_later
 
-    def record(self, items: list[Inspected], rows: list[dict] | None = None) -> list[int]:
-        """The rows' ids once committed; `rows`: inspection_rows(items), when the caller has them."""
+    def record(self, items: list[Inspected], results: list[InspectionResult]) -> list[int]:
+        """The ids of the items' rows (their results' record_row) once committed."""
         floor, top = self.model.normal_range()
-        rows = rows or inspection_rows(self.identity, self.model, items)
+        rows = [result.record_row() for result in results]
         try:
             return self.records.add(rows, [(item.data, functools.partial(item.overlay, floor, top)) for item in items],
                                     self.overlays_later)
@@ -83,7 +84,6 @@ class Recorder:
 
 def inspect_files(model: Scorer, paths: list[Path], on_unreadable=None, progress: bool = False):
     """Inspected files, in order, each read and decoded once (the bytes kept for the records)."""
-    import time
     last = time.perf_counter()
     for pred in model.predict_iter(paths, progress=progress, on_unreadable=on_unreadable, keep_inputs=True):
         latency, last = (time.perf_counter() - last) * 1000, time.perf_counter()  # per image, as delivered

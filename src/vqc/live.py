@@ -1,8 +1,11 @@
-"""The models behind a service: the live one that judges and a shadow that scores beside it,
-changed while requests run.
+"""The models behind a service or a station: the live one that judges and a shadow that scores
+beside it, changed while requests run. This is the one core the service, the stations and
+`vqc predict` judge parts with.
 
 A `Judge` is one opened model version with what scoring it needs (its batcher, its recorder,
-its drift window). `LiveModels` hands each request the judge in force when it starts, and the
+its drift window): `inspect` scores images, makes each part's InspectionResult, records it and
+counts it for drift. `LiveModels.inspect` does that on the judge in force and queues the
+shadow. `LiveModels` hands each request the judge in force when it starts, and the
 request keeps it to the end, so its rows name the version that judged it. A promotion or a
 rollback opens the new version first, then swaps the reference: requests under way finish on
 the old judge, new ones start on the new, none waits and none fails; the old judge's batcher is
@@ -18,18 +21,22 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
 from .batching import Batcher
-from .errors import first_line
-from .inspection import Recorder
+from .engines import EngineSettings
+from .errors import VqcError, first_line
+from .inspection import Inspected, Recorder
+from .loading import open_model
 from .monitoring import DriftMonitor
-from .records import ModelIdentity
+from .records import ModelIdentity, Records
+from .result import InspectionResult, Part
 from .scoring import Scorer
 
 log = logging.getLogger(__name__)
@@ -54,9 +61,72 @@ class Judge:
         with self.lock:  # the model is not re-entrant on one device
             return self.model.predict(images)
 
+    def inspect(self, images: list[np.ndarray], parts: list[Part], captured: float | None = None
+                ) -> tuple[list[Inspected], list[InspectionResult]]:
+        """Score the images of `parts` and conclude: each part's Inspected and its result, recorded
+        (vqc.inspection.NotRecorded when the records refuse). Latency per part: from `captured`
+        (a station's frame, perf_counter) to now, else the model's time shared over the batch."""
+        start = time.perf_counter()
+        predictions = self.predict(images)
+        now = time.perf_counter()
+        latency = (now - captured) * 1000 if captured is not None else (now - start) * 1000 / len(images)
+        items = [Inspected(part.name, part.data, image, pred, latency, part.received, part.station, part.part_id)
+                 for part, image, pred in zip(parts, images, predictions)]
+        return items, self.conclude(items)
+
+    def conclude(self, items: list[Inspected]) -> list[InspectionResult]:
+        """The items' results, recorded (when this judge records) and counted for drift."""
+        results = [item.result(self.identity, self.model) for item in items]
+        if self.recorder is not None:
+            ids = self.recorder.record(items, results)
+            results = [result.recorded(i) for result, i in zip(results, ids)]
+        self.drift.add([result.score for result in results])
+        return results
+
     def close(self) -> None:
         if self.batcher is not None:
             self.batcher.close()
+
+
+@dataclass(frozen=True)
+class JudgeOptions:
+    """How a service or a station opens each model version it judges with."""
+    engine: EngineSettings = EngineSettings()
+    max_pixels: int | None = None  # None: the model's default (vqc.data.default_max_pixels)
+    drift_window: int = 200  # inspections compared with the model's validation scores
+    max_batch: int = 32  # images in one engine call when requests are batched
+    batch_wait_ms: float = 0.0  # how long the first request of a batch waits for others; 0: no batching
+    needs_threshold: str | None = None  # who refuses a model without a threshold (a station), if anyone
+
+
+def open_judge(path: Path, options: JudgeOptions, records: Records | None = None, store=None,
+               overlays_later=None, shadow: bool = False) -> Judge:
+    """A Judge for the model file or line bundle at `path`. A shadow judge records nothing and
+    batches nothing; a live one picks its drift window up where the records left it."""
+    model = open_model(path, options.engine, options.max_pixels)
+    if options.needs_threshold and model.threshold is None:
+        raise VqcError(f"{options.needs_threshold}: model {path} has no threshold "
+                       "(vqc threshold MODEL --data GOOD_IMAGES)")
+    identity = ModelIdentity.of(path, model.engine_name)
+    if store is not None and store.find(identity.version) is not None:  # records name the product, not the file
+        identity = replace(identity, name=store.get(identity.version)["name"])
+    live_records = records if not shadow else None
+    recorder = Recorder(live_records, model, overlays_later) if live_records is not None else None
+    drift = DriftMonitor(model.info["normal_scores"], options.drift_window)
+    if live_records is not None:
+        drift.add(live_records.recent_scores(identity.sha256, options.drift_window))
+    batcher = Batcher(model.predict, options.max_batch, options.batch_wait_ms) \
+        if options.batch_wait_ms > 0 and not shadow else None
+    return Judge(model, identity, path, recorder, drift, batcher)
+
+
+@dataclass
+class Judged:
+    """Parts judged by one version: what the outputs are made from."""
+    judge: Judge
+    items: list[Inspected]
+    results: list[InspectionResult]
+    shadow_queued: bool  # False: the shadow's queue was full, these parts were not scored in shadow
 
 
 class LiveModels:
@@ -91,6 +161,15 @@ class LiveModels:
                 done = judge.retired and judge.users == 0
             if done:
                 judge.close()
+
+    def inspect(self, images: list[np.ndarray], parts: list[Part], record_shadow: Callable[[list[dict]], None] | None,
+                captured: float | None = None) -> "Judged":
+        """Judge the parts on the live judge (Judge.inspect), then queue the shadow's scoring of them."""
+        with self.judging() as judge:
+            items, results = judge.inspect(images, parts, captured)
+        queued = record_shadow is None or self.score_in_shadow(images, [r.inspection_id for r in results],
+                                                               record_shadow)
+        return Judged(judge, items, results, queued)
 
     # ------------------------------------------------------------ changes
 
@@ -142,9 +221,10 @@ class LiveModels:
         def run():
             try:
                 predictions = shadow.predict(images)
+                threshold = shadow.model.threshold
                 record([{"inspection_id": i, "model_version": shadow.identity.version, "score": float(p.score),
-                         "verdict": p.verdict, "threshold": shadow.model.threshold["value"]
-                         if shadow.model.threshold else None}
+                         "verdict": p.verdict.value if p.verdict else None,
+                         "threshold": threshold.value if threshold else None}
                         for i, p in zip(inspection_ids, predictions) if i is not None])
             except Exception as exc:  # the shadow is not the line: say it, go on
                 log.warning("shadow %s did not score: %s", shadow.identity.version, exc)

@@ -17,6 +17,7 @@ from pathlib import Path
 from .bundle import MANIFEST
 from .errors import VqcError
 from .files import atomic_path, write_text_atomic
+from .threshold import Threshold
 
 MAX_HEADER = 100 * 2**20  # safetensors' own limit
 
@@ -73,12 +74,12 @@ def rewrite_metadata(source: str | Path, target: str | Path, **updates) -> None:
             shutil.copyfileobj(f, out, 1 << 20)
 
 
-def write_threshold(path: str | Path, threshold: dict) -> None:
+def write_threshold(path: str | Path, threshold: Threshold) -> None:
     """Replace the threshold of the model file or line bundle at `path`, in place and torch-free:
     the file's tensors and the bundle's graph are not touched."""
     path = Path(path)
     if path.is_dir():
         manifest = json.loads((path / MANIFEST).read_text())
-        write_text_atomic(path / MANIFEST, json.dumps({**manifest, "threshold": threshold}, indent=1))
+        write_text_atomic(path / MANIFEST, json.dumps({**manifest, "threshold": threshold.as_dict()}, indent=1))
     else:
-        rewrite_metadata(path, path, threshold=threshold)
+        rewrite_metadata(path, path, threshold=threshold.as_dict())

@@ -128,10 +128,11 @@ class Metrics:
         self.model.info({"name": identity.name, "version": identity.version, "sha256": identity.sha256,
                          "engine": identity.engine, "vqc_version": __version__})
 
-    def observe(self, results: list[dict], model_seconds: float) -> None:
+    def observe(self, results: list, model_seconds: float) -> None:
+        """Count judged parts (vqc.result.InspectionResult) by verdict, with their scores."""
         for result in results:
-            self.inspections.labels(result["verdict"] or "none").inc()
-            self.scores.observe(result["normalised_score"])
+            self.inspections.labels(result.verdict_text or "none").inc()
+            self.scores.observe(result.normalised_score)
             self.model_seconds.observe(model_seconds)
 
     def exposition(self, drift: dict) -> bytes:

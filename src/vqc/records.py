@@ -26,11 +26,12 @@ from .version import __version__
 from .data import IMAGE_SUFFIXES
 from .errors import VqcError, first_line
 from .files import atomic_path
+from .threshold import Verdict
 
 log = logging.getLogger(__name__)
 
 MIGRATIONS = Path(__file__).parent / "migrations"
-VERDICTS = ("ok", "defective")
+VERDICTS = (Verdict.OK.value, Verdict.DEFECTIVE.value)  # what a recorded verdict can be
 EXPORT_FORMATS = ("csv", "parquet")
 
 
@@ -148,21 +149,6 @@ def parse_time(text: str) -> datetime:
         return as_utc(datetime.fromisoformat(text))
     except ValueError:
         raise VqcError(f"time {text!r} is not ISO 8601, e.g. 2026-11-29 or 2026-11-29T06:00:00+01:00") from None
-
-
-def inspection_row(identity: ModelIdentity, model, pred, data: bytes, shape: tuple[int, ...], latency_ms: float,
-                   inspected_at: datetime, filename: str | None = None, station: str | None = None,
-                   part_id: str | None = None) -> dict:
-    """The column values of one inspection (everything but id and the stored image paths)."""
-    threshold = model.threshold
-    return {"inspected_at": inspected_at, "station": station, "part_id": part_id, "filename": filename,
-            "sha256": hashlib.sha256(data).hexdigest(), "width": int(shape[1]),
-            "height": int(shape[0]), "size_bytes": len(data), "score": float(pred.score),
-            "normalised_score": float(pred.normalised_score), "verdict": pred.verdict,
-            "threshold": threshold["value"] if threshold else None,
-            "policy": threshold["policy"] if threshold else None, "model_name": identity.name,
-            "model_version": identity.version, "model_sha256": identity.sha256, "vqc_version": __version__,
-            "engine": identity.engine, "latency_ms": round(float(latency_ms), 3)}
 
 
 def default_locations(model_path: str | Path) -> tuple[str, Path]:
@@ -441,3 +427,17 @@ def _write_parquet(path: Path, batches) -> int:
                                         schema=schema))
             count += len(batch)
     return count
+
+
+def open_records(db: str | None, image_store: str | Path | None, keep_good: float, store=None,
+                 beside: str | Path | None = None) -> Records | None:
+    """The records a service or a line keeps: `db` ("none": none), else the model store's
+    database and images, else a SQLite file and image folder beside `beside` (default_locations)."""
+    if db == "none":
+        if store is not None:
+            raise VqcError("with a model store the records are kept in the store's database: they cannot be turned off")
+        return None
+    if store is not None:  # reviews, shadow scores and versions sit beside the inspections
+        return Records(db or store.url, image_store or store.folder / "images", keep_good)
+    default_db, default_images = default_locations(beside)
+    return Records(db or default_db, image_store or default_images, keep_good)

@@ -13,7 +13,8 @@ from pathlib import Path
 from .data import IMAGE_SUFFIXES
 from .errors import VqcError
 from .files import write_text_atomic
-from .inspection import SCORE_COLUMNS, inspect_files, score_row
+from .inspection import inspect_files
+from .result import SCORE_COLUMNS
 from .viz import save_png
 
 
@@ -35,11 +36,13 @@ def write_unreadable(path: Path, unreadable: list[tuple[Path, str]]) -> Path:
 class ScoreWriter:
     """Appends one CSV row per inspected image as soon as it is scored (whole lines, flushed), and
     its overlay at the image's path below `base` (its name, .png); the file is only created once
-    the first image has been scored. With a recorder, the image is recorded in the database first."""
+    the first image has been scored. Each image is concluded by `judge` (vqc.live.Judge) first:
+    when the judge records, its row is committed before the CSV row is written."""
 
-    def __init__(self, path: Path, model, base: Path, overlays: bool, recorder=None, station: str | None = None):
-        self.path, self.model, self.base, self.overlays = path, model, base.resolve(), overlays
-        self.file, self.recorder, self.station = None, recorder, station
+    def __init__(self, path: Path, judge, base: Path, overlays: bool, station: str | None = None):
+        self.path, self.judge, self.base, self.overlays = path, judge, base.resolve(), overlays
+        self.model = judge.model
+        self.file, self.station = None, station
         self.verdicts: collections.Counter = collections.Counter()  # rows written per verdict (None: no threshold)
 
     def verdict_counts(self) -> str:
@@ -63,8 +66,7 @@ class ScoreWriter:
         for item in inspected:
             pred = item.prediction
             item.station = self.station
-            if self.recorder is not None:
-                self.recorder.record([item])
+            result = self.judge.conclude([item])[0]
             if self.file is None:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 fresh = not self.path.exists()
@@ -78,11 +80,11 @@ class ScoreWriter:
                 save_png(self.path.parent / overlay, item.overlay(*self.model.normal_range()))
             if pred.warning:
                 print(f"vqc: warning: {pred.path}: {pred.warning}", file=sys.stderr)
-            row = score_row(pred.path, pred)
+            row = result.csv_row(str(pred.path))
             self.csv.writerow({**row, "score": f"{row['score']:.6g}", "normalised_score": f"{row['normalised_score']:.4f}",
                                "verdict": row["verdict"] or "", "warning": row["warning"] or "", "overlay": overlay})
             self.file.flush()
-            self.verdicts[pred.verdict] += 1
+            self.verdicts[row["verdict"]] += 1
             count += 1
         return count
 
@@ -94,7 +96,7 @@ class ScoreWriter:
 EMPTY_FILE_GRACE_S = 5.0  # a camera writing in two steps leaves a zero-byte file for a moment, not longer
 
 
-def watch_folder(model, folder: Path, writer: ScoreWriter, interval: float, rounds: int | None = None) -> None:
+def watch_folder(folder: Path, writer: ScoreWriter, interval: float, rounds: int | None = None) -> None:
     """Score images that appear in `folder`, once each; a file counts as complete once its size
     has stayed the same for one polling interval (a camera may still be writing it). A file still
     empty after EMPTY_FILE_GRACE_S (or five looks) is reported once, and scored if it fills later."""
@@ -126,7 +128,7 @@ def watch_folder(model, folder: Path, writer: ScoreWriter, interval: float, roun
         for path in ready:
             seen.add(path)
             try:
-                writer.write(inspect_files(model, [path], on_unreadable=skip))
+                writer.write(inspect_files(writer.model, [path], on_unreadable=skip))
             except VqcError as exc:  # e.g. scored but not recorded: said, and the line goes on
                 print(f"vqc: skipped: {exc}", file=sys.stderr)
         look += 1

@@ -21,6 +21,7 @@ from .errors import VqcError
 from .geometry import Geometry, Plan, assemble, to_original, valid_mask
 from .geometry import score as canvas_score
 from .progress import progress_bar
+from .threshold import Threshold, Verdict
 
 ImageInput = str | Path | np.ndarray
 DECODE_THREADS = 4  # decoding waits on files and Pillow, not on the model's cores
@@ -31,7 +32,7 @@ class Prediction:
     score: float
     normalised_score: float  # 0 = typical good part, 1 = worst held-out good part
     path: Path | None = None
-    verdict: str | None = None  # "defective" when score >= the model's threshold, else "ok"; None without one
+    verdict: Verdict | None = None  # DEFECTIVE when score >= the model's threshold, else OK; None without one
     plan: Plan | None = field(default=None, repr=False)
     canvas: np.ndarray | None = field(default=None, repr=False)  # the smoothed map at network resolution
     warning: str | None = None  # e.g. an image far smaller than the fitted ones: its score may mislead
@@ -60,7 +61,7 @@ class Scorer:
     max_pixels: int
     top_k: int
     info: dict
-    threshold: dict | None
+    threshold: Threshold | None
     engine_name: str
 
     def run_batch(self, images: np.ndarray, valid: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
@@ -222,10 +223,8 @@ class Scorer:
         return (f"image is {shape[1]} x {shape[0]} pixels, far smaller than the {smallest[1]} x {smallest[0]} "
                 f"of the smallest image the model was fitted on: its score may mislead")
 
-    def verdict(self, score: float) -> str | None:
-        if self.threshold is None:
-            return None
-        return "defective" if score >= self.threshold["value"] else "ok"
+    def verdict(self, score: float) -> Verdict | None:
+        return None if self.threshold is None else self.threshold.judge(score)
 
     def normal_range(self) -> tuple[float, float]:
         """(floor, top): the median map value and the highest score of the good images scored at fit time."""

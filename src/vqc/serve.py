@@ -15,7 +15,7 @@ import logging
 import re
 import time
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib.resources import files
 from pathlib import Path
@@ -30,15 +30,15 @@ from PIL import Image
 from .version import __version__
 from .access import ApiKeys, presented_key
 from .serve_lifecycle import Caller, lifecycle_routes
-from .batching import Batcher
-from .loading import open_model
 from .data import decode_image
 from .engines import EngineSettings
-from .inspection import Inspected, NotRecorded, Recorder, inspection_rows
+from .inspection import NotRecorded
 from .errors import VqcError
-from .live import Judge, LiveModels
-from .monitoring import DriftMonitor, Metrics
-from .records import Filters, ModelIdentity, Records, default_locations
+from .live import Judge, JudgeOptions, LiveModels, open_judge
+from .monitoring import Metrics
+from .records import Filters, Records, open_records
+from .result import Part
+from .threshold import stored
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +49,7 @@ SECRET_QUERY = re.compile(r"(?i)([?&](?:api[_-]?key|key|token|access[_-]?token|p
 
 @dataclass
 class ServeConfig:
-    engine: str = "auto"
-    threads: int | None = None
-    precision: str = "fp32"
-    compile: bool = False
+    engine: EngineSettings = EngineSettings()
     max_upload_mb: float = 20
     max_pixels: int | None = None  # None: the model's default (vqc.data.default_max_pixels)
     max_batch: int = 32  # images in one request, and in one engine call when requests are batched
@@ -73,18 +70,6 @@ def _png_base64(image: np.ndarray) -> str:
     return base64.b64encode(buffer.getvalue()).decode()
 
 
-def open_records(model_path: str | Path, config: ServeConfig, store=None) -> Records | None:
-    """The records: --db, else beside the model; with a model store, the store's database and images."""
-    if config.db == "none":
-        if store is not None:
-            raise VqcError("a service on a model store keeps records in the store's database: leave out --db none")
-        return None
-    if store is not None:
-        return Records(config.db or store.url, config.image_store or store.folder / "images", config.keep_good)
-    default_db, default_store = default_locations(model_path)
-    return Records(config.db or default_db, config.image_store or default_store, config.keep_good)
-
-
 class Inspector:
     """The models behind the service: decode, score on the live judge, record, describe the result.
 
@@ -101,24 +86,16 @@ class Inspector:
                 raise VqcError(f"nothing is live on target {target} in the store {store.folder}: "
                                f"vqc models promote VERSION --target {target} --store {store.folder}")
             model_path = store.path_of(live)
-        self.records = open_records(model_path, config, store)
+        self.records = open_records(config.db, config.image_store, config.keep_good, store, model_path)
+        self.options = JudgeOptions(config.engine, config.max_pixels, config.drift_window, config.max_batch,
+                                    config.batch_wait_ms)
         first = self._open_judge(Path(model_path))
         self.metrics = Metrics(first.identity)
         self.models = LiveModels(first, self._open_judge, store, target if store else None, config.poll_s,
                                  on_swap=lambda judge: (self.metrics.swaps.inc(), self.metrics.show_model(judge.identity)))
 
     def _open_judge(self, path: Path, shadow: bool = False) -> Judge:
-        c = self.config
-        model = open_model(path, EngineSettings(c.engine, c.threads, c.precision, c.compile), c.max_pixels)
-        identity = ModelIdentity.of(path, model.engine_name)
-        if self.store is not None:  # the store's copy is named by its version; records name the model
-            identity = replace(identity, name=self.store.get(identity.version)["name"])
-        recorder = Recorder(self.records, identity, model) if self.records is not None and not shadow else None
-        drift = DriftMonitor(model.info["normal_scores"], c.drift_window)
-        if self.records is not None and not shadow:  # a restart picks up the window where it was
-            drift.add(self.records.recent_scores(identity.sha256, c.drift_window))
-        batcher = Batcher(model.predict, c.max_batch, c.batch_wait_ms) if c.batch_wait_ms > 0 and not shadow else None
-        return Judge(model, identity, path, recorder, drift, batcher)
+        return open_judge(path, self.options, self.records, self.store, shadow=shadow)
 
     @property
     def live(self) -> Judge:
@@ -130,7 +107,7 @@ class Inspector:
         floor, top = m.normal_range()
         shadow = self.models.shadow
         return {"name": identity.name, "version": identity.version, "sha256": identity.sha256,
-                "vqc_version": __version__, "engine": identity.engine, **m.describe(), "threshold": m.threshold,
+                "vqc_version": __version__, "engine": identity.engine, **m.describe(), "threshold": stored(m.threshold),
                 "score_normalisation": {"floor": floor, "top": top, "formula": "(score - floor) / (top - floor)"},
                 "validation": m.info.get("evaluation"), "records": self.records.url if self.records else None,
                 "shadow": shadow.identity.version if shadow else None,
@@ -139,44 +116,24 @@ class Inspector:
     def inspect(self, images: list[tuple[str, bytes]], heatmap: bool, station: str | None = None,
                 part_ids: list[str | None] | None = None) -> list[dict]:
         received = datetime.now(timezone.utc)
-        with self.models.judging() as judge:
-            model = judge.model
-            decoded = [decode_image(data, name, model.max_pixels) for name, data in images]  # VqcError -> 422 first
-            start = time.perf_counter()
-            predictions = judge.predict(decoded)
-            latency = (time.perf_counter() - start) * 1000 / len(images)
-            part_ids = part_ids or [None] * len(images)
-            items = [Inspected(name, data, image, pred, latency, received, station, part)
-                     for (name, data), image, pred, part in zip(images, decoded, predictions, part_ids)]
-            rows = inspection_rows(judge.identity, model, items)
-            ids = [None] * len(rows)
-            if judge.recorder is not None:
-                try:
-                    ids = judge.recorder.record(items, rows)
-                except NotRecorded:  # any failure to record ends in 503, never in a 200
-                    self.metrics.unrecorded.inc(len(rows))
-                    raise
-            self.metrics.observe(rows, latency / 1000)
-            judge.drift.add([row["score"] for row in rows])
-            if not self.models.score_in_shadow(decoded, ids, self._record_shadow):
-                self.metrics.shadow_skipped.inc(len(rows))
-            threshold = model.threshold
-            floor, top = model.normal_range()
-            results = []
-            for row, row_id, item in zip(rows, ids, items):
-                result = {"id": row_id, "inspected_at": received.isoformat(), "filename": row["filename"],
-                          "station": row["station"], "part_id": row["part_id"], "score": row["score"],
-                          "normalised_score": row["normalised_score"], "verdict": row["verdict"],
-                          "threshold": row["threshold"],
-                          "normalised_threshold": model.normalise(threshold["value"]) if threshold else None,
-                          "policy": row["policy"], "model": judge.identity.name,
-                          "model_version": judge.identity.version, "engine": judge.identity.engine,
-                          "width": row["width"], "height": row["height"], "size_bytes": row["size_bytes"],
-                          "latency_ms": round(latency, 2), "sha256": row["sha256"], "warning": item.prediction.warning}
-                if heatmap:
-                    result["heatmap_png"] = _png_base64(item.overlay(floor, top))
-                results.append(result)
-            return results
+        max_pixels = self.live.model.max_pixels
+        decoded = [decode_image(data, name, max_pixels) for name, data in images]  # VqcError -> 422 first
+        parts = [Part(name, data, image.shape, station, part, received)
+                 for (name, data), image, part in zip(images, decoded, part_ids or [None] * len(images))]
+        try:
+            judged = self.models.inspect(decoded, parts, self._record_shadow if self.records else None)
+        except NotRecorded:  # any failure to record ends in 503, never in a 200
+            self.metrics.unrecorded.inc(len(parts))
+            raise
+        self.metrics.observe(judged.results, judged.results[0].latency_ms / 1000)
+        if not judged.shadow_queued:
+            self.metrics.shadow_skipped.inc(len(parts))
+        floor, top = judged.judge.model.normal_range()
+        answers = [result.http_answer() for result in judged.results]
+        if heatmap:
+            for answer, item in zip(answers, judged.items):
+                answer["heatmap_png"] = _png_base64(item.overlay(floor, top))
+        return answers
 
     def _record_shadow(self, rows: list[dict]) -> None:
         from .store.shadow import add_shadow_scores

@@ -16,6 +16,7 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from .errors import VqcError
+from .threshold import Threshold, stored
 
 
 @dataclass(frozen=True)
@@ -109,8 +110,8 @@ def lifecycle_routes(inspector, caller: Callable, records: Callable) -> APIRoute
     async def threshold(body: ThresholdIn, who: Caller = Depends(admin)) -> dict:
         models = store()
         live = inspector.live.identity.version
-        chosen = {"policy": "manual", "value": body.value, "set_by": who.name, "note": body.note,
-                  "validated_on": None, "previous": inspector.live.model.threshold}
+        chosen = Threshold(body.value, "manual", {"set_by": who.name, "note": body.note, "validated_on": None,
+                                                  "previous": stored(inspector.live.model.threshold)})
 
         def make_live():
             made = models.with_threshold(live, chosen, who.name)

@@ -71,8 +71,8 @@ def prediction_overlay(image: np.ndarray, prediction, floor: float, top: float, 
             size[::-1], Image.BILINEAR)) for c in range(3)], axis=2)
         if mask is not None:
             mask = np.asarray(Image.fromarray(mask).resize(size[::-1], Image.NEAREST))
-    verdict = (prediction.verdict or "no threshold").upper()
-    caption = (f"{verdict}  score {prediction.score:.4g}", VERDICT_COLOURS.get(prediction.verdict))
+    verdict = prediction.verdict.value if prediction.verdict else None
+    caption = (f"{(verdict or 'no threshold').upper()}  score {prediction.score:.4g}", VERDICT_COLOURS.get(verdict))
     return with_legend(overlay(image, prediction.map_at(*size), floor, top, mask), caption)
 
 

@@ -113,12 +113,9 @@ def cmd_fit(args) -> int | None:
     info = model.info
     print(f"fitted {model.config.backbone} + {model.config.head} on {info['n_train']} images "
           f"({info['n_validation']} held out) in {info['fit_seconds']:.1f} s; weights {info['weights_source']}")
-    t = model.threshold
-    rate = f", defect rate {t['defect_rate']:g} ({t['defect_rate_from']})" if "defect_rate" in t else ""
-    print(f"threshold {t['value']:.6g} ({t['policy']}, on {t['n_images']} images: {t['validated_on']}{rate}); "
-          f"saved {path}")
-    if model.threshold.get("warning"):
-        print(f"vqc: warning: {model.threshold['warning']}", file=sys.stderr)
+    print(f"threshold {model.threshold.summary()}; saved {path}")
+    if model.threshold.warning:
+        print(f"vqc: warning: {model.threshold.warning}", file=sys.stderr)
 
 
 def _auto_model(args) -> tuple:
@@ -177,6 +174,5 @@ def cmd_threshold(args) -> None:
     chosen = choose_threshold(model, args.policy, reviewed_data(args, args.data), args.fp_cost, args.fn_cost,
                               args.defect_rate, args.allow_high_reject)
     write_threshold(args.model, chosen)  # written only once the policy's choice stands
-    extra = ", ".join(f"{k} {v}" for k, v in chosen.items() if k not in ("policy", "value"))
-    print(f"threshold {chosen['value']:.6g} ({chosen['policy']}; {extra}) stored in {args.model}")
+    print(f"threshold {chosen.explain()} stored in {args.model}")
 

@@ -101,8 +101,9 @@ def cmd_models_list(args) -> None:
     for row in store.versions():
         where = [f"{slot} on {target}" for target, slots in deployed.items() for slot, v in slots.items()
                  if v == row["version"]]
-        threshold = (row["evidence"].get("threshold") or {}).get("value")
-        shown = "none" if threshold is None else f"{threshold:.6g}"
+        from ..threshold import Threshold
+        threshold = Threshold.of(row["evidence"].get("threshold"))
+        shown = "none" if threshold is None else f"{threshold.value:.6g}"
         added = row["added_at"].strftime("%Y-%m-%d %H:%M")
         print(f"{row['version']}  {row['name']:<24} {row['kind']:<6} parent {row['parent'] or '-':<12} "
               f"threshold {shown}  added {added} by {row['added_by']}" + (f"  [{', '.join(where)}]" if where else ""))

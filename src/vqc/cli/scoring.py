@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..errors import VqcError
 from .options import (add_db, add_engine, add_image_store, add_ray, add_reviewed, add_station, console, ray_options,
-                      reviewed_data, scoring_model)
+                      engine_settings, reviewed_data, scoring_model)
 
 MODEL_HELP = "a model file (.safetensors, from vqc fit) or a line bundle folder (from vqc export)"
 
@@ -67,15 +67,14 @@ def cmd_predict(args) -> int | None:
     images = [] if args.watch else list_images(args.images)
     from ..inspection import inspect_files
     from ..scorefiles import ScoreWriter, common_folder, watch_folder, write_unreadable
-    model = scoring_model(args)
-    recorder = _recorder(args, model) if args.db else None
+    judge = _scoring_judge(args)
+    model = judge.model
     base = Path(args.images[0]) if args.watch else common_folder(images)
-    writer = ScoreWriter(out / "scores.csv", model, base, overlays=not args.no_overlays, recorder=recorder,
-                          station=args.station)
+    writer = ScoreWriter(out / "scores.csv", judge, base, overlays=not args.no_overlays, station=args.station)
     try:
         if args.watch:
             print(f"watching {base} for new images (Ctrl-C to stop); rows go to {writer.path}")
-            watch_folder(model, base, writer, args.interval)
+            watch_folder(base, writer, args.interval)
             return None
         unreadable: list[tuple[Path, str]] = []
         start = time.perf_counter()
@@ -84,8 +83,8 @@ def cmd_predict(args) -> int | None:
         seconds = time.perf_counter() - start
     finally:
         writer.close()
-        if recorder is not None:
-            recorder.records.close()
+        if judge.recorder is not None:
+            judge.recorder.records.close()
     if not unreadable:
         print(f"scored {scored} images ({writer.verdict_counts()}) -> {writer.path} in {seconds:.2f} s "
               f"({scored / seconds:.1f} images/s from the first file read to the last row written)")
@@ -102,12 +101,12 @@ def cmd_predict(args) -> int | None:
     return 1
 
 
-def _recorder(args, model):
-    """`predict --db`: one committed row per scored image, as `vqc serve` records them."""
-    from ..inspection import Recorder
-    from ..records import ModelIdentity, Records, default_locations
-    records = Records(args.db, args.image_store or default_locations(args.model)[1], args.keep_good)
-    return Recorder(records, ModelIdentity.of(args.model, model.engine_name), model)
+def _scoring_judge(args):
+    """`predict`: the model judging each image, as `vqc serve` judges them; with --db, each recorded."""
+    from ..live import JudgeOptions, open_judge
+    from ..records import open_records
+    records = open_records(args.db, args.image_store, args.keep_good, beside=args.model) if args.db else None
+    return open_judge(Path(args.model), JudgeOptions(engine_settings(args), args.max_pixels), records)
 
 
 def _predict_on_ray(args) -> int:

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 from ..errors import VqcError
-from .options import add_api_key_file, add_db, add_engine, add_image_store, add_listening, add_store, add_target
+from .options import (add_api_key_file, add_db, add_engine, add_image_store, add_listening, add_store, add_target,
+                      engine_settings)
 
 
 def add_parsers(sub) -> None:
@@ -43,7 +44,7 @@ def cmd_serve(args) -> None:
         from ..store.versions import ModelStore
         store = ModelStore.open(args.store, args.db)
     serve(args.model, args.host, args.port, store=store, target=args.target, config=ServeConfig(
-        engine=args.engine, threads=args.threads, precision=args.precision, compile=args.compile,
+        engine=engine_settings(args),
         max_upload_mb=args.max_upload_mb, max_pixels=args.max_pixels, db=args.db, image_store=args.image_store, keep_good=args.keep_good,
         api_key_file=args.api_key_file, protect_monitoring=args.protect_monitoring,
         cors_origins=tuple(args.cors_origin), drift_window=args.drift_window, max_batch=args.max_batch,

@@ -11,10 +11,12 @@ from __future__ import annotations
 import difflib
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from ..choices import ENGINES
+from ..engines import EngineSettings
 from ..errors import VqcError
 
 SOURCE_KINDS = ("aravis", "video", "folder")
@@ -54,8 +56,7 @@ class StationConfig:
     trigger: str = "opcua"
     outputs: tuple[str, ...] = ("opcua",)
     webhook: str | None = None
-    threads: int | None = None  # engine threads; None: the cores shared out over the stations
-    engine: str = "auto"
+    engine: EngineSettings = EngineSettings()  # threads None: the cores shared out over the stations
     plc_nodes: dict[str, str] = field(default_factory=dict)
 
 
@@ -90,9 +91,10 @@ class LineConfig:
     queue_size: int = 1000  # results waiting per output while its peer is away
     when_full: str = "stop"
 
-    def threads_for(self, station: StationConfig) -> int:
-        """Engine threads: as set, or the machine's cores shared out evenly over the stations."""
-        return station.threads or max(1, (os.cpu_count() or 1) // len(self.stations))
+    def engine_for(self, station: StationConfig) -> EngineSettings:
+        """The station's engine, its threads as set or the machine's cores shared out evenly over the stations."""
+        threads = station.engine.threads or max(1, (os.cpu_count() or 1) // len(self.stations))
+        return replace(station.engine, threads=threads)
 
 
 class _Reader:
@@ -248,8 +250,8 @@ def _station(reader: _Reader, name: str, line: dict) -> StationConfig | None:
     if nodes and not client:
         reader.fail("plc_nodes are for opcua.client (vqc as the PLC's client)", "plc_nodes")
     station = StationConfig(name=name, model=model, source=source, trigger=trigger, outputs=tuple(outputs),
-                            webhook=webhook, threads=reader.get("threads", int, minimum=1),
-                            engine=reader.get("engine", str, "auto", ("auto", "onnx", "openvino", "torch")),
+                            webhook=webhook, engine=EngineSettings(reader.get("engine", str, "auto", ENGINES),
+                                                                   reader.get("threads", int, minimum=1)),
                             plc_nodes=nodes)
     reader.done()
     return station

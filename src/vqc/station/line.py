@@ -12,16 +12,11 @@ import os
 import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
 from pathlib import Path
 
-from ..engines import EngineSettings
 from ..errors import VqcError
-from ..inspection import Recorder
-from ..live import Judge, LiveModels
-from ..loading import open_model
-from ..monitoring import DriftMonitor
-from ..records import ModelIdentity, Records
+from ..live import Judge, JudgeOptions, LiveModels, open_judge
+from ..records import Records, open_records
 from .config import LineConfig, SourceConfig
 from .delivery import Outbox
 from .sources import FolderSource, Source, VideoSource
@@ -66,13 +61,7 @@ class Line:
 
     def _records(self) -> Records | None:
         c = self.config
-        if c.records == "none":
-            return None
-        if self.store is not None:  # reviews, shadow scores and versions sit beside the inspections
-            return Records(c.records or self.store.url, c.image_store or self.store.folder / "images", c.keep_good)
-        folder, stem = c.path.parent, c.path.stem
-        return Records(c.records or folder / f"{stem}.records.sqlite", c.image_store or folder / f"{stem}-images",
-                       c.keep_good)
+        return open_records(c.records, c.image_store, c.keep_good, self.store, c.path)
 
     def _model_path(self, station) -> Path:
         if station.model is not None:
@@ -84,16 +73,8 @@ class Line:
         return self.store.path_of(live)
 
     def _open_judge(self, station, path: Path, shadow: bool = False) -> Judge:
-        model = open_model(path, EngineSettings(station.engine, self.config.threads_for(station)))
-        if model.threshold is None:
-            raise VqcError(f"station {station.name}: model {path} has no threshold "
-                           "(vqc threshold MODEL --data GOOD_IMAGES)")
-        identity = ModelIdentity.of(path, model.engine_name)
-        if self.store is not None and self.store.find(identity.version) is not None:
-            identity = replace(identity, name=self.store.get(identity.version)["name"])
-        recorder = Recorder(self.records, identity, model, self._draw_later) \
-            if self.records is not None and not shadow else None
-        return Judge(model, identity, path, recorder, DriftMonitor(model.info["normal_scores"]))
+        options = JudgeOptions(self.config.engine_for(station), needs_threshold=f"station {station.name}")
+        return open_judge(path, options, self.records, self.store, self._draw_later, shadow)
 
     def _build(self) -> None:
         c = self.config

@@ -14,18 +14,19 @@ import logging
 import queue
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 
 from ..errors import VqcError, first_line
 from ..inspection import Inspected, NotRecorded
 from ..live import Judge, LiveModels
+from ..result import InspectionResult, Part
+from ..threshold import Verdict
 from .config import StationConfig
 from .delivery import Outbox
 from .sources import CameraLost, Source
 
 log = logging.getLogger(__name__)
-RESULTS = {"ok": "OK", "defective": "NG"}  # the model's verdicts as the PLC reads them
 RATE_WINDOW = 50  # parts the shown rate is measured over
 
 
@@ -121,7 +122,7 @@ class Station:
                 return
             self._answer_error(part_id, triggered, self.state.error or f"{self.source.label}: not connected")
 
-    def take(self, part_id: str | None, triggered: float) -> dict | None:
+    def take(self, part_id: str | None, triggered: float) -> InspectionResult | None:
         """Inspect one part: the result sent to the outputs, or None when no part came (a quiet folder)."""
         full = next((box for box in self.outboxes if box.full()), None)
         if full is not None:
@@ -138,62 +139,50 @@ class Station:
             return result
         except VqcError as exc:  # a file that is not an image, say: this part only
             return self._answer_error(part_id, triggered, str(exc))
-        with self.models.judging() as judge:  # one version judges the part, start to end
-            received = datetime.now(timezone.utc)
-            prediction = judge.model.predict([frame.image])[0]
-            latency = (time.perf_counter() - frame.captured) * 1000
-            item = Inspected(f"{self.name}-{frame.name}", frame.encoded(), frame.image, prediction, latency, received,
-                             self.name, part_id)
-            inspection_id = None
-            if judge.recorder is not None:
-                try:
-                    inspection_id = judge.recorder.record([item])[0]
-                except NotRecorded as exc:
-                    return self._answer_error(part_id, triggered, str(exc))
-            result = self._result(part_id, RESULTS[prediction.verdict], prediction.score, triggered, inspection_id,
-                                  judge)
-        if self.record_shadow is not None:  # after the answer is made: the shadow never delays a part
-            self.models.score_in_shadow([frame.image], [inspection_id], self.record_shadow)
-        self.state.last_item = item
-        self.state.defective += result["result"] == "NG"
+        part = Part(f"{self.name}-{frame.name}", frame.encoded(), frame.image.shape, self.name, part_id,
+                    datetime.now(timezone.utc))
+        try:  # one version judges the part, start to end; its shadow scores it later, in a thread of its own
+            judged = self.models.inspect([frame.image], [part], self.record_shadow, frame.captured)
+        except NotRecorded as exc:
+            return self._answer_error(part_id, triggered, str(exc))
+        result = self._answer(judged.results[0], triggered)
+        self.state.last_item = judged.items[0]
+        self.state.defective += result.verdict == Verdict.DEFECTIVE
         self._signal(result)
         if self.state.error is not None and self.state.camera_ok:
             self._set_error(None)
         return result
 
-    def _result(self, part_id, verdict: str, score, triggered: float, inspection_id, judge: Judge | None = None) -> dict:
-        judge = judge or self.models.live
-        identity = judge.identity
+    def _answer(self, result: InspectionResult, triggered: float) -> InspectionResult:
+        """The result numbered in this station's sequence, its latency from trigger to answer."""
         with self.lock:
             self.sequence += 1
-            return {"station": self.name, "sequence": self.sequence, "part_id": part_id, "result": verdict,
-                    "score": None if score is None else float(score),
-                    "threshold": judge.model.threshold, "model": identity.name,
-                    "model_version": identity.version, "model_sha256": identity.sha256,
-                    "inspection_id": inspection_id, "inspected_at": datetime.now(timezone.utc).isoformat(),
-                    "latency_ms": round((time.perf_counter() - triggered) * 1000, 2)}
+            return replace(result, sequence=self.sequence,
+                           latency_ms=round((time.perf_counter() - triggered) * 1000, 2))
 
-    def _answer_error(self, part_id, triggered: float, reason: str) -> dict:
+    def _answer_error(self, part_id, triggered: float, reason: str) -> InspectionResult:
         self._set_error(reason)
         self.state.errors += 1
-        result = self._result(part_id, "ERROR", None, triggered, None)
-        result["error"] = reason
+        live = self.models.live
+        result = self._answer(InspectionResult.failed(reason, live.identity, live.model.threshold, self.name, part_id),
+                              triggered)
         self._signal(result)
         return result
 
-    def _signal(self, result: dict) -> None:
+    def _signal(self, result: InspectionResult) -> None:
+        payload = result.plc_payload()
         for signal in self.signals:
             try:
-                signal.signal_result(self.name, result)
+                signal.signal_result(self.name, payload)
             except Exception as exc:  # the PLC link is not the records: say it, keep going
-                log.warning("%s: result %d not signalled: %s", self.name, result["sequence"], exc)
+                log.warning("%s: result %d not signalled: %s", self.name, result.sequence, exc)
         for box in self.outboxes:
             try:
-                box.put(result)
+                box.put(payload)
             except RuntimeError as exc:  # full since take() looked: it is in the records
                 log.warning("%s: %s", self.name, exc)
         self.state.parts += 1
-        self.state.last = result
+        self.state.last = payload
         self.state.finished.append(time.monotonic())
 
     def _set_error(self, text: str | None) -> None:

@@ -23,6 +23,7 @@ import sqlalchemy as sa
 from ..bundle import MANIFEST, is_bundle, read_manifest
 from ..errors import VqcError
 from ..files import atomic_path
+from ..threshold import Threshold
 from ..modelfile import read_metadata, write_threshold
 from ..records import ModelIdentity, engine_for, migrate
 from .tables import AuditEntry, Deployment, ModelVersion
@@ -138,7 +139,7 @@ class ModelStore:
             rows = connection.execute(sa.select(ModelVersion.__table__).order_by(ModelVersion.added_at)).all()
         return [dict(r._mapping) for r in rows]
 
-    def with_threshold(self, version: str, threshold: dict, by: str) -> dict:
+    def with_threshold(self, version: str, threshold: Threshold, by: str) -> dict:
         """A new version: the same model with another threshold (a version names what judged, threshold
         included), its parent the old one. Torch-free for files and bundles alike."""
         row = self.get(version)
@@ -154,8 +155,7 @@ class ModelStore:
                 made = scratch / f"{row['name']}.safetensors"
                 shutil.copyfile(source, made)
             write_threshold(made, threshold)
-            return self.add(made, by, parent=row["version"], note=f"threshold {threshold['value']:.6g} "
-                                                                  f"({threshold.get('policy')})")
+            return self.add(made, by, parent=row["version"], note=f"threshold {threshold.describe()}")
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
 

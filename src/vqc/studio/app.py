@@ -24,6 +24,7 @@ from ..choices import DEFAULT_PRESET, PRESETS
 from ..errors import VqcError
 from ..serve import read_uploads, same_origin
 from ..serve_lifecycle import Caller
+from ..threshold import Threshold
 from ..version import __version__
 from . import results
 from .jobs import JobRunner
@@ -199,10 +200,10 @@ def _version_routes(store, runner: JobRunner, caller: Callable, admin: Callable,
     def threshold(version: str, body: ThresholdIn, p: Project = Depends(project), who: Caller = Depends(admin)) -> dict:
         parent = version_of(p, version)
         measured = results.rates(results.gallery_of(store, p, parent), body.value)
-        chosen = {"policy": body.policy, "value": body.value, "set_by": who.name, "note": body.note,
-                  "validated_on": f"the studio's test images of {p.name}", "n_images": measured["n_good"] +
-                  measured["n_defective"], "false_reject_rate": measured["false_reject_rate"],
-                  "miss_rate": measured["miss_rate"], "previous": store.get(parent)["evidence"].get("threshold")}
+        chosen = Threshold(body.value, body.policy, {
+            "set_by": who.name, "note": body.note, "validated_on": f"the studio's test images of {p.name}",
+            "n_images": measured["n_good"] + measured["n_defective"], "false_reject_rate": measured["false_reject_rate"],
+            "miss_rate": measured["miss_rate"], "previous": store.get(parent)["evidence"].get("threshold")})
         made = store.with_threshold(parent, chosen, who.name)
         store.audit(who.name, "threshold", None, made["version"], {"value": body.value, "from": parent})
         return {"version": made["version"], "parent": parent, **measured}

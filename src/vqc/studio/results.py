@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import VqcError
+from ..threshold import Threshold, stored
 from ..training.metrics import cost_threshold, false_reject_threshold
 from ..training.thresholds import cost_defect_rate, parse_policy
 from .projects import Project
@@ -20,25 +21,29 @@ from .projects import Project
 def project_versions(store, project: Project) -> list[dict]:
     """The store's versions of a project (named by it), oldest first, in the form a page reads."""
     rows = [r for r in store.versions() if r["name"] == project.name]
-    return [{"version": r["version"], "kind": r["kind"], "parent": r["parent"], "note": r["note"],
-             "added_by": r["added_by"], "added_at": r["added_at"].isoformat(),
-             "threshold": (r["evidence"].get("threshold") or {}).get("value"),
-             "policy": (r["evidence"].get("threshold") or {}).get("policy")} for r in rows]
+    shown = []
+    for r in rows:
+        threshold = Threshold.of(r["evidence"].get("threshold"))
+        shown.append({"version": r["version"], "kind": r["kind"], "parent": r["parent"], "note": r["note"],
+                      "added_by": r["added_by"], "added_at": r["added_at"].isoformat(),
+                      "threshold": threshold.value if threshold else None,
+                      "policy": threshold.policy if threshold else None})
+    return shown
 
 
 def gallery_of(store, project: Project, version: str) -> dict:
     """The gallery of `version` (or of the fitted version it was made from), at its threshold."""
     row = store.get(version)
-    threshold = row["evidence"].get("threshold")
+    threshold = Threshold.of(row["evidence"].get("threshold"))
     while row is not None:
         path = project.folder / "results" / row["version"] / "gallery.json"
         if path.is_file():
             gallery = json.loads(path.read_text())
-            value = threshold["value"] if threshold else None
+            value = threshold.value if threshold else None
             for image in gallery["images"]:
-                image["verdict"] = None if value is None else ("defective" if image["score"] >= value else "ok")
+                image["verdict"] = threshold.judge(image["score"]).value if threshold else None
             return {**gallery, "version": store.get(version)["version"], "scored_by": row["version"],
-                    "threshold": threshold, "rates": rates(gallery, value) if value is not None else None}
+                    "threshold": stored(threshold), "rates": rates(gallery, value) if value is not None else None}
         row = store.find(row["parent"]) if row["parent"] else None
     raise LookupError(f"version {version} has no gallery in project {project.name}: it was not fitted in the studio")
 

@@ -21,6 +21,7 @@ from ..choices import DEFAULT_PRESET, PRESETS
 from ..errors import VqcError
 from ..files import write_text_atomic
 from ..records import ModelIdentity
+from ..threshold import stored
 from .projects import Project
 
 OVERLAY_SIDE = 256  # pixels on the longer side of a gallery picture: enough to see where, small to send
@@ -71,7 +72,7 @@ def write_gallery(model, project: Project, folder: Path) -> None:
     the defect; and the metrics of vqc evaluate where test images exist."""
     from ..viz import prediction_overlay, save_png
     folder.mkdir(parents=True)
-    gallery = {"threshold": model.threshold, "normal_scores": model.info["normal_scores"],
+    gallery = {"threshold": stored(model.threshold), "normal_scores": model.info["normal_scores"],
                "range": list(model.normal_range()), "images": [], "metrics": None}
     if project.counts()["test_good"] + project.counts()["test_defective"]:
         from ..training.evaluation import evaluate

@@ -62,9 +62,9 @@ def evaluate(model: AnomalyModel, data: str | Path, progress: bool = True, keep_
         "images_per_second": len(samples) / seconds,
     }
     if model.threshold is not None:  # the stored verdict on parts the fit never saw, against its policy
-        rejected = scores >= model.threshold["value"]
+        rejected = scores >= model.threshold.value
         result["at_threshold"] = {
-            "threshold": model.threshold["value"], "policy": model.threshold["policy"],
+            "threshold": model.threshold.value, "policy": model.threshold.policy,
             "false_reject_rate": float(rejected[labels == 0].mean()) if (labels == 0).any() else float("nan"),
             "miss_rate": float((~rejected[labels == 1]).mean()) if labels.any() else float("nan"),
             "n_good": int((labels == 0).sum())}

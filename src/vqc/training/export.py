@@ -24,6 +24,7 @@ from ..version import __version__
 from ..errors import VqcError, first_line
 from ..engines.onnx import OnnxEngine
 from ..files import atomic_path
+from ..threshold import stored
 
 SCORE_RTOL = 1e-4  # image scores: relative difference allowed between ONNX Runtime and PyTorch
 MAP_TOL = 1e-3  # maps: difference allowed, relative to the largest map value (a scale-free bound)
@@ -130,7 +131,7 @@ def export_bundle(model, folder: str | Path, check_images: list | None = None, s
                               "sha256": file_sha256(source) if source else None},
                     "graph_sha256": file_sha256(staging / GRAPH), "input": description["input"],
                     "geometry": {"mode": g.mode, "size": g.size, "stride": g.stride, "scale": g.scale},
-                    "top_k": model.config.top_k, "threshold": model.threshold, "info": model.info,
+                    "top_k": model.config.top_k, "threshold": stored(model.threshold), "info": model.info,
                     "config": description["config"], "parity": description["parity"]}
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=1))
         if folder.exists():  # the old bundle goes aside only once the new one is complete

@@ -23,6 +23,7 @@ from ..files import atomic_path
 from ..geometry import Geometry
 from .heads import create_head
 from ..scoring import ImageInput, Scorer
+from ..threshold import Threshold, stored
 from .thresholds import choose_threshold
 
 log = logging.getLogger(__name__)
@@ -81,7 +82,7 @@ class AnomalyModel(Scorer):
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.detector: Detector | None = None
         self.info: dict = {}  # weights source, fit statistics, the normal score range
-        self.threshold: dict | None = None  # {"policy", "value", ...}: see vqc.training.thresholds
+        self.threshold: Threshold | None = None  # chosen by vqc.training.thresholds
         self.engine = None  # None: the PyTorch Detector; else an exported-graph engine (vqc.engines)
         self.engine_name = "torch"
         self._compiled = None  # torch.compile'd Detector, when asked for
@@ -264,7 +265,7 @@ class AnomalyModel(Scorer):
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.detector.state_dict().items()}
         metadata = {"format": FORMAT, "format_version": str(FORMAT_VERSION),
                     "config": json.dumps(asdict(self.config)), "info": json.dumps(self.info),
-                    "threshold": json.dumps(self.threshold)}
+                    "threshold": json.dumps(stored(self.threshold))}
         with atomic_path(path) as tmp:
             save_file(tensors, str(tmp), metadata=metadata)
         return path
@@ -301,7 +302,7 @@ def load(path: str | Path, device: str | None = None) -> AnomalyModel:
     model.detector.load_state_dict(tensors)
     model.detector.to(model.device).eval().requires_grad_(False)
     model.info = _header_json(path, metadata, "info", dict)
-    model.threshold = _header_json(path, metadata, "threshold", (dict, type(None)), "null")
+    model.threshold = Threshold.of(_header_json(path, metadata, "threshold", (dict, type(None)), "null"))
     model.weights = None
     return model
 

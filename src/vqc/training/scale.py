@@ -516,4 +516,4 @@ def _fit_task(data: str, spec: FitSpec, progress: bool = False) -> tuple[bytes, 
         data_bytes = model.save(Path(tmp) / "model.safetensors").read_bytes()
     info = model.info
     return data_bytes, (f"{model.config.backbone} + {model.config.head} on {info['n_train']} images in "
-                        f"{info['fit_seconds']:.1f} s, threshold {model.threshold['value']:.6g}")
+                        f"{info['fit_seconds']:.1f} s, threshold {model.threshold.value:.6g}")

@@ -8,6 +8,7 @@ import numpy as np
 
 from ..data import labelled_samples
 from ..errors import VqcError
+from ..threshold import Threshold
 from .metrics import cost_threshold, f1_max, false_reject_threshold
 
 
@@ -24,6 +25,15 @@ def parse_policy(text: str) -> tuple[str, float | None]:
     if name in ("f1", "cost") and not value:
         return name, None
     raise VqcError(f"unknown threshold policy {text!r}; use f1, cost or false-reject-rate=R")
+
+
+def is_policy(text: str) -> bool:
+    """Whether vqc chooses thresholds by this policy (not one set by hand, such as "manual")."""
+    try:
+        parse_policy(text)
+    except VqcError:
+        return False
+    return True
 
 
 def few_images_warning(n_good: int, rate: float) -> dict:
@@ -62,7 +72,8 @@ def data_labels(data) -> np.ndarray:
 
 
 def choose_threshold(model, policy: str, data: str | Path | None = None, fp_cost: float = 1.0,
-                     fn_cost: float = 10.0, defect_rate: float | None = None, allow_high_reject: bool = False) -> dict:
+                     fn_cost: float = 10.0, defect_rate: float | None = None,
+                     allow_high_reject: bool = False) -> Threshold:
     """A threshold by `policy`: f1 (best F1), cost (least expected cost of false rejects and
     escaped defects) or false-reject-rate=R (at most R of good parts rejected).
 
@@ -75,16 +86,16 @@ def choose_threshold(model, policy: str, data: str | Path | None = None, fp_cost
         if name != "false-reject-rate":
             raise VqcError(f"policy {name} needs labelled validation data: pass --data DATA")
         good = np.asarray(model.info["normal_scores"], dtype=float)
-        chosen = {"policy": policy, "value": false_reject_threshold(good, rate),
-                  "validated_on": model.info.get("normal_scores_from", "held-out good training images"),
-                  "n_images": len(good), **few_images_warning(len(good), rate)}
+        chosen = Threshold(false_reject_threshold(good, rate), policy,
+                           {"validated_on": model.info.get("normal_scores_from", "held-out good training images"),
+                            "n_images": len(good), **few_images_warning(len(good), rate)})
     else:
         chosen, good = _on_labelled(model, policy, name, rate, data, fp_cost, fn_cost, defect_rate)
-    return {**chosen, **_false_rejects(chosen, good, allow_high_reject)}
+    return chosen.with_details(**_false_rejects(chosen, good, allow_high_reject))
 
 
 def _on_labelled(model, policy: str, name: str, rate: float | None, data, fp_cost: float, fn_cost: float,
-                 defect_rate: float | None) -> tuple[dict, np.ndarray]:
+                 defect_rate: float | None) -> tuple[Threshold, np.ndarray]:
     """The threshold chosen on labelled data (`policy` parsed into `name` and `rate`), and the
     scores of its good images."""
     samples = labelled_samples(data)
@@ -95,30 +106,31 @@ def _on_labelled(model, policy: str, name: str, rate: float | None, data, fp_cos
         raise VqcError(f"policy {name} needs good and defective images in {data}")
     line_rate = cost_defect_rate(data, labels, defect_rate) if name == "cost" else None  # before the slow scoring
     scores = np.array([p.score for p in model.predict_iter([s.path for s in samples], progress=True)])
-    chosen = {"policy": policy, "validated_on": str(data), "n_images": len(samples)}
+    chosen = {"validated_on": str(data), "n_images": len(samples)}
     good = scores[labels == 0]
     if name == "false-reject-rate":
-        return {**chosen, "value": false_reject_threshold(good, rate), **few_images_warning(len(good), rate)}, good
+        return Threshold(false_reject_threshold(good, rate), policy,
+                         {**chosen, **few_images_warning(len(good), rate)}), good
     if name == "f1":
         f1, value = f1_max(labels, scores)
-        return {**chosen, "value": value, "f1": round(f1, 4)}, good
+        return Threshold(value, policy, {**chosen, "f1": round(f1, 4)}), good
     best = cost_threshold(labels, scores, fp_cost, fn_cost, defect_rate)  # None weighs by the data's share
     cost = {"fp_cost": fp_cost, "fn_cost": fn_cost, "defect_rate": round(line_rate, 4),
             "defect_rate_from": "data" if defect_rate is None else "given",
             "expected_cost_per_1000": round(best["expected_cost_per_1000"], 3),
             "miss_rate": round(best["miss_rate"], 4)}
-    return {**chosen, "value": best["threshold"], **cost}, good
+    return Threshold(best["threshold"], policy, {**chosen, **cost}), good
 
 
-def _false_rejects(chosen: dict, good: np.ndarray, allow_high_reject: bool) -> dict:
+def _false_rejects(chosen: Threshold, good: np.ndarray, allow_high_reject: bool) -> dict:
     """{"false_reject_rate": ...} on the good images the threshold was chosen on; refused above
     HIGH_REJECT unless allowed: on a defect-heavy set f1 and cost can pick a threshold that would
     reject most good parts on the line, and nothing else would say so."""
     if not good.size:
         return {}
-    rejected = float(np.mean(good >= chosen["value"]))
+    rejected = float(np.mean(good >= chosen.value))
     if rejected > HIGH_REJECT and not allow_high_reject:
-        raise VqcError(f"policy {chosen['policy']} on {chosen['validated_on']}: its threshold {chosen['value']:.6g} "
+        raise VqcError(f"policy {chosen.policy} on {chosen.validated_on}: its threshold {chosen.value:.6g} "
                        f"rejects {rejected:.0%} of the {good.size} good images there, so nothing was stored; choose "
                        "on data with the line's mix of parts, use --policy false-reject-rate=R to cap false "
                        "rejects, or pass --allow-high-reject if you mean it")

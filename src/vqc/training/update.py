@@ -24,8 +24,9 @@ import torch
 
 from ..data import list_images, read_bytes
 from ..errors import VqcError
+from ..threshold import Threshold
 from .model import AnomalyModel
-from .thresholds import choose_threshold, parse_policy
+from .thresholds import choose_threshold, is_policy, parse_policy
 
 
 def image_hashes(paths: list[Path]) -> list[str]:
@@ -53,10 +54,10 @@ def update_model(model: AnomalyModel, confirmed: list[Path], reviewed=None, fit_
                                                                            for p, h in new]
     else:  # the new fit's manifest names them all
         done = _refit(model, [p for p, _ in new], fit_data, progress)
-    policy = before["policy"] if before else "false-reject-rate=0.01"
-    model.threshold = _rechoose(model, policy, reviewed, before or {})
+    model.threshold = threshold_after_update(model, before, reviewed)
+    policy = model.threshold.policy
     done.update({"images_added": len(new), "image_sha256": [h for _, h in new], "seconds": round(time.perf_counter() - start, 2),
-                 "threshold_before": before["value"] if before else None, "threshold": model.threshold["value"],
+                 "threshold_before": before.value if before else None, "threshold": model.threshold.value,
                  "policy": policy, "updated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
     model.info["update"] = done
     return done
@@ -95,19 +96,26 @@ def _refit(model: AnomalyModel, images: list[Path], fit_data, progress: bool) ->
     return {"method": f"{model.config.head} fitted again on {len(found)} fit images and the new ones"}
 
 
-def _rechoose(model: AnomalyModel, policy: str, reviewed, before: dict) -> dict:
-    """The threshold by the stored policy, with the costs, defect rate and high-reject consent it was stored with."""
+def threshold_after_update(model: AnomalyModel, before: Threshold | None, reviewed) -> Threshold:
+    """The threshold chosen again by the stored policy; one set by hand (the service's or the
+    studio's threshold) is a person's decision and stays as it was."""
+    if before is not None and not is_policy(before.policy):
+        return before
+    policy = before.policy if before else "false-reject-rate=0.01"
+    return _rechoose(model, policy, reviewed, before.choice_options() if before else {})
+
+
+def _rechoose(model: AnomalyModel, policy: str, reviewed, options: dict) -> Threshold:
+    """The threshold by the stored policy, with the options it was chosen with (Threshold.choice_options)."""
     name, _ = parse_policy(policy)
-    allow = bool(before.get("high_reject_allowed"))
     if name == "false-reject-rate":
-        return choose_threshold(model, policy, allow_high_reject=allow)
+        return choose_threshold(model, policy, allow_high_reject=options.get("allow_high_reject", False))
     labels = np.array([s.label for s in reviewed.samples]) if reviewed is not None else np.array([])
     if not 0 < labels.sum() < len(labels):
         raise VqcError(f"the model's policy {policy} needs labelled data: the reviewed records hold "
                        f"{int(labels.sum())} defective and {int((labels == 0).sum())} good images with their "
                        "image kept; review more, or set a false-reject-rate policy")
-    return choose_threshold(model, policy, reviewed, before.get("fp_cost", 1.0), before.get("fn_cost", 10.0),
-                            before.get("defect_rate"), allow)
+    return choose_threshold(model, policy, reviewed, **options)
 
 
 def update_in_store(store, version: str, target: str, by: str, image_store: Path | None = None,
