@@ -89,12 +89,14 @@ def _add_image_store(parser) -> None:
                         help="share of good images kept in the image store too (default 0.01)")
 
 
-def _add_ray(parser, workers: bool = False) -> None:
+def _add_ray(parser, workers: bool = False, ray_help: str = "") -> None:
     parser.add_argument("--ray", action="store_true",
-                        help="run on Ray: a local instance started for the run, or the cluster at --ray-address")
+                        help="run on Ray: a local instance started for the run, or the cluster at --ray-address"
+                             + ray_help)
     parser.add_argument("--ray-address", metavar="ADDR", help="join this Ray cluster (HOST:PORT); implies --ray")
     parser.add_argument("--cpus-per-worker", type=float, default=1.0,
-                        help="--ray: CPUs each worker declares and uses as threads (default 1)")
+                        help="--ray: CPUs each worker declares and uses as threads (default 1; for predict, "
+                             "--threads overrides the threads)")
     if workers:
         parser.add_argument("--workers", type=int, default=0,
                             help="--ray: scoring workers (default: one per GPU, else one per --cpus-per-worker CPUs)")
@@ -141,7 +143,7 @@ def _scoring_model(args):
 def _ray_options(args):
     if not (args.ray or args.ray_address):
         return None
-    from .training.scale import RayOptions
+    from .training.ray_session import RayOptions
     if args.cpus_per_worker <= 0 or getattr(args, "workers", 0) < 0:
         raise VqcError("--cpus-per-worker must be above 0 and --workers at least 0")
     return RayOptions(address=args.ray_address, workers=getattr(args, "workers", 0),
@@ -220,7 +222,8 @@ def _add_scoring(sub) -> None:
                          "URL, postgresql://...), as vqc serve does")
     predict.add_argument("--station", help="--db: station / camera id to record")
     _add_image_store(predict)
-    _add_ray(predict, workers=True)
+    _add_ray(predict, workers=True, ray_help="; scores only: no overlays, the overlay column of scores.csv stays "
+             "empty")
     predict.add_argument("--csv", action="store_true",
                          help="--ray: also write OUT/scores.csv from the Parquet parts in OUT/scores/")
 
@@ -496,7 +499,7 @@ def print_candidates(result: dict) -> None:
 
 
 def _fit_per_category(args, policy: str) -> int:
-    from .training.scale import FitSpec, fit_categories
+    from .training.per_category import FitSpec, fit_categories
     if policy != "false-reject-rate" or args.threshold_data:
         raise VqcError("--per-category sets the false-reject-rate policy on each category's held-out good images; "
                        "choose f1 or cost thresholds per model afterwards with vqc threshold")
@@ -564,9 +567,9 @@ def _recorder(args, model):
 
 
 def _predict_on_ray(args) -> int:
-    from .training.scale import predict_on_ray
-    result = predict_on_ray(args.model, args.images, args.out, _ray_options(args), engine=args.engine,
-                            precision=args.precision, compile=args.compile, write_csv=args.csv)
+    from .training.ray_predict import predict_on_ray
+    result = predict_on_ray(args.model, args.images, args.out, _ray_options(args), _engine_settings(args),
+                            write_csv=args.csv)
     print(f"scored {result.scored} images ({result.already} already scored, {len(result.unreadable)} unreadable) "
           f"-> {Path(args.out) / 'scores'}" + (f" and {Path(args.out) / 'scores.csv'}" if args.csv else "") +
           (f" in {result.seconds:.1f} s, the first after {result.first_row_seconds:.1f} s" if result.scored else ""))
@@ -685,7 +688,7 @@ def cmd_benchmark(args) -> int:
             raise VqcError(f"no stored cells of this matrix in {out}")
         records = [json.loads(p.read_text()) if p.exists() else pending_record(cell) for cell, p in stored.items()]
     elif _ray_options(args):
-        from .training.scale import run_matrix_on_ray
+        from .training.ray_benchmark import run_matrix_on_ray
         records = run_matrix_on_ray(cells, out, costs, _ray_options(args))
     else:
         records = run_matrix(cells, out, costs)

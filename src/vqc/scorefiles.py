@@ -17,6 +17,15 @@ from .inspection import SCORE_COLUMNS, inspect_files, score_row
 from .viz import save_png
 
 
+SCORE_FILE_COLUMNS = (*SCORE_COLUMNS, "overlay")  # scores.csv, local or from `predict --ray`
+
+
+def score_file_row(row: dict, overlay: str | Path = "") -> dict:
+    """A score_row as scores.csv holds it: scores to 6 and 4 digits, no verdict or warning as empty."""
+    return {**row, "score": f"{row['score']:.6g}", "normalised_score": f"{row['normalised_score']:.4f}",
+            "verdict": row["verdict"] or "", "warning": row["warning"] or "", "overlay": overlay}
+
+
 def common_folder(images: list[Path]) -> Path:
     """The deepest folder that holds every image: overlays keep their paths below it, so two
     inputs of one name in different folders never share an overlay."""
@@ -69,7 +78,7 @@ class ScoreWriter:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 fresh = not self.path.exists()
                 self.file = open(self.path, "a", newline="")
-                self.csv = csv.DictWriter(self.file, [*SCORE_COLUMNS, "overlay"])
+                self.csv = csv.DictWriter(self.file, SCORE_FILE_COLUMNS)
                 if fresh:
                     self.csv.writeheader()
             overlay = ""
@@ -78,9 +87,7 @@ class ScoreWriter:
                 save_png(self.path.parent / overlay, item.overlay(*self.model.normal_range()))
             if pred.warning:
                 print(f"vqc: warning: {pred.path}: {pred.warning}", file=sys.stderr)
-            row = score_row(pred.path, pred)
-            self.csv.writerow({**row, "score": f"{row['score']:.6g}", "normalised_score": f"{row['normalised_score']:.4f}",
-                               "verdict": row["verdict"] or "", "warning": row["warning"] or "", "overlay": overlay})
+            self.csv.writerow(score_file_row(score_row(pred.path, pred), overlay))
             self.file.flush()
             self.verdicts[pred.verdict] += 1
             count += 1
