@@ -78,8 +78,8 @@ def test_score_store_resumes_and_never_stores_a_path_twice(tmp_path):
     store.close()
     rows = stored_rows(folder)
     assert sorted((r["path"], r["score"]) for r in rows) == [("/a.png", 1.5), ("/b.png", 2.5), ("/c.png", 3.0)]
-    assert (tmp_path / "scores.csv").read_text().splitlines()[:2] == ["path,score,normalised_score,verdict,warning,overlay",
-                                                                      "/a.png,1.5,0.5000,ok,,"]
+    header, first = (tmp_path / "scores.csv").read_text().splitlines()[:2]
+    assert (header, first) == ("path,score,normalised_score,verdict,warning,overlay", "/a.png,1.5,0.5000,ok,,")
 
     (folder / "part-zzz-000000.parquet").write_bytes(b"not parquet")
     with pytest.raises(VqcError, match="part-zzz-000000.parquet"):
@@ -232,10 +232,10 @@ def read_csv(path: Path) -> tuple[list[str], dict[str, dict]]:
 def test_ray_scores_a_line_bundle_as_local_predict_does(ray_cluster, bundle, demo_root, tmp_path):
     images = tmp_path / "images"
     images.mkdir()
-    for source in sorted((demo_root / "test" / "good").glob("*.png")) + sorted((demo_root / "test" / "crack").glob("*.png")):
+    good, crack = (sorted((demo_root / "test" / kind).glob("*.png")) for kind in ("good", "crack"))
+    for source in good + crack:
         (images / f"{source.parent.name}-{source.name}").symlink_to(source)
-    first = sorted((demo_root / "test" / "good").glob("*.png"))[0]
-    Image.open(first).resize((120, 52)).save(images / "small.png")  # far smaller than the fitted ones: a warning
+    Image.open(good[0]).resize((120, 52)).save(images / "small.png")  # far smaller than the fitted ones: a warning
     ray_out, local_out = tmp_path / "ray", tmp_path / "local"
     run = subprocess.run(vqc_command("predict", str(bundle), str(images), "--ray", "--ray-address",
                                      ray_cluster["address"], "--workers", "2", "--threads", "1", "--csv",
@@ -271,7 +271,8 @@ def test_threads_reach_the_engine_each_worker_opens(ray_cluster, bundle, demo_ro
     assert settings == EngineSettings("auto", 3, "fp32", False)
     with ray_session(ray_cluster["address"]) as ray:
         for given, threads in ((settings, 3), (EngineSettings(), 2)):  # without --threads: --cpus-per-worker
-            worker = ScoringWorker(ship_model(ray, bundle, given, options, gpus=False, scratch=tmp_path))
+            worker = ScoringWorker(ship_model(ray, bundle, given, options, cluster_has_gpus=False,
+                                              scratch=tmp_path))
             assert worker.model.engine_name == "onnx"
             assert worker.model.engine.session.get_session_options().intra_op_num_threads == threads
 

@@ -85,7 +85,7 @@ class ShippedModel:
     files' bytes in Ray's object store ({path below a scratch folder: reference}), and the engine
     settings, once for all workers."""
     name: str  # the bundle folder's or the model file's name
-    files: dict
+    files: dict  # {path below the scratch folder: Ray object reference to the file's bytes}
     settings: EngineSettings
     on_gpu: bool  # a model file on PyTorch, one GPU per worker
 
@@ -95,12 +95,13 @@ class ShippedModel:
         import ray
         with tempfile.TemporaryDirectory(prefix="vqc-worker-") as tmp:
             for relative, data in self.files.items():
-                (Path(tmp) / relative).parent.mkdir(parents=True, exist_ok=True)
-                (Path(tmp) / relative).write_bytes(ray.get(data))
+                target = Path(tmp) / relative
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(ray.get(data))
             return open_model(Path(tmp) / self.name, self.settings)
 
 
-def ship_model(ray, model_path: str | Path, settings: EngineSettings, options: RayOptions, gpus: bool,
+def ship_model(ray, model_path: str | Path, settings: EngineSettings, options: RayOptions, cluster_has_gpus: bool,
                scratch: Path) -> ShippedModel:
     """The model for the workers, put in Ray's object store. Threads: the settings', else the CPUs
     each worker declares. A training model file the workers would run as an exported graph is
@@ -108,14 +109,15 @@ def ship_model(ray, model_path: str | Path, settings: EngineSettings, options: R
     if settings.threads is None:
         settings = replace(settings, threads=max(1, int(options.cpus_per_worker)))
     path = Path(model_path).resolve()
-    if check_model_path(path) == "file" and settings.graph_engine(on_gpu=gpus) is not None:
+    if check_model_path(path) == "file" and settings.graph_engine(on_gpu=cluster_has_gpus) is not None:
         path, settings = _exported(path, settings, scratch / f"{path.stem}-bundle")
     files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
     refs = {str(p.relative_to(path.parent)): ray.put(p.read_bytes()) for p in files}
-    return ShippedModel(path.name, refs, settings, on_gpu=gpus and path.is_file())
+    return ShippedModel(path.name, refs, settings, on_gpu=cluster_has_gpus and path.is_file())
 
 
 def _exported(model_file: Path, settings: EngineSettings, folder: Path) -> tuple[Path, EngineSettings]:
+    """The model file as a line bundle in `folder`, or (engine auto, the export failing) the file on PyTorch."""
     from .export import export_bundle
     from .model import load
     try:
