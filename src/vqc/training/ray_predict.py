@@ -82,8 +82,7 @@ def _parquet_paths(source: Path) -> list[str]:
 @dataclass(frozen=True)
 class ShippedModel:
     """What every scoring worker opens: a line bundle folder or a training model file, as its
-    files' bytes in Ray's object store ({path below a scratch folder: reference}), and the engine
-    settings, once for all workers."""
+    files' bytes in Ray's object store, and the engine settings; put there once for all workers."""
     name: str  # the bundle folder's or the model file's name
     files: dict  # {path below the scratch folder: Ray object reference to the file's bytes}
     settings: EngineSettings
