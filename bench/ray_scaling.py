@@ -32,7 +32,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # streaming the results made the driver grow), as JSON.
 DRIVER = """
 import json, resource, sys
-from vqc.training.scale import RayOptions, predict_on_ray
+from vqc.training.ray_predict import predict_on_ray
+from vqc.training.ray_session import RayOptions
 model, archive, out, workers = sys.argv[1:5]
 result = predict_on_ray(model, [archive], out, RayOptions(workers=int(workers)), progress=False)
 status = open("/proc/self/status").read()

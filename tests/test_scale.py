@@ -1,6 +1,7 @@
 """Scaling out on Ray: sources, the resumable score store, per-category fits, and a real two-node
-Ray cluster on loopback (scores equal to the local path's; a worker killed mid-job; cells and fits
-as tasks)."""
+Ray cluster on loopback (scores equal to the local path's, from a model file and from a line
+bundle; --threads in the engine each worker opens; a worker killed mid-job; cells and fits as tasks)."""
+import csv
 import json
 import os
 import re
@@ -18,11 +19,17 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from PIL import Image
 
 import vqc
 from vqc.cli import main
+from vqc.engines import EngineSettings
 from vqc.errors import VqcError
-from vqc.training.scale import ScoreStore, list_sources
+from vqc.loading import open_model
+from vqc.training import ray_predict
+from vqc.training.ray_predict import BatchResult, ScoringWorker, list_sources, ship_model
+from vqc.training.ray_session import ray_session
+from vqc.training.score_store import ScoreStore
 
 from .conftest import shared_set
 
@@ -71,7 +78,8 @@ def test_score_store_resumes_and_never_stores_a_path_twice(tmp_path):
     store.close()
     rows = stored_rows(folder)
     assert sorted((r["path"], r["score"]) for r in rows) == [("/a.png", 1.5), ("/b.png", 2.5), ("/c.png", 3.0)]
-    assert (tmp_path / "scores.csv").read_text().splitlines()[0] == "path,score,normalised_score,verdict"
+    header, first = (tmp_path / "scores.csv").read_text().splitlines()[:2]
+    assert (header, first) == ("path,score,normalised_score,verdict,warning,overlay", "/a.png,1.5,0.5000,ok,,")
 
     (folder / "part-zzz-000000.parquet").write_bytes(b"not parquet")
     with pytest.raises(VqcError, match="part-zzz-000000.parquet"):
@@ -207,6 +215,68 @@ def test_ray_scores_equal_the_local_scores(ray_cluster, model_file, tmp_path):
     assert len(stored_rows(out / "scores")) == len(images)
 
 
+@pytest.fixture(scope="module")
+def bundle(model_file, tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("bundle") / "demo"
+    assert main(["export", str(model_file), "--out", str(folder)]) == 0
+    return folder
+
+
+def read_csv(path: Path) -> tuple[list[str], dict[str, dict]]:
+    with open(path, newline="") as f:
+        table = csv.DictReader(f)
+        rows = {row["path"]: row for row in table}
+        return table.fieldnames, rows
+
+
+def test_ray_scores_a_line_bundle_as_local_predict_does(ray_cluster, bundle, demo_root, tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    good, crack = (sorted((demo_root / "test" / kind).glob("*.png")) for kind in ("good", "crack"))
+    for source in good + crack:
+        (images / f"{source.parent.name}-{source.name}").symlink_to(source)
+    Image.open(good[0]).resize((120, 52)).save(images / "small.png")  # far smaller than the fitted ones: a warning
+    ray_out, local_out = tmp_path / "ray", tmp_path / "local"
+    run = subprocess.run(vqc_command("predict", str(bundle), str(images), "--ray", "--ray-address",
+                                     ray_cluster["address"], "--workers", "2", "--threads", "1", "--csv",
+                                     "--out", str(ray_out)), capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert re.search(r"vqc: warning: \S+small.png: image is 120 x 52 pixels", run.stderr)
+    assert main(["predict", str(bundle), str(images), "--no-overlays", "--out", str(local_out)]) == 0
+
+    ray_header, ray_rows = read_csv(ray_out / "scores.csv")
+    local_header, local_rows = read_csv(local_out / "scores.csv")
+    assert ray_header == local_header and "warning" in ray_header and "overlay" in ray_header
+    assert sorted(ray_rows) == sorted(local_rows) == sorted(str(p) for p in images.iterdir())
+    assert ray_rows[str(images / "small.png")]["warning"].startswith("image is 120 x 52 pixels")
+    text = ("path", "verdict", "warning", "overlay")  # the overlay column empty in both (no overlays asked for)
+    for path, local in local_rows.items():
+        assert [ray_rows[path][k] for k in text] == [local[k] for k in text], path
+    local_model = open_model(bundle, EngineSettings())  # as `vqc predict BUNDLE` opens it
+    stored = {row["path"]: row for row in stored_rows(ray_out / "scores")}
+    for prediction in local_model.predict_iter(sorted(images.iterdir())):
+        row = stored[str(prediction.path)]
+        assert abs(row["score"] - prediction.score) <= 1e-6, prediction.path
+        assert abs(row["normalised_score"] - prediction.normalised_score) <= 1e-6, prediction.path
+        assert abs(float(local_rows[str(prediction.path)]["score"]) - prediction.score) <= 6e-6 * abs(prediction.score)
+
+
+def test_threads_reach_the_engine_each_worker_opens(ray_cluster, bundle, demo_root, tmp_path, monkeypatch):
+    asked = []
+    monkeypatch.setattr(ray_predict, "predict_on_ray", lambda model, images, out, options, settings, **_:
+                        asked.append((options, settings)) or BatchResult(1, 0, 1))
+    assert main(["predict", str(bundle), str(demo_root / "test" / "good"), "--ray", "--threads", "3",
+                 "--cpus-per-worker", "2", "--out", str(tmp_path)]) == 0
+    ((options, settings),) = asked
+    assert settings == EngineSettings("auto", 3, "fp32", False)
+    with ray_session(ray_cluster["address"]) as ray:
+        for given, threads in ((settings, 3), (EngineSettings(), 2)):  # without --threads: --cpus-per-worker
+            worker = ScoringWorker(ship_model(ray, bundle, given, options, cluster_has_gpus=False,
+                                              scratch=tmp_path))
+            assert worker.model.engine_name == "onnx"
+            assert worker.model.engine.session.get_session_options().intra_op_num_threads == threads
+
+
 def scorer_processes(temp: Path) -> list[int]:
     """PIDs of the scoring actors of the cluster rooted at `temp`: `ray::` processes whose
     parent is one of this cluster's raylets."""
@@ -225,7 +295,7 @@ def scorer_processes(temp: Path) -> list[int]:
     pids = [p for p in os.listdir("/proc") if p.isdigit()]
     raylets = {p for p in pids if "raylet" in cmdline(p) and str(temp) in cmdline(p)}
     return [int(p) for p in pids if parent(p) in raylets and cmdline(p).startswith("ray::")
-            and "_Scorer" in cmdline(p)]
+            and "ScoringWorker" in cmdline(p)]
 
 
 def test_a_killed_worker_costs_nothing_every_image_scored_once(ray_cluster, model_file, demo_root, tmp_path):

@@ -18,6 +18,15 @@ from .result import SCORE_COLUMNS
 from .viz import save_png
 
 
+SCORE_FILE_COLUMNS = (*SCORE_COLUMNS, "overlay")  # scores.csv, local or from `predict --ray`
+
+
+def score_file_row(row: dict, overlay: str | Path = "") -> dict:
+    """A row (InspectionResult.csv_row) as scores.csv holds it: scores to 6 and 4 digits, no verdict or warning as empty."""
+    return {**row, "score": f"{row['score']:.6g}", "normalised_score": f"{row['normalised_score']:.4f}",
+            "verdict": row["verdict"] or "", "warning": row["warning"] or "", "overlay": overlay}
+
+
 def common_folder(images: list[Path]) -> Path:
     """The deepest folder that holds every image: overlays keep their paths below it, so two
     inputs of one name in different folders never share an overlay."""
@@ -71,7 +80,7 @@ class ScoreWriter:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 fresh = not self.path.exists()
                 self.file = open(self.path, "a", newline="")
-                self.csv = csv.DictWriter(self.file, [*SCORE_COLUMNS, "overlay"])
+                self.csv = csv.DictWriter(self.file, SCORE_FILE_COLUMNS)
                 if fresh:
                     self.csv.writeheader()
             overlay = ""
@@ -81,8 +90,7 @@ class ScoreWriter:
             if pred.warning:
                 print(f"vqc: warning: {pred.path}: {pred.warning}", file=sys.stderr)
             row = result.csv_row(str(pred.path))
-            self.csv.writerow({**row, "score": f"{row['score']:.6g}", "normalised_score": f"{row['normalised_score']:.4f}",
-                               "verdict": row["verdict"] or "", "warning": row["warning"] or "", "overlay": overlay})
+            self.csv.writerow(score_file_row(row, overlay))
             self.file.flush()
             self.verdicts[row["verdict"]] += 1
             count += 1

@@ -212,7 +212,7 @@ class Scorer:
 
     def predict_plans(self, plans: list[Plan]) -> list[Prediction]:
         """Score images already decoded and planned with self.geometry.plan, e.g. by a separate
-        decoding stage (vqc.training.scale); the same path as predict_iter from there on."""
+        decoding stage (vqc.training.ray_predict); the same path as predict_iter from there on."""
         return [self.prediction(plan, canvas, score) for plan, canvas, score in self.canvases([plans])]
 
     def size_warning(self, shape: tuple[int, int]) -> str | None:

@@ -101,7 +101,7 @@ def cmd_benchmark(args) -> int:
             raise VqcError(f"no stored cells of this matrix in {out}")
         records = [json.loads(p.read_text()) if p.exists() else pending_record(cell) for cell, p in stored.items()]
     elif ray_options(args):
-        from ..training.scale import run_matrix_on_ray
+        from ..training.ray_benchmark import run_matrix_on_ray
         records = run_matrix_on_ray(cells, out, costs, ray_options(args))
     else:
         records = run_matrix(cells, out, costs)

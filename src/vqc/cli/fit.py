@@ -156,7 +156,7 @@ def print_candidates(result: dict) -> None:
 
 
 def _fit_per_category(args, policy: str) -> int:
-    from ..training.scale import FitSpec, fit_categories
+    from ..training.per_category import FitSpec, fit_categories
     if policy != "false-reject-rate" or args.threshold_data:
         raise VqcError("--per-category sets the false-reject-rate policy on each category's held-out good images; "
                        "choose f1 or cost thresholds per model afterwards with vqc threshold")

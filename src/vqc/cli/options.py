@@ -144,7 +144,8 @@ def add_ray(parser, workers: bool = False) -> None:
                         help="run on Ray: a local instance started for the run, or the cluster at --ray-address")
     parser.add_argument("--ray-address", metavar="ADDR", help="join this Ray cluster (HOST:PORT); implies --ray")
     parser.add_argument("--cpus-per-worker", type=float, default=1.0,
-                        help="--ray: CPUs each worker declares and uses as threads (default 1)")
+                        help="--ray: CPUs each worker declares and uses as threads (default 1; for predict, "
+                             "--threads overrides the threads)")
     if workers:
         parser.add_argument("--workers", type=int, default=0,
                             help="--ray: scoring workers (default: one per GPU, else one per --cpus-per-worker CPUs)")
@@ -190,7 +191,7 @@ def scoring_model(args):
 def ray_options(args):
     if not (args.ray or args.ray_address):
         return None
-    from ..training.scale import RayOptions
+    from ..training.ray_session import RayOptions
     if args.cpus_per_worker <= 0 or getattr(args, "workers", 0) < 0:
         raise VqcError("--cpus-per-worker must be above 0 and --workers at least 0")
     return RayOptions(address=args.ray_address, workers=getattr(args, "workers", 0),

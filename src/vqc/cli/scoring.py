@@ -31,7 +31,8 @@ def add_parsers(sub) -> None:
     add_image_store(predict)
     add_ray(predict, workers=True)
     predict.add_argument("--csv", action="store_true",
-                         help="--ray: also write OUT/scores.csv from the Parquet parts in OUT/scores/")
+                         help="--ray: also write OUT/scores.csv from the Parquet parts in OUT/scores/ "
+                         "(local predict's columns, the overlay column empty)")
 
     evaluate = sub.add_parser("evaluate", help="metrics on a labelled test split")
     evaluate.set_defaults(run=cmd_evaluate)
@@ -110,9 +111,9 @@ def _scoring_judge(args):
 
 
 def _predict_on_ray(args) -> int:
-    from ..training.scale import predict_on_ray
-    result = predict_on_ray(args.model, args.images, args.out, ray_options(args), engine=args.engine,
-                            precision=args.precision, compile=args.compile, write_csv=args.csv)
+    from ..training.ray_predict import predict_on_ray
+    result = predict_on_ray(args.model, args.images, args.out, ray_options(args), engine_settings(args),
+                            write_csv=args.csv)
     print(f"scored {result.scored} images ({result.already} already scored, {len(result.unreadable)} unreadable) "
           f"-> {Path(args.out) / 'scores'}" + (f" and {Path(args.out) / 'scores.csv'}" if args.csv else "") +
           (f" in {result.seconds:.1f} s, the first after {result.first_row_seconds:.1f} s" if result.scored else ""))
