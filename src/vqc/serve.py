@@ -37,6 +37,7 @@ from .engines import EngineSettings
 from .inspection import Inspected, NotRecorded, Recorder, inspection_rows
 from .errors import VqcError
 from .live import Judge, LiveModels
+from .pages import add_keys_script
 from .monitoring import DriftMonitor, Metrics
 from .records import Filters, ModelIdentity, Records, default_locations
 
@@ -334,6 +335,8 @@ def create_app(model_path: str | Path | None, config: ServeConfig | None = None,
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def page() -> str:
         return (files("vqc") / "static" / "operator.html").read_text()
+
+    add_keys_script(app)
 
     return app
 
