@@ -35,7 +35,7 @@ def _browser(pw):
 
 
 @pytest.mark.parametrize("which", ["operator", "studio"])
-def test_each_page_with_a_key_loads_the_one_keys_script_asks_on_401_retries_and_forgets(which, server, tmp_path):
+def test_each_page_with_a_key_loads_the_one_keys_script_asks_on_401_retries_and_forgets(which, request, tmp_path):
     """The operator page and the studio ask for a key with the same script (static/keys.js, the
     package's one copy): a 401 shows the form, a refused key is said, the request is sent again
     with the key, the key is kept across reloads, and "forget key" shows only while one is kept."""
@@ -47,7 +47,7 @@ def test_each_page_with_a_key_loads_the_one_keys_script_asks_on_401_retries_and_
 
     from .studio_walk import running_studio
     if which == "operator":
-        url, _, key = server
+        url, _, key = request.getfixturevalue("server")
         opened, keyed = contextlib.nullcontext(url), "/v1/model"
     else:
         key = add_key(tmp_path / "keys.txt", "quality", "admin")
