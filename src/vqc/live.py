@@ -119,12 +119,12 @@ class LiveModels:
     def _open_shadow(self, version: str | None) -> None:
         if version is None:
             self.shadow = None
-            log.info("%s: no shadow", self.target)
+            log.warning("%s: no shadow", self.target)
             return
         start = time.perf_counter()
         self.shadow = self.open_judge(self.store.path_of(version), shadow=True)
-        log.info("%s: shadow %s in force, opened in %.1f s (parts answered meanwhile are scored by it)",
-                 self.target, version, time.perf_counter() - start)
+        log.warning("%s: shadow %s in force, opened in %.1f s (parts answered meanwhile are scored by it)",
+                    self.target, version, time.perf_counter() - start)
 
     def _swap_live(self, judge: Judge) -> None:
         with self.lock:
