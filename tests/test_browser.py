@@ -34,6 +34,56 @@ def _browser(pw):
     return pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu", "--no-first-run"])
 
 
+@pytest.mark.parametrize("which", ["operator", "studio"])
+def test_each_page_with_a_key_loads_the_one_keys_script_asks_on_401_retries_and_forgets(which, request, tmp_path):
+    """The operator page and the studio ask for a key with the same script (static/keys.js, the
+    package's one copy): a 401 shows the form, a refused key is said, the request is sent again
+    with the key, the key is kept across reloads, and "forget key" shows only while one is kept."""
+    import contextlib
+    import urllib.request
+    from importlib.resources import files
+
+    from playwright.sync_api import sync_playwright
+
+    from .studio_walk import running_studio
+    if which == "operator":
+        url, _, key = request.getfixturevalue("server")
+        opened, keyed = contextlib.nullcontext(url), "/v1/model"
+    else:
+        key = add_key(tmp_path / "keys.txt", "quality", "admin")
+        opened, keyed = running_studio(tmp_path / "store", tmp_path / "keys.txt"), "/api/whoami"
+    with opened as url, sync_playwright() as pw:
+        html = urllib.request.urlopen(url).read().decode()
+        script = urllib.request.urlopen(f"{url}/static/keys.js")
+        assert script.read().decode() == (files("vqc") / "static" / "keys.js").read_text()
+        assert script.headers["Content-Type"].startswith("text/javascript")
+        assert "Authorization" not in html and "keyform" not in html  # no copy of its own
+        browser = _browser(pw)
+        page = browser.new_page()
+        answers = []
+        page.on("response", lambda r: answers.append(r.status) if r.url == url + keyed else None)
+        page.goto(url)
+        assert page.evaluate("[...document.scripts].filter(s => s.src).map(s => new URL(s.src).pathname)") == [
+            "/static/keys.js"]
+        page.wait_for_selector("#keyform.shown")
+        assert not page.is_visible("#forget")  # no key kept yet
+        page.fill("#key", "not-the-key")
+        page.click("#keyform button")
+        page.wait_for_function("document.getElementById('keyerror').textContent.includes('refused')")
+        with page.expect_response(lambda r: r.url == url + keyed and r.status == 200):
+            page.fill("#key", key)
+            page.click("#keyform button")
+        assert answers == [401, 401, 200]  # the same request, sent again with each key given
+        assert page.is_visible("#forget") and not page.is_visible("#keyform")
+        with page.expect_response(lambda r: r.url == url + keyed):
+            page.reload()  # the key is kept: not asked again
+        assert answers[-1] == 200 and not page.is_visible("#keyform") and page.is_visible("#forget")
+        page.click("#forget")
+        page.wait_for_selector("#keyform.shown")  # forgotten: the next 401 asks again
+        assert not page.is_visible("#forget")
+        browser.close()
+
+
 def test_the_page_lists_the_services_last_inspections_and_fits_the_heat_map_to_its_panel(demo_model_file,
                                                                                         demo_root, tmp_path):
     """History from the records (parts inspected by other clients too), no key controls where no key

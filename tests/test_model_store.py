@@ -271,6 +271,37 @@ def test_reviews_shadow_and_compare(served, store, demo_root):
     assert [s.label for s in pool.samples] == [s.label for s in samples] and pool.unavailable == 0
 
 
+def test_a_shadow_set_from_another_shell_scores_the_parts_inspected_while_it_opens(served, store, demo_root):
+    """`vqc update` or `vqc models shadow` beside a running service: opening a new version takes a
+    while (its graph is exported first, tens of seconds on a CPU); the parts inspected meanwhile
+    wait in the shadow's queue and are scored by it once it is open, not left out of the comparison."""
+    from vqc.store.shadow import compare
+    service, keys, first, second = served
+    models = service.app.state.inspector.models
+    open_judge, opening = models.open_judge, threading.Event()
+
+    def slow_open(path, shadow=False):  # as slow as a new version's export
+        opening.set()
+        time.sleep(3)
+        return open_judge(path, shadow=shadow)
+    models.open_judge = slow_open
+    store.set_shadow("line", second, "another shell")
+    assert opening.wait(10)  # the service follows the store within poll_s
+    images = _images(demo_root)[:5]
+    with httpx.Client(base_url=service.url, headers=_bearer(keys["operator"]), timeout=60) as http:
+        ids = [http.post("/v1/inspect", content=p.read_bytes()).json()["id"] for p in images]
+    assert models.shadow is None  # still opening: these parts were answered by the live model alone
+    deadline = time.time() + 30
+    while models.shadow is None and time.time() < deadline:
+        time.sleep(0.1)
+    assert models.shadow.identity.version == second
+    models.drain()
+    with store.engine.connect() as connection:
+        scored = dict(connection.execute(sa.select(ShadowScore.inspection_id, ShadowScore.model_version)).all())
+    assert scored == {i: second for i in ids}
+    assert compare(store.engine, first, second)["inspections"] == len(images)
+
+
 def test_update_adds_confirmed_false_rejects_to_the_knn_bank(demo_root, tmp_path):
     from vqc.training.update import update_model
     good = sorted((demo_root / "train" / "good").iterdir())

@@ -14,7 +14,9 @@ every `poll_s` seconds, so `vqc models promote` from another shell takes effect 
 
 A shadow judge scores the live requests' images after they are answered, in one thread of
 its own with a bounded queue (a full queue skips and counts, it never slows the line), and its
-scores go to `shadow_scores`, not to anyone's verdict.
+scores go to `shadow_scores`, not to anyone's verdict. That thread opens a new shadow too, so
+the requests answered while it opens (a new version's graph is exported first: tens of seconds
+on a CPU) wait in the queue and are scored by it, not left out of the comparison.
 """
 from __future__ import annotations
 
@@ -135,6 +137,7 @@ class LiveModels:
         """open_judge(path): a Judge for a model path (used for later versions); store and target:
         the deployment to follow (vqc.store.versions.ModelStore)."""
         self.live, self.shadow = live, None
+        self.shadow_coming = None  # the shadow's version from the moment it starts opening
         self.open_judge, self.store, self.target, self.on_swap = open_judge, store, target, on_swap
         self.lock = threading.Lock()
         self.changing = threading.Lock()  # one change at a time: the poller and an admin request
@@ -183,11 +186,23 @@ class LiveModels:
                 changed = True
             shadow = self.shadow.identity.version if self.shadow else None
             if wanted["shadow"] != shadow:
-                self.shadow = self.open_judge(self.store.path_of(wanted["shadow"]), shadow=True) \
-                    if wanted["shadow"] else None
-                log.info("%s: shadow %s", self.target, wanted["shadow"] or "none")
+                self.shadow_coming = wanted["shadow"]
+                try:  # in the shadow's thread, ahead of the requests answered from now on
+                    self.shadow_pool.submit(self._open_shadow, wanted["shadow"]).result()
+                finally:
+                    self.shadow_coming = self.shadow.identity.version if self.shadow else None
                 changed = True
             return changed
+
+    def _open_shadow(self, version: str | None) -> None:
+        if version is None:
+            self.shadow = None
+            log.warning("%s: no shadow", self.target)
+            return
+        start = time.perf_counter()
+        self.shadow = self.open_judge(self.store.path_of(version), shadow=True)
+        log.warning("%s: shadow %s in force, opened in %.1f s (parts answered meanwhile are scored by it)",
+                    self.target, version, time.perf_counter() - start)
 
     def _swap_live(self, judge: Judge) -> None:
         with self.lock:
@@ -212,14 +227,16 @@ class LiveModels:
     def score_in_shadow(self, images: list[np.ndarray], inspection_ids: list[int | None],
                         record: Callable[[list[dict]], None]) -> bool:
         """Queue the shadow's scoring of a live request's images; False when skipped (queue full)."""
-        shadow = self.shadow
-        if shadow is None or not any(i is not None for i in inspection_ids):
+        if self.shadow_coming is None or not any(i is not None for i in inspection_ids):
             return True
         if not self.shadow_waiting.acquire(blocking=False):
             return False
 
         def run():
+            shadow = self.shadow  # the one in force when their turn comes: this thread opens it
             try:
+                if shadow is None:  # it did not open
+                    return
                 predictions = shadow.predict(images)
                 threshold = shadow.model.threshold
                 record([{"inspection_id": i, "model_version": shadow.identity.version, "score": float(p.score),

@@ -36,6 +36,7 @@ from .inspection import NotRecorded
 from .errors import VqcError
 from .live import Judge, JudgeOptions, LiveModels, open_judge
 from .monitoring import Metrics
+from .pages import add_keys_script
 from .records import Filters, Records, open_records
 from .result import Part
 from .threshold import stored
@@ -291,6 +292,8 @@ def create_app(model_path: str | Path | None, config: ServeConfig | None = None,
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def page() -> str:
         return (files("vqc") / "static" / "operator.html").read_text()
+
+    add_keys_script(app)
 
     return app
 

@@ -22,6 +22,7 @@ from starlette.concurrency import run_in_threadpool
 from ..access import ApiKeys, presented_key
 from ..choices import DEFAULT_PRESET, PRESETS
 from ..errors import VqcError
+from ..pages import add_keys_script
 from ..serve import read_uploads, same_origin
 from ..serve_lifecycle import Caller
 from ..threshold import Threshold
@@ -114,6 +115,8 @@ def create_studio_app(store, api_key_file: str | Path | None = None, poll_s: flo
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def page() -> str:
         return (files("vqc.studio") / "static" / "studio.html").read_text()
+
+    add_keys_script(app)
 
     @app.get("/api/whoami")
     def whoami(who: Caller = Depends(caller)) -> dict:
