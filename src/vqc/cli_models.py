@@ -95,7 +95,7 @@ def cmd_models(args) -> None:
         print(f"shadow on {args.target}: {version or 'none'}")
     elif command == "compare":
         from .store.shadow import compare
-        result = compare(store.engine, store.get(args.live)["version"], store.get(args.candidate)["version"])
+        result = compare(store.database, store.get(args.live)["version"], store.get(args.candidate)["version"])
         print_comparison(result)
         if args.json:
             from .files import write_text_atomic

@@ -80,7 +80,7 @@ def open_records(model_path: str | Path, config: ServeConfig, store=None) -> Rec
             raise VqcError("a service on a model store keeps records in the store's database: leave out --db none")
         return None
     if store is not None:
-        return Records(config.db or store.url, config.image_store or store.folder / "images", config.keep_good)
+        return Records(config.db or store.records_url, config.image_store or store.images_folder, config.keep_good)
     default_db, default_store = default_locations(model_path)
     return Records(config.db or default_db, config.image_store or default_store, config.keep_good)
 
@@ -180,7 +180,7 @@ class Inspector:
 
     def _record_shadow(self, rows: list[dict]) -> None:
         from .store.shadow import add_shadow_scores
-        add_shadow_scores(self.records.engine, rows)
+        add_shadow_scores(self.records.database, rows)
 
     def health(self) -> tuple[int, dict]:
         judge = self.live

@@ -21,7 +21,7 @@ from ..inspection import Recorder
 from ..live import Judge, LiveModels
 from ..loading import open_model
 from ..monitoring import DriftMonitor
-from ..records import ModelIdentity, Records
+from ..records import ModelIdentity, Records, default_locations
 from .config import LineConfig, SourceConfig
 from .delivery import Outbox
 from .sources import FolderSource, Source, VideoSource
@@ -69,10 +69,9 @@ class Line:
         if c.records == "none":
             return None
         if self.store is not None:  # reviews, shadow scores and versions sit beside the inspections
-            return Records(c.records or self.store.url, c.image_store or self.store.folder / "images", c.keep_good)
-        folder, stem = c.path.parent, c.path.stem
-        return Records(c.records or folder / f"{stem}.records.sqlite", c.image_store or folder / f"{stem}-images",
-                       c.keep_good)
+            return Records(c.records or self.store.records_url, c.image_store or self.store.images_folder, c.keep_good)
+        beside_db, beside_images = default_locations(c.path)
+        return Records(c.records or beside_db, c.image_store or beside_images, c.keep_good)
 
     def _model_path(self, station) -> Path:
         if station.model is not None:
@@ -146,7 +145,7 @@ class Line:
     def _record_shadow(self, rows: list[dict]) -> None:
         if self.records is not None:
             from ..store.shadow import add_shadow_scores
-            add_shadow_scores(self.records.engine, rows)
+            add_shadow_scores(self.records.database, rows)
 
     def _draw_later(self, draw) -> None:
         def logged():

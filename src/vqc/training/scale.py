@@ -350,7 +350,7 @@ class _Scorer:
             model_path.write_bytes(ray.get(files["model"]))
             onnx_path = None
             if files["onnx"] is not None:
-                onnx_path = Path(tmp) / "model.onnx"
+                onnx_path = Path(tmp) / "graph.onnx"
                 onnx_path.write_bytes(ray.get(files["onnx"]))
             self.model = load(model_path).use_engine(engine, onnx_path, threads=threads, precision=precision,
                                                      compile=compile)
