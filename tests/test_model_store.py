@@ -31,12 +31,32 @@ def test_a_folder_that_is_no_store_is_refused_in_one_line_and_left_as_it_was(tmp
     from vqc.cli import main
     empty = tmp_path / "empty"
     empty.mkdir()
+    refusal = "vqc: error: {} is not a model store (no records.sqlite in it): make one with vqc models add MODEL --store {}"
     for folder in (tmp_path / "nostore", empty):
         assert main(["models", "list", "--store", str(folder)]) == 2
-        assert capsys.readouterr().err.splitlines() == [
-            f"vqc: error: {folder} is not a model store (no records.sqlite in it): make one with vqc models add "
-            f"MODEL --store {folder}"]
+        assert capsys.readouterr().err.splitlines() == [refusal.format(folder, folder)]
+    for source, said in ((empty, refusal.format(empty, empty)),  # reviews: a store, or a records database
+                         (tmp_path / "nostore", f"vqc: error: database file {tmp_path / 'nostore'} does not exist")):
+        assert main(["evaluate", str(tmp_path / "m.safetensors"), "--from-records", str(source)]) == 2
+        assert capsys.readouterr().err.splitlines() == [said]
     assert not (tmp_path / "nostore").exists() and not any(empty.iterdir())
+
+
+def test_the_store_says_where_its_parts_are_and_a_line_on_a_folder_that_is_no_store_is_refused(store, tmp_path):
+    from vqc.station.run import check_line
+    version = store.versions()[0]["version"]
+    assert store.path_of(version) == store.models_folder / f"{version}.safetensors"
+    assert store.path_of(version).is_file() and Path(store.records_url) == store.folder / "records.sqlite"
+    camera, nostore = tmp_path / "camera", tmp_path / "nostore"
+    camera.mkdir()
+    config = tmp_path / "line.yaml"
+    config.write_text(f"store: {nostore}\nstations:\n  cam1:\n    trigger: camera\n"
+                      f"    camera: {{kind: folder, folder: {camera}, trigger: free}}\n")
+    with pytest.raises(VqcError) as refused:
+        check_line(config)
+    assert str(refused.value).splitlines() == [f"line.yaml: store: {nostore} is not a model store (no records.sqlite "
+                                               f"in it): make one with vqc models add MODEL --store {nostore}"]
+    assert not nostore.exists()
 
 
 def test_promote_refuses_another_products_model_on_a_target_unless_asked(store, demo_model_file, tmp_path, capsys):

@@ -113,15 +113,14 @@ def _reviewed_data(args, data):
         return data
     if data:
         raise VqcError("give a data folder or --from-records, not both")
-    from .records import database_for, migrate
+    from .records import Records
     from .store.reviews import reviewed_pool
     from .store.versions import ModelStore
     if Path(args.from_records).is_dir():
         store = ModelStore.open(args.from_records)
         database, images = store.database, store.images_folder
-    else:
-        database, images = database_for(args.from_records), None
-        migrate(database)
+    else:  # a records database of its own: its images, if any, in --records-images
+        database, images = Records(args.from_records, create=False).database, None
     pool = reviewed_pool(database, Path(args.records_images) if args.records_images else images,
                          f"reviewed records in {args.from_records}")
     if not pool.samples:
