@@ -129,4 +129,4 @@ def test_each_format_and_store_name_is_spelled_by_its_owner_alone():
     elsewhere = {name: sorted(modules - {owners[name]}) for name, modules in spelled_by.items()
                  if modules != {owners[name]}}
     assert not elsewhere, f"spelled outside their owner (import the name, or ask the owner): {elsewhere}"
-    assert set(spelled_by) == set(owners), "an owner no longer spells its name: name the one that does in OWNED_NAMES or OWNED_FOLDERS"
+    assert set(spelled_by) == set(owners), "an owner no longer spells its name: say who does in OWNED_NAMES/FOLDERS"

@@ -31,11 +31,12 @@ def test_a_folder_that_is_no_store_is_refused_in_one_line_and_left_as_it_was(tmp
     from vqc.cli import main
     empty = tmp_path / "empty"
     empty.mkdir()
-    refusal = "vqc: error: {} is not a model store (no records.sqlite in it): make one with vqc models add MODEL --store {}"
+    refusal = ("vqc: error: {0} is not a model store (no records.sqlite in it): make one with vqc models add "
+               "MODEL --store {0}")
     for folder in (tmp_path / "nostore", empty):
         assert main(["models", "list", "--store", str(folder)]) == 2
-        assert capsys.readouterr().err.splitlines() == [refusal.format(folder, folder)]
-    for source, said in ((empty, refusal.format(empty, empty)),  # reviews: a store, or a records database
+        assert capsys.readouterr().err.splitlines() == [refusal.format(folder)]
+    for source, said in ((empty, refusal.format(empty)),  # reviews: a store, or a records database
                          (tmp_path / "nostore", f"vqc: error: database file {tmp_path / 'nostore'} does not exist")):
         assert main(["evaluate", str(tmp_path / "m.safetensors"), "--from-records", str(source)]) == 2
         assert capsys.readouterr().err.splitlines() == [said]
