@@ -22,11 +22,11 @@ import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from .version import __version__
 from .bundle import MANIFEST
 from .data import IMAGE_SUFFIXES
 from .errors import VqcError, first_line
 from .files import atomic_path
-from .version import __version__
 
 log = logging.getLogger(__name__)
 
