@@ -141,10 +141,10 @@ def check_records(url: str, answered: list[dict]) -> dict:
     value, and (SQLite) whether the file passes its integrity check."""
     records = Records(url)
     try:
-        with records.engine.connect() as connection:
+        with records.database.connect() as connection:
             rows = {row.id: row for row in connection.execute(sa.select(Inspection.__table__))}
             integrity = (connection.exec_driver_sql("PRAGMA integrity_check").scalar()
-                         if records.engine.dialect.name == "sqlite" else "n/a")
+                         if records.database.dialect.name == "sqlite" else "n/a")
     finally:
         records.close()
     missing = [a["id"] for a in answered if a["id"] not in rows or rows[a["id"]].sha256 != a["sha256"]

@@ -211,7 +211,7 @@ def test_operator_reviews_verdicts_on_the_page(server, demo_root):
         assert page.locator("#history tr").nth(1).locator("td").nth(4).inner_text() == "good"
         browser.close()
     records = Records(default_locations(path)[0], create=False)
-    reviews = latest_reviews(records.engine, [good_id, bad_id])
+    reviews = latest_reviews(records.database, [good_id, bad_id])
     records.close()
     assert reviews[bad_id]["label"] == "defective" and reviews[bad_id]["defect_type"] == bad.defect
     assert reviews[bad_id]["note"] == "seen at the bench" and reviews[bad_id]["reviewer"] == "operator"

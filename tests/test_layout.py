@@ -121,3 +121,48 @@ def test_the_threshold_key_rule_finds_what_it_is_meant_to():
     tree = ast.parse('a = model.threshold["value"]\nb = t.threshold.get("policy")\nc = manifest["threshold"]\n'
                      'd = (row.get("threshold") or {}).get("value")\ne = run["thresholds"]["cost"]')
     assert [read.split(":")[0] for read in _threshold_key_reads(tree)] == ["line 1", "line 2", "line 4"]
+
+
+# Each format's marker and file names, and each place in a model store, are spelled in code by one
+# module, their owner; everyone else imports the name or asks the owner (ModelStore.images_folder).
+# A help text or message may mention a name to users: only a string that *is* the name counts.
+OWNED_NAMES = {"vqc-model": "vqc.modelfile", "bundle.json": "vqc.bundle", "model.onnx": "vqc.bundle",
+               ".records.sqlite": "vqc.records", "-images": "vqc.records",  # the records beside a model file
+               "records.sqlite": "vqc.store.versions"}
+# common words, so only as a path: folder / "images", Path("images")
+OWNED_FOLDERS = {"images": "vqc.store.versions", "versions": "vqc.store.versions", "studio": "vqc.store.versions"}
+
+
+def _spelled(tree: ast.Module) -> set[str]:
+    """The owned names a module's code spells."""
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and node.value in OWNED_NAMES:
+            found.add(node.value)
+        if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Div):
+            parts = [node.left, node.right]
+        elif isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", None)) in (
+                "Path", "joinpath", "with_name"):
+            parts = node.args
+        else:
+            continue
+        found.update(p.value for p in parts if isinstance(p, ast.Constant) and p.value in OWNED_FOLDERS)
+    return found
+
+
+def test_the_spelling_check_sees_names_in_paths_and_not_words_in_text():
+    tree = ast.parse('db = folder / "records.sqlite"\nkept = Path(f"{stem}-images")\nx = store.folder / "images"\n'
+                     'row = {"images": 3, "versions": []}\nhelp = "default: DIR/records.sqlite"\n')
+    assert _spelled(tree) == {"records.sqlite", "-images", "images"}
+
+
+def test_each_format_and_store_name_is_spelled_by_its_owner_alone():
+    spelled_by: dict[str, set[str]] = {}
+    for module, (tree, _) in _modules().items():
+        for name in _spelled(tree):
+            spelled_by.setdefault(name, set()).add(module)
+    owners = {**OWNED_NAMES, **OWNED_FOLDERS}
+    elsewhere = {name: sorted(modules - {owners[name]}) for name, modules in spelled_by.items()
+                 if modules != {owners[name]}}
+    assert not elsewhere, f"spelled outside their owner (import the name, or ask the owner): {elsewhere}"
+    assert set(spelled_by) == set(owners), "an owner no longer spells its name: say who does in OWNED_NAMES/FOLDERS"

@@ -33,12 +33,33 @@ def test_a_folder_that_is_no_store_is_refused_in_one_line_and_left_as_it_was(tmp
     from vqc.cli import main
     empty = tmp_path / "empty"
     empty.mkdir()
+    refusal = ("vqc: error: {0} is not a model store (no records.sqlite in it): make one with vqc models add "
+               "MODEL --store {0}")
     for folder in (tmp_path / "nostore", empty):
         assert main(["models", "list", "--store", str(folder)]) == 2
-        assert capsys.readouterr().err.splitlines() == [
-            f"vqc: error: {folder} is not a model store (no records.sqlite in it): make one with vqc models add "
-            f"MODEL --store {folder}"]
+        assert capsys.readouterr().err.splitlines() == [refusal.format(folder)]
+    for source, said in ((empty, refusal.format(empty)),  # reviews: a store, or a records database
+                         (tmp_path / "nostore", f"vqc: error: database file {tmp_path / 'nostore'} does not exist")):
+        assert main(["evaluate", str(tmp_path / "m.safetensors"), "--from-records", str(source)]) == 2
+        assert capsys.readouterr().err.splitlines() == [said]
     assert not (tmp_path / "nostore").exists() and not any(empty.iterdir())
+
+
+def test_the_store_says_where_its_parts_are_and_a_line_on_a_folder_that_is_no_store_is_refused(store, tmp_path):
+    from vqc.station.run import check_line
+    version = store.versions()[0]["version"]
+    assert store.path_of(version) == store.models_folder / f"{version}.safetensors"
+    assert store.path_of(version).is_file() and Path(store.records_url) == store.folder / "records.sqlite"
+    camera, nostore = tmp_path / "camera", tmp_path / "nostore"
+    camera.mkdir()
+    config = tmp_path / "line.yaml"
+    config.write_text(f"store: {nostore}\nstations:\n  cam1:\n    trigger: camera\n"
+                      f"    camera: {{kind: folder, folder: {camera}, trigger: free}}\n")
+    with pytest.raises(VqcError) as refused:
+        check_line(config)
+    assert str(refused.value).splitlines() == [f"line.yaml: store: {nostore} is not a model store (no records.sqlite "
+                                               f"in it): make one with vqc models add MODEL --store {nostore}"]
+    assert not nostore.exists()
 
 
 def test_promote_refuses_another_products_model_on_a_target_unless_asked(store, demo_model_file, tmp_path, capsys):
@@ -181,7 +202,7 @@ def test_promote_and_rollback_under_8_clients_drop_nothing(served, store, demo_r
         thread.join(60)
     assert failures == []
     assert [live for live, _ in steps] == [second, first, second]
-    with store.engine.connect() as connection:
+    with store.database.connect() as connection:
         recorded = {row.id: row.model_version for row in connection.execute(sa.select(Inspection.id, Inspection.model_version))}
     assert len(recorded) == len(answers) > 40
     assert all(recorded[a["id"]] == a["model_version"] for a in answers)  # each record names the version that judged
@@ -215,7 +236,7 @@ def test_operator_keys_cannot_change_models_and_admin_actions_are_audited(served
     new = trail[:len(trail) - before]
     assert [(r["actor"], r["action"]) for r in new][::-1] == [("alice", "add"), ("alice", "threshold"),
                                                               ("alice", "promote"), ("alice", "rollback")]
-    with store.engine.connect() as connection:  # nothing the operator tried left a row
+    with store.database.connect() as connection:  # nothing the operator tried left a row
         assert connection.execute(sa.select(sa.func.count()).select_from(AuditEntry)
                                   .where(AuditEntry.actor == "oscar")).scalar_one() == 0
 
@@ -251,12 +272,12 @@ def test_reviews_shadow_and_compare(served, store, demo_root):
     service.app.state.inspector.models.drain()
     candidate = vqc.load(store.path_of(second))
     expected = {r["id"]: p.score for r, p in zip(results, candidate.predict([s.path for s in samples]))}
-    with store.engine.connect() as connection:
+    with store.database.connect() as connection:
         shadow = {row.inspection_id: row for row in connection.execute(sa.select(ShadowScore.__table__))}
         assert connection.execute(sa.select(sa.func.count()).select_from(Review)).scalar_one() == len(samples)
     assert set(shadow) == set(expected) and all(row.model_version == second for row in shadow.values())
     assert [shadow[i].score for i in expected] == pytest.approx(list(expected.values()), rel=1e-4)
-    result = compare(store.engine, first, second)
+    result = compare(store.database, first, second)
     truth = {r["id"]: s.label for r, s in zip(results, samples)}
     live_verdicts = {r["id"]: r["verdict"] for r in results}
     shadow_verdicts = {i: row.verdict for i, row in shadow.items()}
@@ -267,7 +288,7 @@ def test_reviews_shadow_and_compare(served, store, demo_root):
     assert result["candidate_side"]["false_rejects"] == sum(shadow_verdicts[i] == "defective" for i in good)
     assert result["candidate_side"]["confirmed_defects_passed"] == sum(
         shadow_verdicts[i] == "ok" for i in truth if truth[i] == 1)
-    pool = reviewed_pool(store.engine, store.folder / "images", "reviews")
+    pool = reviewed_pool(store.database, store.images_folder, "reviews")
     assert [s.label for s in pool.samples] == [s.label for s in samples] and pool.unavailable == 0
 
 
@@ -367,7 +388,7 @@ def test_a_station_follows_its_store_live_and_shadow_without_stopping(store, dem
     finally:
         line.close()
     assert status["errors"] == 0 and status["model"] == f"{store.get(second)['name']} {second}"
-    with store.engine.connect() as connection:
+    with store.database.connect() as connection:
         judged = [v for (v,) in connection.execute(sa.select(Inspection.model_version).order_by(Inspection.id))]
         shadow = {i: v for i, v in connection.execute(sa.select(ShadowScore.inspection_id, ShadowScore.model_version))}
     assert judged == [first] * 4 + [second] * 4
@@ -384,18 +405,18 @@ def test_the_command_line_runs_the_store_and_reads_the_reviews(store, demo_root,
     first = store.versions()[0]["version"]
     s = ["--store", str(store.folder)]
     assert main(["predict", str(demo_model_file), *[str(x.path) for x in samples], "--out", str(tmp_path / "out"),
-                 "--db", str(store.url), "--image-store", str(store.folder / "images"), "--keep-good", "1",
+                 "--db", str(store.records_url), "--image-store", str(store.images_folder), "--keep-good", "1",
                  "--no-overlays"]) == 0
-    with store.engine.connect() as connection:
+    with store.database.connect() as connection:
         rows = connection.execute(sa.select(Inspection.id, Inspection.filename, Inspection.verdict)
                                   .order_by(Inspection.id)).all()
     by_name = {x.path.name: x for x in samples}
     for row in rows:  # the truth, and one defective-judged part the operator overrides to good
         sample = by_name[row.filename]
-        add_review(store.engine, row.id, "defective" if sample.label else "good", "op1",
+        add_review(store.database, row.id, "defective" if sample.label else "good", "op1",
                    sample.defect if sample.label else None)
     flagged = next(row for row in rows if row.verdict == "defective" and by_name[row.filename].label == 1)
-    add_review(store.engine, flagged.id, "good", "op1", note="a mark, not a defect")
+    add_review(store.database, flagged.id, "good", "op1", note="a mark, not a defect")
     capsys.readouterr()
     assert main(["models", "promote", first[:6], "--target", "t", *s, "--by", "lead"]) == 0
     assert main(["update", "live", "--store", str(store.folder), "--target", "t", "--by", "lead"]) == 0

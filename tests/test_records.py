@@ -106,17 +106,17 @@ def test_schema_is_versioned_and_foreign_or_newer_databases_are_refused(db_url):
 
     import vqc.store.tables  # noqa: F401  the model store's tables, on the same metadata
     records = Records(db_url)
-    with records.engine.connect() as connection:
+    with records.database.connect() as connection:
         assert MigrationContext.configure(connection).get_current_revision() == "0002"
         assert compare_metadata(MigrationContext.configure(connection), Base.metadata) == []  # migration = model
     records.add(ROWS[:1])
     Records(db_url).close()  # opening again changes nothing
     assert records.count() == 1
-    with records.engine.begin() as connection:
+    with records.database.begin() as connection:
         connection.execute(sa.text("UPDATE alembic_version SET version_num = '0099'"))
     with pytest.raises(VqcError, match="schema revision 0099, written by a newer vqc"):
         Records(db_url)
-    with records.engine.begin() as connection:
+    with records.database.begin() as connection:
         connection.execute(sa.text("DROP TABLE alembic_version"))
     with pytest.raises(VqcError, match="inspections table that vqc did not make"):
         Records(db_url)
@@ -128,20 +128,20 @@ def test_a_database_from_before_the_model_store_is_upgraded_with_its_rows(db_url
     from alembic import command
     from alembic.config import Config
 
-    from vqc.records import MIGRATIONS, Inspection, engine_for
-    engine = engine_for(db_url)
-    with engine.begin() as connection:
+    from vqc.records import MIGRATIONS, Inspection, database_for
+    database = database_for(db_url)
+    with database.begin() as connection:
         config = Config()
         config.set_main_option("script_location", str(MIGRATIONS))
         config.attributes["connection"] = connection
         command.upgrade(config, "0001")
         connection.execute(sa.insert(Inspection), [{**row, "image_path": None, "overlay_path": None} for row in ROWS])
-    assert not sa.inspect(engine).has_table("reviews")
-    engine.dispose()
+    assert not sa.inspect(database).has_table("reviews")
+    database.dispose()
     records = Records(db_url)
     assert records.count() == len(ROWS) and records.find(limit=1)[0]["score"] == ROWS[-1]["score"]
     assert {"model_versions", "deployments", "audit", "reviews", "shadow_scores"} <= set(
-        sa.inspect(records.engine).get_table_names())
+        sa.inspect(records.database).get_table_names())
     records.close()
 
 

@@ -162,14 +162,14 @@ def test_an_inspection_the_database_refuses_is_answered_503_never_200(model_path
     with TestClient(create_app(model_path, engine=EngineSettings("torch"), db=str(db))) as client:
         assert client.post("/v1/inspect", content=image).status_code == 200
         records = client.app.state.inspector.records
-        with records.engine.begin() as connection:  # a real refusal by the database, as a full disk would be
+        with records.database.begin() as connection:  # a real refusal by the database, as a full disk would be
             connection.execute(sa.text("CREATE TRIGGER refuse BEFORE INSERT ON inspections "
                                        "BEGIN SELECT RAISE(ABORT, 'disk full'); END"))
         r = client.post("/v1/inspect", content=image)
         assert r.status_code == 503 and "not recorded" in r.json()["detail"]
         assert records.count() == 1
         assert _metrics(client)[("vqc_inspections_unrecorded_total", ())] == 1
-        with records.engine.begin() as connection:
+        with records.database.begin() as connection:
             connection.execute(sa.text("DROP TRIGGER refuse"))
         assert client.post("/v1/inspect", content=image).status_code == 200  # still running
         assert records.count() == 2

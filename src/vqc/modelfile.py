@@ -19,6 +19,8 @@ from .errors import VqcError
 from .files import atomic_path, write_text_atomic
 from .threshold import Threshold
 
+FORMAT = "vqc-model"  # the metadata's format marker, written by vqc.training.model
+FORMAT_VERSION = 1
 MAX_HEADER = 100 * 2**20  # safetensors' own limit
 
 
@@ -45,8 +47,8 @@ def check_model_file(path: str | Path) -> dict[str, str]:
     except OSError as exc:
         raise VqcError(f"cannot read model file {path}: {exc.strerror}") from None
     metadata = header.get("__metadata__") or {}
-    if metadata.get("format") != "vqc-model":
-        raise VqcError(f"model file {path} is not a vqc model (no 'vqc-model' header)")
+    if metadata.get("format") != FORMAT:
+        raise VqcError(f"model file {path} is not a vqc model (no '{FORMAT}' header)")
     return metadata
 
 

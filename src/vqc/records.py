@@ -23,6 +23,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from .version import __version__
+from .bundle import MANIFEST
 from .data import IMAGE_SUFFIXES
 from .errors import VqcError, first_line
 from .files import atomic_path
@@ -103,9 +104,9 @@ class ModelIdentity:
 
     @classmethod
     def of(cls, path: str | Path, engine: str) -> "ModelIdentity":
-        """A model file's hash, or a line bundle's (its bundle.json, which holds the graph's hash)."""
+        """A model file's hash, or a line bundle's (its manifest's, which holds the graph's hash)."""
         path = Path(path)
-        digest = hashlib.sha256((path / "bundle.json" if path.is_dir() else path).read_bytes()).hexdigest()
+        digest = hashlib.sha256((path / MANIFEST if path.is_dir() else path).read_bytes()).hexdigest()
         return cls(path.name if path.is_dir() else path.stem, digest[:12], digest, engine)
 
 
@@ -151,14 +152,16 @@ def parse_time(text: str) -> datetime:
         raise VqcError(f"time {text!r} is not ISO 8601, e.g. 2026-11-29 or 2026-11-29T06:00:00+01:00") from None
 
 
-def default_locations(model_path: str | Path) -> tuple[str, Path]:
-    """SQLite file and image store beside the model: MODEL.records.sqlite and MODEL-images/."""
-    path = Path(model_path).resolve()
+def default_locations(path: str | Path) -> tuple[str, Path]:
+    """The records of a model file (or of a station's line file) when none are named: the SQLite
+    file NAME.records.sqlite and the image store NAME-images/ beside it."""
+    path = Path(path).resolve()
     return f"sqlite:///{path.with_name(path.stem + '.records.sqlite')}", path.with_name(path.stem + "-images")
 
 
-def engine_for(url: str | Path) -> sa.Engine:
-    """A SQLAlchemy engine for a URL (a bare path is a SQLite file); PostgreSQL goes through psycopg 3."""
+def database_for(url: str | Path) -> sa.Engine:
+    """The database at a URL (a bare path is a SQLite file), as a SQLAlchemy engine; PostgreSQL
+    goes through psycopg 3."""
     url = str(url)
     if "://" not in url:
         url = f"sqlite:///{Path(url).resolve()}"
@@ -173,15 +176,16 @@ def engine_for(url: str | Path) -> sa.Engine:
     shown = parsed.render_as_string(hide_password=True)
     try:
         if parsed.get_backend_name() == "sqlite":
-            engine = sa.create_engine(parsed, connect_args={"timeout": 30})
-            sa.event.listen(engine, "connect", _sqlite_pragmas)
+            database = sa.create_engine(parsed, connect_args={"timeout": 30})
+            sa.event.listen(database, "connect", _sqlite_pragmas)
         else:
             # pre-ping: a restarted database server costs a reconnect, not a failed inspection
             timeout = {"connect_timeout": 10} if parsed.get_backend_name() == "postgresql" else {}
-            engine = sa.create_engine(parsed, pool_pre_ping=True, pool_size=8, max_overflow=8, connect_args=timeout)
+            database = sa.create_engine(parsed, pool_pre_ping=True, pool_size=8, max_overflow=8,
+                                        connect_args=timeout)
     except (sa.exc.NoSuchModuleError, ModuleNotFoundError) as exc:
         raise VqcError(f"database {shown}: no driver ({exc}); for PostgreSQL: pip install 'psycopg[binary]'") from None
-    return engine
+    return database
 
 
 def _sqlite_pragmas(connection, _record) -> None:
@@ -201,14 +205,14 @@ def _alembic_config(connection):
     return config
 
 
-def migrate(engine: sa.Engine) -> None:
+def migrate(database: sa.Engine) -> None:
     """Bring the database's schema to this vqc's revision, or refuse with the reason."""
     from alembic import command
     from alembic.runtime.migration import MigrationContext
     from alembic.script import ScriptDirectory
-    shown = engine.url.render_as_string(hide_password=True)
+    shown = database.url.render_as_string(hide_password=True)
     try:
-        with engine.begin() as connection:
+        with database.begin() as connection:
             config = _alembic_config(connection)
             scripts = ScriptDirectory.from_config(config)
             head = scripts.get_current_head()
@@ -238,19 +242,19 @@ class Records:
         """create=False: a SQLite file must exist already (a mistyped path is an error, not a new database)."""
         if not 0 <= keep_good <= 1:
             raise VqcError(f"keep-good is the share of good images kept, between 0 and 1 (got {keep_good})")
-        self.engine = engine_for(url)
-        self.url = self.engine.url.render_as_string(hide_password=True)
-        database = self.engine.url.database
-        if self.engine.dialect.name == "sqlite" and database and database != ":memory:" and not Path(database).exists():
+        self.database = database_for(url)
+        self.url = self.database.url.render_as_string(hide_password=True)
+        file = self.database.url.database
+        if self.database.dialect.name == "sqlite" and file and file != ":memory:" and not Path(file).exists():
             if not create:
-                raise VqcError(f"database file {database} does not exist")
-            Path(database).parent.mkdir(parents=True, exist_ok=True)
-        migrate(self.engine)
+                raise VqcError(f"database file {file} does not exist")
+            Path(file).parent.mkdir(parents=True, exist_ok=True)
+        migrate(self.database)
         self.image_store = Path(image_store) if image_store else None
         self.keep_good = keep_good
 
     def close(self) -> None:
-        self.engine.dispose()
+        self.database.dispose()
 
     # ------------------------------------------------------------ writing
 
@@ -272,7 +276,7 @@ class Records:
         for row, (data, draw_overlay) in zip(rows, images or []):
             if self.keeps_image(row["verdict"], row["sha256"]):
                 row["image_path"], row["overlay_path"] = self._store(row, data, draw_overlay, overlays_later)
-        with self.engine.begin() as connection:
+        with self.database.begin() as connection:
             result = connection.execute(sa.insert(Inspection).returning(Inspection.id, sort_by_parameter_order=True),
                                         rows)
             return [row_id for (row_id,) in result]
@@ -301,11 +305,11 @@ class Records:
         if before is not None:
             query = query.where(Inspection.id < before)
         query = query.order_by(Inspection.id.desc()).limit(limit)
-        with self.engine.connect() as connection:
+        with self.database.connect() as connection:
             return [dict(row._mapping) for row in connection.execute(query)]
 
     def get(self, inspection_id: int) -> dict | None:
-        with self.engine.connect() as connection:
+        with self.database.connect() as connection:
             row = connection.execute(sa.select(Inspection.__table__).where(Inspection.id == inspection_id)).first()
         return dict(row._mapping) if row else None
 
@@ -316,18 +320,18 @@ class Records:
         return path if path.is_file() else None
 
     def count(self) -> int:
-        with self.engine.connect() as connection:
+        with self.database.connect() as connection:
             return connection.execute(sa.select(sa.func.count()).select_from(Inspection)).scalar_one()
 
     def recent_scores(self, model_sha256: str, n: int) -> list[float]:
         """The last n scores given by this model file, oldest first."""
         query = (sa.select(Inspection.score).where(Inspection.model_sha256 == model_sha256)
                  .order_by(Inspection.id.desc()).limit(n))
-        with self.engine.connect() as connection:
+        with self.database.connect() as connection:
             return [score for (score,) in connection.execute(query)][::-1]
 
     def ping(self) -> None:
-        with self.engine.connect() as connection:
+        with self.database.connect() as connection:
             connection.execute(sa.select(1))
 
     def stats(self, filters: Filters = Filters(), by: str = "hour", shifts: Sequence[int] = (6, 14, 22),
@@ -346,7 +350,7 @@ class Records:
         query = (sa.select(hour.label("hour"), Inspection.verdict, sa.func.count().label("n"))
                  .where(*filters.where()).group_by(hour, Inspection.verdict).order_by(hour))
         buckets: dict[datetime, dict] = {}
-        with self.engine.connect() as connection:
+        with self.database.connect() as connection:
             for start, verdict, n in connection.execute(query):
                 start = _utc_hour(start).astimezone(zone)
                 key = start if by == "hour" else _shift_start(start, sorted(set(shifts)))
@@ -360,7 +364,7 @@ class Records:
         return [buckets[key] for key in sorted(buckets)]
 
     def _hour_bucket(self):
-        if self.engine.dialect.name == "sqlite":
+        if self.database.dialect.name == "sqlite":
             return sa.func.strftime("%Y-%m-%d %H:00:00", Inspection.inspected_at)
         return sa.func.date_trunc("hour", sa.func.timezone("UTC", Inspection.inspected_at))
 
@@ -375,7 +379,7 @@ class Records:
 
     def _batches(self, filters: Filters, size: int = 10_000) -> Iterator[list[tuple]]:
         query = sa.select(*Inspection.__table__.columns).where(*filters.where()).order_by(Inspection.id)
-        with self.engine.connect() as connection:
+        with self.database.connect() as connection:
             result = connection.execution_options(yield_per=size).execute(query)
             for part in result.partitions(size):
                 yield [tuple(row) for row in part]
@@ -438,6 +442,6 @@ def open_records(db: str | None, image_store: str | Path | None, keep_good: floa
             raise VqcError("with a model store the records are kept in the store's database: they cannot be turned off")
         return None
     if store is not None:  # reviews, shadow scores and versions sit beside the inspections
-        return Records(db or store.url, image_store or store.folder / "images", keep_good)
+        return Records(db or store.records_url, image_store or store.images_folder, keep_good)
     default_db, default_images = default_locations(beside)
     return Records(db or default_db, image_store or default_images, keep_good)

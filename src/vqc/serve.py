@@ -138,7 +138,7 @@ class Inspector:
 
     def _record_shadow(self, rows: list[dict]) -> None:
         from .store.shadow import add_shadow_scores
-        add_shadow_scores(self.records.engine, rows)
+        add_shadow_scores(self.records.database, rows)
 
     def health(self) -> tuple[int, dict]:
         judge = self.live

@@ -78,7 +78,7 @@ def lifecycle_routes(inspector, caller: Callable, records: Callable) -> APIRoute
     def review(inspection_id: int, body: ReviewIn, who: Caller = Depends(caller)) -> dict:
         from .store.reviews import add_review
         try:
-            row = add_review(records().engine, inspection_id, body.label, who.name, body.defect_type, body.note)
+            row = add_review(records().database, inspection_id, body.label, who.name, body.defect_type, body.note)
         except LookupError as exc:
             raise HTTPException(404, str(exc)) from None
         row["reviewed_at"] = row["reviewed_at"].isoformat()

@@ -133,7 +133,7 @@ def cmd_models_shadow(args) -> None:
 def cmd_models_compare(args) -> None:
     from ..store.shadow import compare
     store = _open(args)
-    result = compare(store.engine, store.get(args.live)["version"], store.get(args.candidate)["version"])
+    result = compare(store.database, store.get(args.live)["version"], store.get(args.candidate)["version"])
     print_comparison(result)
     if args.json:
         from ..files import write_text_atomic

@@ -163,12 +163,15 @@ def reviewed_data(args, data):
         return data
     if data:
         raise VqcError("give a data folder or --from-records, not both")
-    from ..records import engine_for, migrate
+    from ..records import Records
     from ..store.reviews import reviewed_pool
-    folder = Path(args.from_records)
-    engine = engine_for(folder / "records.sqlite" if folder.is_dir() else args.from_records)
-    migrate(engine)
-    pool = reviewed_pool(engine, Path(args.image_store) if args.image_store else folder / "images",
+    from ..store.versions import ModelStore
+    if Path(args.from_records).is_dir():
+        store = ModelStore.open(args.from_records)
+        database, images = store.database, store.images_folder
+    else:  # a records database of its own: its images, if any, in --image-store
+        database, images = Records(args.from_records, create=False).database, None
+    pool = reviewed_pool(database, Path(args.image_store) if args.image_store else images,
                          f"reviewed records in {args.from_records}")
     if not pool.samples:
         raise VqcError(f"no reviewed inspections with a stored image in {args.from_records}")

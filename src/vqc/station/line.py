@@ -127,7 +127,7 @@ class Line:
     def _record_shadow(self, rows: list[dict]) -> None:
         if self.records is not None:
             from ..store.shadow import add_shadow_scores
-            add_shadow_scores(self.records.engine, rows)
+            add_shadow_scores(self.records.database, rows)
 
     def _draw_later(self, draw) -> None:
         def logged():

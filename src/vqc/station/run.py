@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..errors import VqcError
 from ..loading import check_model_path
+from ..store.versions import ModelStore
 from .config import LineConfig, read_line
 from .line import Line
 from .page import PageServer
@@ -24,9 +25,11 @@ def check_line(path: str | Path) -> LineConfig:
                 check_model_path(station.model)
             except VqcError as exc:
                 problems.append(f"{where}: stations.{station.name}.model: {exc}")
-    if config.store is not None and not (config.store / "records.sqlite").is_file():
-        problems.append(f"{where}: store: {config.store} is not a model store (no records.sqlite; "
-                        f"vqc models add MODEL --store {config.store})")
+    if config.store is not None:
+        try:
+            ModelStore.check_folder(config.store)
+        except VqcError as exc:
+            problems.append(f"{where}: store: {exc}")
     if problems:
         raise VqcError("\n".join(problems))
     return config

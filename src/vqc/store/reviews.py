@@ -34,7 +34,7 @@ class ReviewedPool:
         return self.source
 
 
-def add_review(engine: sa.Engine, inspection_id: int, label: str, reviewer: str, defect_type: str | None = None,
+def add_review(database: sa.Engine, inspection_id: int, label: str, reviewer: str, defect_type: str | None = None,
                note: str | None = None) -> dict:
     """Store a review; VqcError (a 4xx) for an unknown inspection, a wrong label or text over its limit."""
     if label not in LABELS:
@@ -46,24 +46,24 @@ def add_review(engine: sa.Engine, inspection_id: int, label: str, reviewer: str,
         raise VqcError("a review that says good names no defect type")
     row = {"inspection_id": inspection_id, "label": label, "defect_type": defect_type or None, "note": note or None,
            "reviewer": reviewer, "reviewed_at": datetime.now(timezone.utc)}
-    with engine.begin() as connection:
+    with database.begin() as connection:
         if connection.execute(sa.select(Inspection.id).where(Inspection.id == inspection_id)).first() is None:
             raise LookupError(f"no inspection {inspection_id} on record")
         (row["id"],) = connection.execute(sa.insert(Review).returning(Review.id), [row]).one()
     return row
 
 
-def latest_reviews(engine: sa.Engine, inspection_ids: list[int] | None = None) -> dict[int, dict]:
+def latest_reviews(database: sa.Engine, inspection_ids: list[int] | None = None) -> dict[int, dict]:
     """inspection id -> its newest review."""
     newest = sa.select(sa.func.max(Review.id)).group_by(Review.inspection_id)
     query = sa.select(Review.__table__).where(Review.id.in_(newest))
     if inspection_ids is not None:
         query = query.where(Review.inspection_id.in_(inspection_ids))
-    with engine.connect() as connection:
+    with database.connect() as connection:
         return {r.inspection_id: dict(r._mapping) for r in connection.execute(query)}
 
 
-def reviewed_pool(engine: sa.Engine, image_store: Path | None, source: str, label: str | None = None,
+def reviewed_pool(database: sa.Engine, image_store: Path | None, source: str, label: str | None = None,
                   verdict: str | None = None) -> ReviewedPool:
     """The reviewed inspections (newest review each), oldest first, one per image: those whose image
     is in `image_store`. `label` / `verdict`: only reviews saying that, of inspections judged that."""
@@ -76,7 +76,7 @@ def reviewed_pool(engine: sa.Engine, image_store: Path | None, source: str, labe
         query = query.where(Review.label == label)
     if verdict is not None:
         query = query.where(Inspection.verdict == verdict)
-    with engine.connect() as connection:
+    with database.connect() as connection:
         rows = [dict(r._mapping) for r in connection.execute(query)]
     samples, kept, seen, unavailable = [], [], set(), 0
     for row in rows:

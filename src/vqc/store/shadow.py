@@ -17,29 +17,29 @@ from .reviews import latest_reviews
 from .tables import ShadowScore
 
 
-def add_shadow_scores(engine: sa.Engine, rows: list[dict]) -> None:
+def add_shadow_scores(database: sa.Engine, rows: list[dict]) -> None:
     """rows: inspection_id, model_version, score, verdict, threshold."""
     now = datetime.now(timezone.utc)
-    with engine.begin() as connection:
+    with database.begin() as connection:
         connection.execute(sa.insert(ShadowScore), [{**row, "scored_at": now} for row in rows])
 
 
-def scores_of(engine: sa.Engine, version: str) -> dict[int, tuple[float, str | None]]:
+def scores_of(database: sa.Engine, version: str) -> dict[int, tuple[float, str | None]]:
     """inspection id -> (score, verdict) given by `version`, live or in shadow."""
     live = sa.select(Inspection.id, Inspection.score, Inspection.verdict).where(Inspection.model_version == version)
     shadow = sa.select(ShadowScore.inspection_id, ShadowScore.score, ShadowScore.verdict).where(
         ShadowScore.model_version == version)
-    with engine.connect() as connection:
+    with database.connect() as connection:
         found = {i: (s, v) for i, s, v in connection.execute(shadow)}
         found.update({i: (s, v) for i, s, v in connection.execute(live)})
     return found
 
 
-def compare(engine: sa.Engine, live: str, candidate: str) -> dict:
+def compare(database: sa.Engine, live: str, candidate: str) -> dict:
     """The two versions on the inspections both scored, with the operators' reviews of them."""
-    a, b = scores_of(engine, live), scores_of(engine, candidate)
+    a, b = scores_of(database, live), scores_of(database, candidate)
     both = sorted(set(a) & set(b))
-    reviews = latest_reviews(engine, both) if both else {}
+    reviews = latest_reviews(database, both) if both else {}
     good = [i for i in both if i in reviews and reviews[i]["label"] == "good"]
     bad = [i for i in both if i in reviews and reviews[i]["label"] == "defective"]
 

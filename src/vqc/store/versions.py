@@ -1,11 +1,15 @@
 """The model store: versions in a folder, what each target runs and every admin action in the database.
 
-`ModelStore(folder, engine)` keeps each model file (or line bundle) at `folder/versions/<version>`,
-named by its version, the first 12 hex digits of its SHA-256, the same identity the records
-give the model that judged (vqc.records.ModelIdentity). A target is a service (`vqc serve
---store`) or a station by name; its live slot judges parts, its shadow slot scores them beside
-the live one and is never acted on. Promotion, rollback and shadow changes are rows in
-`deployments` (the newest per target and slot is in force) and in `audit`, in one transaction.
+A store is a folder: its database (records.sqlite unless another is named), the images kept of
+the inspections recorded there, the studio's projects, and each model file (or line bundle) in its
+versions folder, named by its version: the first 12 hex digits of its SHA-256, the same identity
+the records give the model that judged (vqc.records.ModelIdentity). `ModelStore` is the one place
+that knows this layout; everyone else asks it.
+
+A target is a service (`vqc serve --store`) or a station by name; its live slot judges parts, its
+shadow slot scores them beside the live one and is never acted on. Promotion, rollback and shadow
+changes are rows in `deployments` (the newest per target and slot is in force) and in `audit`, in
+one transaction.
 
 A version's product is its name (the model file's stem or the bundle's folder name when it was
 added; a new threshold or an update keeps it). Promotion refuses a version of another product
@@ -25,11 +29,11 @@ from ..errors import VqcError
 from ..files import atomic_path
 from ..threshold import Threshold
 from ..modelfile import read_metadata, write_threshold
-from ..records import ModelIdentity, engine_for, migrate
+from ..records import ModelIdentity, database_for, migrate
 from .tables import AuditEntry, Deployment, ModelVersion
 
 SLOTS = ("live", "shadow")
-DATABASE = "records.sqlite"  # the store's default database, beside its versions
+DATABASE = "records.sqlite"  # the store's database unless another is named
 
 
 def local_actor() -> str:
@@ -54,25 +58,50 @@ def model_facts(path: Path) -> dict:
 
 
 class ModelStore:
-    def __init__(self, folder: str | Path, engine: sa.Engine, url: str | Path):
-        """url: the database's URL as given (with its password: the service opens its records there)."""
-        self.folder, self.engine, self.url = Path(folder), engine, url
+    """A model store: its versions, deployments and audit trail, and where each of its parts sits."""
+
+    def __init__(self, folder: str | Path, database: sa.Engine, records_url: str | Path):
+        """records_url: the database's URL as given (with its password: the service opens its records there)."""
+        self.folder, self.database, self.records_url = Path(folder), database, records_url
 
     @classmethod
     def open(cls, folder: str | Path, db: str | None = None, create: bool = False) -> "ModelStore":
-        """The store in `folder`; its tables in `db` (default: folder/records.sqlite, the records
+        """The store in `folder`; its tables in `db` (default: the store's own SQLite file, the records
         database `vqc serve --store` writes inspections to as well). A folder that is not a store
         is refused unless `create` (adding the first version makes one)."""
         folder = Path(folder)
         if create:
             folder.mkdir(parents=True, exist_ok=True)
-        elif not folder.is_dir() or (db is None and not (folder / DATABASE).is_file()):
+        else:
+            cls.check_folder(folder, db)
+        records_url = db or folder / DATABASE
+        database = database_for(records_url)
+        migrate(database)
+        return cls(folder, database, records_url)
+
+    @staticmethod
+    def check_folder(folder: str | Path, db: str | None = None) -> None:
+        """A VqcError in one line unless `folder` is a store: a folder with its database in it (with
+        `db`, a database elsewhere, any folder)."""
+        folder = Path(folder)
+        if not folder.is_dir() or (db is None and not (folder / DATABASE).is_file()):
             raise VqcError(f"{folder} is not a model store (no {DATABASE} in it): make one with "
                            f"vqc models add MODEL --store {folder}")
-        url = db or folder / DATABASE
-        engine = engine_for(url)
-        migrate(engine)
-        return cls(folder, engine, url)
+
+    @property
+    def images_folder(self) -> Path:
+        """The images (and their overlays) kept of the inspections in its database."""
+        return self.folder / "images"
+
+    @property
+    def models_folder(self) -> Path:
+        """The versions' model files and line bundles."""
+        return self.folder / "versions"
+
+    @property
+    def studio_folder(self) -> Path:
+        """The studio's projects on this store."""
+        return self.folder / "studio"
 
     # ------------------------------------------------------------ versions
 
@@ -86,16 +115,18 @@ class ModelStore:
             return existing
         if parent is not None:
             parent = self.get(parent)["version"]
-        stored = Path("versions") / (identity.version if facts["kind"] == "bundle" else f"{identity.version}.safetensors")
-        self._copy(path, self.folder / stored)
+        stored = self.models_folder / (identity.version if facts["kind"] == "bundle"
+                                       else f"{identity.version}.safetensors")
+        self._copy(path, stored)
         info = facts["info"]
         evidence = {"threshold": facts["threshold"], "evaluation": info.get("evaluation"),
                     "n_train": info.get("n_train"), "normal_scores": len(info.get("normal_scores", [])),
                     "weights_source": info.get("weights_source"), "update": info.get("update")}
         row = {"version": identity.version, "sha256": identity.sha256, "name": identity.name, "kind": facts["kind"],
-               "path": stored.as_posix(), "parent": parent, "fit_manifest": info.get("fit_manifest", []),
-               "options": facts["config"], "evidence": evidence, "added_at": _now(), "added_by": by, "note": note}
-        with self.engine.begin() as connection:
+               "path": stored.relative_to(self.folder).as_posix(), "parent": parent,
+               "fit_manifest": info.get("fit_manifest", []), "options": facts["config"], "evidence": evidence,
+               "added_at": _now(), "added_by": by, "note": note}
+        with self.database.begin() as connection:
             connection.execute(sa.insert(ModelVersion), [row])
             self._audit(connection, by, "add", None, identity.version, {"name": identity.name, "parent": parent})
         return self.get(identity.version)
@@ -118,7 +149,7 @@ class ModelStore:
         """A version by its 12 digits or a unique prefix of 4 or more; None when there is none."""
         if len(version) < 4:
             raise VqcError(f"give at least 4 digits of a model version (got {version!r})")
-        with self.engine.connect() as connection:
+        with self.database.connect() as connection:
             rows = connection.execute(sa.select(ModelVersion.__table__)
                                       .where(ModelVersion.version.startswith(version, autoescape=True))).all()
         if len(rows) > 1:
@@ -132,10 +163,11 @@ class ModelStore:
         return found
 
     def path_of(self, version: str) -> Path:
+        """Where a version's model file or line bundle is."""
         return self.folder / self.get(version)["path"]
 
     def versions(self) -> list[dict]:
-        with self.engine.connect() as connection:
+        with self.database.connect() as connection:
             rows = connection.execute(sa.select(ModelVersion.__table__).order_by(ModelVersion.added_at)).all()
         return [dict(r._mapping) for r in rows]
 
@@ -143,8 +175,8 @@ class ModelStore:
         """A new version: the same model with another threshold (a version names what judged, threshold
         included), its parent the old one. Torch-free for files and bundles alike."""
         row = self.get(version)
-        source = self.folder / row["path"]
-        scratch = self.folder / "versions" / f".threshold-{row['version']}"
+        source = self.path_of(row["version"])
+        scratch = self.models_folder / f".threshold-{row['version']}"
         shutil.rmtree(scratch, ignore_errors=True)
         try:
             if row["kind"] == "bundle":
@@ -164,7 +196,7 @@ class ModelStore:
     def deployment(self, target: str) -> dict:
         """{"live": version or None, "shadow": version or None} of a target."""
         found = {slot: None for slot in SLOTS}
-        with self.engine.connect() as connection:
+        with self.database.connect() as connection:
             for slot in SLOTS:
                 row = connection.execute(sa.select(Deployment.version).where(
                     Deployment.target == target, Deployment.slot == slot).order_by(Deployment.id.desc()).limit(1)).first()
@@ -172,7 +204,7 @@ class ModelStore:
         return found
 
     def deployments(self) -> dict[str, dict]:
-        with self.engine.connect() as connection:
+        with self.database.connect() as connection:
             targets = [t for (t,) in connection.execute(sa.select(Deployment.target).distinct())]
         return {target: self.deployment(target) for target in sorted(targets)}
 
@@ -196,7 +228,7 @@ class ModelStore:
 
     def rollback(self, target: str, by: str) -> str:
         """Back to the version that was live before the current one on `target`."""
-        with self.engine.connect() as connection:
+        with self.database.connect() as connection:
             history = [v for (v,) in connection.execute(sa.select(Deployment.version).where(
                 Deployment.target == target, Deployment.slot == "live").order_by(Deployment.id.desc()))]
         earlier = next((v for v in history[1:] if v != history[0]), None) if history else None
@@ -219,7 +251,7 @@ class ModelStore:
         return {"target": target, "slot": slot, "version": version, "action": action, "at": _now(), "by": by}
 
     def _change(self, rows: list[dict], by: str, action: str, target: str, version, detail: dict) -> None:
-        with self.engine.begin() as connection:
+        with self.database.begin() as connection:
             connection.execute(sa.insert(Deployment), rows)
             self._audit(connection, by, action, target, version, detail)
 
@@ -227,7 +259,7 @@ class ModelStore:
 
     def audit(self, actor: str, action: str, target: str | None = None, version: str | None = None,
               detail: dict | None = None) -> None:
-        with self.engine.begin() as connection:
+        with self.database.begin() as connection:
             self._audit(connection, actor, action, target, version, detail or {})
 
     @staticmethod
@@ -237,7 +269,7 @@ class ModelStore:
 
     def audit_trail(self, limit: int = 100) -> list[dict]:
         """The newest admin actions first."""
-        with self.engine.connect() as connection:
+        with self.database.connect() as connection:
             rows = connection.execute(sa.select(AuditEntry.__table__).order_by(AuditEntry.id.desc()).limit(limit))
             return [dict(r._mapping) for r in rows]
 

@@ -67,8 +67,8 @@ class ThresholdIn(BaseModel):
 def create_studio_app(store, api_key_file: str | Path | None = None, poll_s: float = 0.3) -> FastAPI:
     """The studio on a model store (vqc.store.versions.ModelStore)."""
     keys = ApiKeys.from_file(api_key_file) if api_key_file else None
-    projects = Projects(store.folder)
-    runner = JobRunner(projects, store.folder, str(store.url), poll_s)
+    projects = Projects(store.studio_folder)
+    runner = JobRunner(projects, store.folder, str(store.records_url), poll_s)
 
     def caller(request: Request) -> Caller:
         if keys is None:

@@ -143,10 +143,10 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
 
 
 class Projects:
-    """The projects of one store, in STORE/studio/."""
+    """The projects of one store, in its studio folder (vqc.store.versions.ModelStore.studio_folder)."""
 
-    def __init__(self, store_folder: Path):
-        self.root = Path(store_folder) / "studio"
+    def __init__(self, root: Path):
+        self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self._open: dict[str, Project] = {}
 

@@ -79,7 +79,7 @@ def export_onnx(model, path: str | Path, check_images: list | None = None) -> di
         dynamic.append({0: dims[0]})
         names.append("valid")
     with tempfile.TemporaryDirectory() as tmp:
-        graph = Path(tmp) / "model.onnx"
+        graph = Path(tmp) / "detector.onnx"
         try:
             with torch.inference_mode(False), torch.no_grad():
                 torch.onnx.export(detector, tuple(example), str(graph), input_names=names,

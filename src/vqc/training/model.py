@@ -21,6 +21,7 @@ from ..engines import EngineSettings, open_graph_engine
 from ..errors import VqcError
 from ..files import atomic_path
 from ..geometry import Geometry
+from ..modelfile import FORMAT, FORMAT_VERSION
 from .heads import create_head
 from ..scoring import ImageInput, Scorer
 from ..threshold import Threshold, stored
@@ -28,8 +29,6 @@ from .thresholds import choose_threshold
 
 log = logging.getLogger(__name__)
 
-FORMAT = "vqc-model"
-FORMAT_VERSION = 1
 
 TORCH_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 

@@ -130,11 +130,11 @@ def update_in_store(store, version: str, target: str, by: str, image_store: Path
     if row["kind"] != "file":
         raise VqcError(f"version {row['version']} is a line bundle: vqc update needs the training model file it "
                        "was exported from (add that to the store)")
-    image_store = image_store or store.folder / "images"
+    image_store = image_store or store.images_folder
     source = f"reviews in {store.folder}"
-    confirmed = reviewed_pool(store.engine, image_store, source, label="good", verdict="defective")
-    reviewed = reviewed_pool(store.engine, image_store, source)
-    model = load(store.folder / row["path"])
+    confirmed = reviewed_pool(store.database, image_store, source, label="good", verdict="defective")
+    reviewed = reviewed_pool(store.database, image_store, source)
+    model = load(store.path_of(row["version"]))
     done = update_model(model, [s.path for s in confirmed.samples], reviewed, fit_data, progress)
     done.update({"parent": row["version"], "reviews": [r["review_id"] for r in confirmed.rows],
                  "reviewed_without_image": confirmed.unavailable})  # the same dict as model.info["update"]
