@@ -209,7 +209,7 @@ def test_promote_and_rollback_under_8_clients_drop_nothing(served, store, demo_r
     assert {a["model_version"] for a in answers} == {first, second}
     tail = [a["model_version"] for a in answers if a["sent"] > steps[-1][1]]  # sent after the last promotion returned
     assert tail and set(tail) == {second}
-    threshold_of = {v: vqc.load(store.path_of(v)).threshold["value"] for v in (first, second)}
+    threshold_of = {v: vqc.load(store.path_of(v)).threshold.value for v in (first, second)}
     assert all(a["threshold"] == pytest.approx(threshold_of[a["model_version"]]) for a in answers)
 
 
