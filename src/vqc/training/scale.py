@@ -32,6 +32,7 @@ from typing import Iterator
 
 import numpy as np
 
+from ..engines import EngineSettings
 from ..errors import VqcError, first_line
 from ..files import atomic_path, write_text_atomic
 from ..inspection import SCORE_COLUMNS
@@ -275,7 +276,7 @@ def _score_on_ray(model, model_path: Path, pending: list[str], store: ScoreStore
                            f"{workers} workers x {options.cpus_per_worker:g} CPUs need more than the "
                            f"cluster's {cpus:g} CPUs")
         if not gpus:  # CPU workers: the engine is chosen once, here (auto: ONNX Runtime unless the export fails)
-            engine = model.use_engine(engine, precision=precision, compile=compile).engine_name
+            engine = model.scorer(EngineSettings(engine, precision=precision, compile=compile)).engine_name
         files = {"model": ray.put(model_path.read_bytes()), "onnx": None}
         if engine == "onnx":  # exported (and parity-checked) once, not once per worker
             from .export import cached_onnx
@@ -352,8 +353,7 @@ class _Scorer:
             if files["onnx"] is not None:
                 onnx_path = Path(tmp) / "model.onnx"
                 onnx_path.write_bytes(ray.get(files["onnx"]))
-            self.model = load(model_path).use_engine(engine, onnx_path, threads=threads, precision=precision,
-                                                     compile=compile)
+            self.model = load(model_path).scorer(EngineSettings(engine, threads, precision, compile), onnx_path)
 
     def __call__(self, batch: dict) -> dict:
         n = len(batch["path"])
