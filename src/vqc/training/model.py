@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 FORMAT = "vqc-model"
 FORMAT_VERSION = 1
 
+
 @dataclass(frozen=True)
 class ModelConfig:
     backbone: str = "efficientnet_lite0"
