@@ -100,24 +100,19 @@ def ready_batch(paths: list[str]) -> torch.Tensor:
 # ------------------------------------------------------------------ vqc (this interpreter)
 
 def run_vqc(head: str, train: list[str], test: list[str], job: dict, engine: str, precision: str) -> dict:
+    from vqc.engines import EngineSettings
     from vqc.training.model import AnomalyModel
 
     options = {"coreset": CORESET} if head == "knn" else \
         {"steps": FLOW_STEPS, "hidden_ratio": HIDDEN_RATIO, "max_epochs": job["epochs"]}
     model = AnomalyModel(backbone="efficientnet_lite0", head=head, weights="random", head_options=options,
                          batch_size=BATCH, device="cpu").fit(train, progress=False)
-    model.use_engine(engine, threads=job["threads"], precision=precision)
-    batch = ready_batch(test)
+    scorer = model.scorer(EngineSettings(engine, job["threads"], precision))
+    batch = ready_batch(test).numpy()  # channels last in memory, as the docstring says; graph engines copy it
 
-    def model_only():
-        if model.engine is not None:
-            return model.engine(batch, None)
-        with torch.inference_mode():
-            return model.detector(batch)
-
-    return {"end_to_end": best_rate(lambda: [p.score for p in model.predict(test)], len(test), job["repeats"]),
-            "model_only": best_rate(model_only, BATCH, job["repeats"]),
-            "engine": model.engine_name}
+    return {"end_to_end": best_rate(lambda: [p.score for p in scorer.predict(test)], len(test), job["repeats"]),
+            "model_only": best_rate(lambda: scorer.run_batch(batch, None), BATCH, job["repeats"]),
+            "engine": scorer.engine_name}
 
 
 # ------------------------------------------------------------------ anomalib (its own venv)

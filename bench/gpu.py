@@ -10,14 +10,15 @@ On a CPU (a smoke run of the same code, same table; the CUDA-graph row reads "n/
     python bench/gpu.py --tiny --data src/vqc/demo_data/magnetic_tile --out /tmp/gpu_bench
     python bench/gpu.py --batches 2,4 --repeats 1 --models lite0-knn --max-images 8 --nf-epochs 1 --out /tmp/b
 
-Per model and precision (fp32, and bf16 = the backbone under autocast, `use_engine(precision="bf16")`):
+Per model and precision (fp32, and bf16 = the backbone under autocast,
+`model.scorer(EngineSettings("torch", precision="bf16"))`):
   - model-only images/s at each batch (default 32, 256, 1024) on ready uint8 tensors already on
     the device (vqc.training.efficiency.time_forward on the Detector); an out-of-memory batch is recorded
     as "OOM", not a crash;
   - batch-1 latency p50 / p99: eager Detector, torch.compile'd Detector
-    (`use_engine("torch", compile=True)`), and the Detector captured once in a CUDA graph on a
+    (`EngineSettings("torch", compile=True)`), and the Detector captured once in a CUDA graph on a
     static input buffer and replayed (CUDA only);
-  - end-to-end images/s from the test PNGs, decoded on the CPU (`model.predict_iter(paths)`);
+  - end-to-end images/s from the test PNGs, decoded on the CPU (`scorer.predict_iter(paths)`);
   - peak memory: torch.cuda.max_memory_allocated on CUDA, the process's peak RSS on a CPU;
   - image and pixel AUROC on the test split (`vqc.training.evaluation.evaluate`).
 Backbones have random weights (`weights="random"`), except that efficientnet_lite0 takes the
@@ -46,9 +47,10 @@ import torch
 
 from vqc.training.backbones import get_spec, offline_weights
 from vqc.data import read_split
+from vqc.engines import EngineSettings
 from vqc.training.efficiency import peak_memory_mb, time_forward
 from vqc.training.evaluation import evaluate
-from vqc.training.model import AnomalyModel
+from vqc.training.model import AnomalyModel, ModelScorer
 from vqc.training.speed import END_TO_END_IMAGES, machine, timed
 
 MODELS = {  # name on the command line -> (backbone, head)
@@ -177,13 +179,14 @@ def subset(root: Path, n: int, into: Path) -> Path:
 
 # ------------------------------------------------------------------ the measurements
 
-def throughput(model: AnomalyModel, batches: list[int], repeats: int) -> dict:
-    """Model-only images/s on uint8 batches already on the device; OOM recorded per batch."""
+def throughput(model: AnomalyModel, dtype: torch.dtype | None, batches: list[int], repeats: int) -> dict:
+    """Model-only images/s on uint8 batches already on the device (the backbone in dtype); OOM
+    recorded per batch."""
     out = {}
     for n in batches:
         try:
             reset_peak(model.device)
-            times = time_forward(model.detector, model.config.image_size, n, repeats, warmup=2)
+            times = time_forward(model.detector, model.config.image_size, n, repeats, warmup=2, trunk_dtype=dtype)
             out[str(n)] = {"status": "ok", "images_per_second": round(n / statistics.median(times), 1)}
             if model.device.type == "cuda":
                 out[str(n)]["peak_memory_mb"] = round(peak_memory_mb(model.device), 1)
@@ -196,13 +199,15 @@ def throughput(model: AnomalyModel, batches: list[int], repeats: int) -> dict:
     return out
 
 
-def graph_latency(model: AnomalyModel, repeats: int) -> dict:
+def graph_latency(model: AnomalyModel, dtype: torch.dtype | None, repeats: int) -> dict:
     """Batch 1 through the Detector captured once in a CUDA graph: each step copies a fresh image
     into the static input buffer and replays the graph. Checked against the eager scores."""
     device, size = model.device, model.config.image_size
     fresh = torch.randint(0, 256, (1, 3, size, size), dtype=torch.uint8, device=device)
     static = torch.zeros_like(fresh)
-    detector = model.detector
+    def detector(x):
+        return model.detector(x, trunk_dtype=dtype)
+
     with torch.inference_mode():
         side = torch.cuda.Stream(device)
         side.wait_stream(torch.cuda.current_stream(device))
@@ -227,33 +232,31 @@ def graph_latency(model: AnomalyModel, repeats: int) -> dict:
 
 
 def compiled_latency(model: AnomalyModel, precision: str, repeats: int) -> dict:
-    """Batch 1 through use_engine("torch", compile=True); the first call (compilation) timed apart."""
+    """Batch 1 through the torch engine with compile; the first call (compilation) timed apart."""
     device, size = model.device, model.config.image_size
-    model.use_engine("torch", precision=precision, compile=True)
-    try:
-        x = torch.randint(0, 256, (1, 3, size, size), dtype=torch.uint8, device=device)
-        start = time.perf_counter()
-        with torch.inference_mode():
-            model.torch_module(x)  # the compiled Detector that predict runs
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        compile_seconds = time.perf_counter() - start
-        times = time_forward(model.torch_module, size, 1, repeats, warmup=2)
-        return {**percentiles(times), "compile_seconds": round(compile_seconds, 1)}
-    finally:
-        model.use_engine("torch", precision=precision)  # back to the eager Detector
+    engine = model.scorer(EngineSettings("torch", precision=precision, compile=True)).engine
+    x = torch.randint(0, 256, (1, 3, size, size), dtype=torch.uint8, device=device)
+    start = time.perf_counter()
+    with torch.inference_mode():
+        engine.module(x, trunk_dtype=engine.trunk_dtype)  # the compiled Detector that the scorer runs
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    compile_seconds = time.perf_counter() - start
+    times = time_forward(engine.module, size, 1, repeats, warmup=2, trunk_dtype=engine.trunk_dtype)
+    return {**percentiles(times), "compile_seconds": round(compile_seconds, 1)}
 
 
-def end_to_end(model: AnomalyModel, paths: list[Path], images: int, batch: int, passes: int) -> float:
+def end_to_end(scorer: ModelScorer, paths: list[Path], images: int, batch: int, passes: int) -> float:
     """Images/s from image files: decoding on the CPU overlapped with the model, as predict runs."""
     paths = (paths * (images // len(paths) + 1))[:images]
-    saved, model.batch_size = model.batch_size, batch
+    device = scorer.model.device
+    saved, scorer.batch_size = scorer.batch_size, batch
     try:
-        list(model.predict_iter(paths[:batch]))  # warm-up
-        sync = (lambda: torch.cuda.synchronize(model.device)) if model.device.type == "cuda" else (lambda: None)
-        seconds = timed(lambda: [p.score for p in model.predict_iter(paths)], passes, sync)
+        list(scorer.predict_iter(paths[:batch]))  # warm-up
+        sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+        seconds = timed(lambda: [p.score for p in scorer.predict_iter(paths)], passes, sync)
     finally:
-        model.batch_size = saved
+        scorer.batch_size = saved
     return round(len(paths) / min(seconds), 1)
 
 
@@ -277,12 +280,13 @@ def bench_model(name: str, args, data: Path, started: float) -> dict:
     record["precisions"] = {}
     for precision in args.precisions:
         say(f"  {name} {precision}")
-        model.use_engine("torch", precision=precision)
+        scorer = model.scorer(EngineSettings("torch", precision=precision))
+        dtype = scorer.engine.trunk_dtype
         reset_peak(device)
-        result = {"throughput": throughput(model, args.batches, args.repeats)}
+        result = {"throughput": throughput(model, dtype, args.batches, args.repeats)}
 
         latency = {"eager": percentiles(time_forward(model.detector, model.config.image_size, 1,
-                                                     args.latency_repeats, warmup=3))}
+                                                     args.latency_repeats, warmup=3, trunk_dtype=dtype))}
         if precision not in args.compile_precisions:
             latency["compiled"] = {"status": "not asked (--compile-precisions)"}
         elif time.perf_counter() - started > args.time_limit_s - 90:
@@ -296,16 +300,16 @@ def bench_model(name: str, args, data: Path, started: float) -> dict:
             latency["cuda_graph"] = {"status": NO_CUDA}
         else:
             try:
-                latency["cuda_graph"] = graph_latency(model, args.latency_repeats)
+                latency["cuda_graph"] = graph_latency(model, dtype, args.latency_repeats)
             except Exception as exc:  # a capture that fails (a host sync inside the forward) is a finding
                 latency["cuda_graph"] = {"status": short(exc)}
             free_memory(device)
         result["latency_b1"] = latency
         say(f"    latency: {latency}")
 
-        result["end_to_end_images_per_second"] = end_to_end(model, test_paths, args.e2e_images, args.e2e_batch,
+        result["end_to_end_images_per_second"] = end_to_end(scorer, test_paths, args.e2e_images, args.e2e_batch,
                                                             passes=max(1, min(args.repeats, 3)))
-        metrics = evaluate(model, data, progress=False)
+        metrics = evaluate(scorer, data, progress=False)
         result.update(image_auroc=metrics["image_auroc"], pixel_auroc=metrics["pixel_auroc"],
                       aupro=metrics["aupro"], n_test=metrics["n_images"])
         batch_peaks = [b.get("peak_memory_mb", 0) for b in result["throughput"].values()]  # each batch resets it

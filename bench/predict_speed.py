@@ -35,6 +35,7 @@ def main() -> int:
     import vqc
     from vqc.choices import PRESETS
     from vqc.data import read_split
+    from vqc.engines import EngineSettings
     root = SHARED / "mvtec_bottle"
     tmp = Path(tempfile.mkdtemp(prefix="vqc-predict-speed-"))
     paths = [s.path for s in read_split(root, "test")]
@@ -52,12 +53,12 @@ def main() -> int:
         options = {"max_epochs": 1} if head == "nf" else {}
         model = vqc.AnomalyModel(head=head, head_options=options, **PRESETS[preset]).fit(root, progress=False)
         model_file = model.save(tmp / f"bottle-{head}-{preset}.safetensors")
-        model.use_engine("auto")
-        list(model.predict_iter(files[:model.batch_size]))  # warm-up
+        scorer = model.scorer(EngineSettings("auto"))
+        list(scorer.predict_iter(files[:scorer.batch_size]))  # warm-up
         passes = []
         for _ in range(3):
             start = time.perf_counter()
-            [p.score for p in model.predict_iter(files)]
+            [p.score for p in scorer.predict_iter(files)]
             passes.append(time.perf_counter() - start)
         figure = len(files) / min(passes)
         rates = []

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import vqc
 from vqc.data import read_split
+from vqc.engines import EngineSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -54,7 +55,7 @@ def archive_of(data: Path, n: int, folder: Path) -> Path:
 
 
 def single_process(model_path: Path, archive: Path) -> float:
-    model = vqc.load(model_path).use_engine("auto")
+    model = vqc.load(model_path).scorer(EngineSettings("auto"))
     paths = sorted(archive.iterdir())
     list(model.predict_iter(paths[:32]))  # warm-up: the engine's first batches
     start = time.perf_counter()

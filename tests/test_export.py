@@ -6,6 +6,7 @@ from vqc import VqcError
 from vqc.cli import main
 from vqc.data import read_split
 from vqc.training.evaluation import evaluate
+from vqc.engines import EngineSettings
 from vqc.engines.onnx import OnnxEngine
 from vqc.engines.openvino import OpenVinoEngine
 from vqc.training.export import check_batches, export_onnx, parity
@@ -45,11 +46,7 @@ def test_exported_model_matches_pytorch(head, options, small_train, demo_root, t
 
 def test_onnx_engine_gives_the_same_auroc_on_the_demo_set(demo_model, demo_root):
     torch_result = evaluate(demo_model, demo_root, progress=False)
-    try:
-        demo_model.use_engine("onnx")
-        onnx_result = evaluate(demo_model, demo_root, progress=False)
-    finally:
-        demo_model.use_engine("torch")
+    onnx_result = evaluate(demo_model.scorer(EngineSettings("onnx")), demo_root, progress=False)
     assert onnx_result["image_auroc"] == pytest.approx(torch_result["image_auroc"], abs=1e-9)
     assert onnx_result["pixel_auroc"] == pytest.approx(torch_result["pixel_auroc"], abs=1e-4)
 
@@ -80,6 +77,6 @@ def test_letterbox_model_exports_with_its_padding_mask(small_train, demo_root, t
     assert exported["input"]["geometry"] == "letterbox" and exported["input"]["valid"]
     torch_scores = [p.score for p in model.predict(images)]
     for engine in ("onnx", "openvino"):
-        model.use_engine(engine, tmp_path / "box.onnx")
-        engine_scores = [p.score for p in model.predict(images)]
+        scorer = model.scorer(EngineSettings(engine), tmp_path / "box.onnx")
+        engine_scores = [p.score for p in scorer.predict(images)]
         np.testing.assert_allclose(engine_scores, torch_scores, rtol=1e-4, err_msg=engine)

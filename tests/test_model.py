@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,6 +10,8 @@ from safetensors.torch import load_file, save_file
 import vqc
 from vqc import VqcError
 from vqc.data import read_split
+from vqc.engines import EngineSettings
+from vqc.scoring import Scorer
 from vqc.training.evaluation import evaluate
 
 
@@ -123,3 +126,65 @@ def test_keep_inputs_reads_and_decodes_once_and_scores_alike(demo_model, demo_ro
         assert all(p.image is not None and p.data for p in kept)
     kept = list(demo_model.predict_iter(paths, keep_inputs=True))
     assert kept[0].data == paths[0].read_bytes() and np.array_equal(kept[0].image, decode_image(paths[0]))
+
+
+def _scores(scorer, paths) -> list[float]:
+    return [p.score for p in scorer.predict(paths)]
+
+
+def test_scorers_score_as_the_model_does_on_torch_and_onnx(demo_model, demo_model_file, demo_root):
+    from vqc.loading import open_model
+    paths = [s.path for s in read_split(demo_root, "test")[::6]]
+    reference = _scores(demo_model, paths)  # the model's own path: the Detector in fp32
+    on_torch = demo_model.scorer(EngineSettings("torch"))
+    assert on_torch.engine_name == "torch"
+    np.testing.assert_allclose(_scores(on_torch, paths), reference, rtol=1e-5)
+    on_onnx = demo_model.scorer(EngineSettings("onnx"))
+    assert on_onnx.engine_name == "onnx"
+    onnx_scores = _scores(on_onnx, paths)
+    np.testing.assert_allclose(onnx_scores, reference, rtol=1e-4)  # the export's parity bound
+
+    opened = open_model(demo_model_file)  # the default settings: auto, ONNX Runtime on a CPU
+    assert isinstance(opened, Scorer) and opened.engine_name == "onnx"
+    np.testing.assert_allclose(_scores(opened, paths), onnx_scores, rtol=1e-5)
+    opened = open_model(demo_model_file, EngineSettings("torch"), max_pixels=10 ** 6)
+    assert opened.engine_name == "torch" and opened.max_pixels == 10 ** 6
+    np.testing.assert_allclose(_scores(opened, paths), reference, rtol=1e-5)
+
+
+def test_scorers_of_one_model_in_two_precisions_do_not_interfere(demo_model, demo_root):
+    paths = [s.path for s in read_split(demo_root, "test")[::8]]
+    fp32 = demo_model.scorer(EngineSettings("torch"))
+    before = _scores(fp32, paths)
+    bf16 = demo_model.scorer(EngineSettings("torch", precision="bf16"))
+    reduced = _scores(bf16, paths)
+    np.testing.assert_allclose(reduced, before, rtol=2e-2)
+    assert not np.allclose(reduced, before, rtol=1e-5)  # the bf16 scorer did run the backbone in bf16
+    assert _scores(fp32, paths) == before  # made and used, the bf16 scorer left the fp32 one as it was
+    assert _scores(demo_model, paths) == before  # and the model's own scoring
+    assert _scores(bf16, paths) == reduced
+
+
+def test_a_scorer_reads_the_models_threshold_and_info(demo_model, demo_root):
+    scorer = demo_model.scorer(EngineSettings("torch"))
+    assert scorer.info is demo_model.info and scorer.geometry is demo_model.geometry
+    image = read_split(demo_root, "test")[0].path
+    score = scorer.predict(image)[0].score
+    saved = demo_model.threshold
+    try:
+        for value, verdict in ((score - 1e-3, "defective"), (score + 1e-3, "ok")):
+            demo_model.threshold = {**saved, "value": value}  # chosen on the model after the scorer was made
+            assert scorer.predict(image)[0].verdict == verdict
+    finally:
+        demo_model.threshold = saved
+
+
+def test_engines_are_chosen_by_settings_only(demo_model):
+    assert not hasattr(demo_model, "use_engine")
+    with pytest.raises(VqcError, match="scorer takes EngineSettings"):
+        demo_model.scorer("onnx")
+    root = Path(__file__).resolve().parents[1]
+    callers = [path for folder in ("src", "tests", "bench", "docs") for path in (root / folder).rglob("*")
+               if path.suffix in (".py", ".md") and path.resolve() != Path(__file__).resolve()
+               and "use_engine" in path.read_text(errors="replace")]
+    assert not callers, callers

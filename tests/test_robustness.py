@@ -390,5 +390,5 @@ def test_14_the_command_lines_choices_are_the_registries():
     from vqc import choices
     from vqc.geometry import MODES
     from vqc.training.heads import HEADS
-    from vqc.training.model import TORCH_DTYPES as PRECISIONS
+    from vqc.training.torch_engine import TORCH_DTYPES as PRECISIONS
     assert choices.HEADS == tuple(HEADS) and choices.GEOMETRIES == MODES and choices.PRECISIONS == tuple(PRECISIONS)

@@ -203,7 +203,7 @@ def test_ray_scores_equal_the_local_scores(ray_cluster, model_file, tmp_path):
     rows = {r["path"]: r for r in stored_rows(out / "scores")}
     assert len(rows) == len(stored_rows(out / "scores")) and sorted(rows) == [str(p) for p in images]
 
-    local = vqc.load(model_file).use_engine("auto")  # the local path: ONNX Runtime on this CPU
+    local = vqc.load(model_file).scorer(EngineSettings("auto"))  # the local path: ONNX Runtime on this CPU
     for image, prediction in zip(images, local.predict_iter(images)):
         row = rows[str(image)]
         assert abs(row["score"] - prediction.score) <= 1e-5 * max(1.0, abs(prediction.score)), image

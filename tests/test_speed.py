@@ -7,8 +7,10 @@ import torch
 import vqc
 from vqc.cli import main
 from vqc.data import read_split
+from vqc.engines import EngineSettings
 from vqc.training.evaluation import evaluate
 from vqc.training.export import model_digest
+from vqc.training.torch_engine import TorchEngine
 
 from .conftest import shared_set
 
@@ -31,16 +33,13 @@ def test_auto_engine_is_onnx_on_a_cpu_exported_once_and_cached(demo_model, demo_
     onnx_cache = tmp_path
     images = _images(demo_root)
     reference = [p.score for p in demo_model.predict(images)]
-    try:
-        demo_model.use_engine("auto")
-        assert demo_model.engine_name == "onnx"
-        [graph] = (onnx_cache / "onnx").glob(f"{model_digest(demo_model)}.onnx")
-        stamp = graph.stat().st_mtime_ns
-        scores = [p.score for p in demo_model.predict(images)]
-        demo_model.use_engine("auto")  # again: from the cache, not exported a second time
-        assert graph.stat().st_mtime_ns == stamp and len(list((onnx_cache / "onnx").glob("*.onnx"))) == 1
-    finally:
-        demo_model.use_engine("torch")
+    scorer = demo_model.scorer(EngineSettings("auto"))
+    assert scorer.engine_name == "onnx"
+    [graph] = (onnx_cache / "onnx").glob(f"{model_digest(demo_model)}.onnx")
+    stamp = graph.stat().st_mtime_ns
+    scores = [p.score for p in scorer.predict(images)]
+    demo_model.scorer(EngineSettings("auto"))  # again: from the cache, not exported a second time
+    assert graph.stat().st_mtime_ns == stamp and len(list((onnx_cache / "onnx").glob("*.onnx"))) == 1
     np.testing.assert_allclose(scores, reference, rtol=1e-4)
 
 
@@ -75,21 +74,18 @@ def test_the_fast_cpu_engine_keeps_auroc_on_bottle(head, options, request):
     else:
         model = vqc.AnomalyModel(head=head, head_options=options).fit(bottle, progress=False)
         reference = evaluate(model, bottle, progress=False)
-    try:
-        for engine, precision, name in (("auto", "fp32", "onnx"), ("openvino", "fp32", "openvino"),
-                                        *(("auto", p, "openvino-bf16") for p in BF16)):
-            model.use_engine(engine, precision=precision)
-            assert model.engine_name == name
-            fast = evaluate(model, bottle, progress=False)
-            assert abs(fast["image_auroc"] - reference["image_auroc"]) <= 0.002, model.engine_name
-            if head == "nf" and precision == "bf16":
-                # Not claimed: the flows turn bf16's feature rounding into visibly different maps.
-                # Fully trained (60 epochs), nf's pixel AUROC on bottle falls from 0.966 to 0.943
-                # in bf16 (README, Speed); a 3-epoch flow here would not show it.
-                continue
-            assert abs(fast["pixel_auroc"] - reference["pixel_auroc"]) <= 0.002, model.engine_name
-    finally:
-        model.use_engine("torch")
+    for engine, precision, name in (("auto", "fp32", "onnx"), ("openvino", "fp32", "openvino"),
+                                    *(("auto", p, "openvino-bf16") for p in BF16)):
+        scorer = model.scorer(EngineSettings(engine, precision=precision))
+        assert scorer.engine_name == name
+        fast = evaluate(scorer, bottle, progress=False)
+        assert abs(fast["image_auroc"] - reference["image_auroc"]) <= 0.002, name
+        if head == "nf" and precision == "bf16":
+            # Not claimed: the flows turn bf16's feature rounding into visibly different maps.
+            # Fully trained (60 epochs), nf's pixel AUROC on bottle falls from 0.966 to 0.943
+            # in bf16 (README, Speed); a 3-epoch flow here would not show it.
+            continue
+        assert abs(fast["pixel_auroc"] - reference["pixel_auroc"]) <= 0.002, name
 
 
 def test_speed_benchmark_reports_every_figure(demo_root, tmp_path, capsys):
@@ -109,13 +105,10 @@ def test_speed_benchmark_reports_every_figure(demo_root, tmp_path, capsys):
 def test_fp16_backbone_keeps_scores_within_1e_2_and_the_same_auroc(demo_model, demo_root):
     reference = evaluate(demo_model, demo_root, progress=False)
     ref_scores = [p.score for p in demo_model.predict(_images(demo_root))]
-    try:
-        demo_model.use_engine("torch", precision="fp16")
-        assert demo_model.detector.trunk_dtype is torch.float16
-        scores = [p.score for p in demo_model.predict(_images(demo_root))]
-        reduced = evaluate(demo_model, demo_root, progress=False)
-    finally:
-        demo_model.use_engine("torch")
+    scorer = demo_model.scorer(EngineSettings("torch", precision="fp16"))
+    assert scorer.engine.trunk_dtype is torch.float16
+    scores = [p.score for p in scorer.predict(_images(demo_root))]
+    reduced = evaluate(scorer, demo_root, progress=False)
     np.testing.assert_allclose(scores, ref_scores, rtol=1e-2)
     # the same ranking but for at most one near-tied pair of images (the demo set has such pairs)
     pairs = (reference["n_images"] - reference["n_defective"]) * reference["n_defective"]
@@ -128,25 +121,22 @@ def test_bf16_openvino_keeps_scores_within_2e_2(demo_model, demo_root):
     scores move by about 1 %. Whether rankings hold is a property of the data, checked on bottle
     in test_the_fast_cpu_engine_keeps_auroc_on_bottle (the demo set's near-ties can swap)."""
     ref_scores = [p.score for p in demo_model.predict(_images(demo_root))]
-    try:
-        demo_model.use_engine("auto", precision="bf16")
-        assert demo_model.engine_name == "openvino-bf16"
-        scores = [p.score for p in demo_model.predict(_images(demo_root))]
-        single = demo_model.predict(_images(demo_root)[0])[0].score  # batch 1: the latency-mode compilation
-    finally:
-        demo_model.use_engine("torch")
+    scorer = demo_model.scorer(EngineSettings("auto", precision="bf16"))
+    assert scorer.engine_name == "openvino-bf16"
+    scores = [p.score for p in scorer.predict(_images(demo_root))]
+    single = scorer.predict(_images(demo_root)[0])[0].score  # batch 1: the latency-mode compilation
     np.testing.assert_allclose(scores, ref_scores, rtol=2e-2)
     assert single == pytest.approx(scores[0], rel=1e-3)
     assert not np.allclose(scores, ref_scores, rtol=1e-5)  # it did run in reduced precision
 
 
-def test_precisions_an_engine_cannot_run_are_refused(demo_model):
+def test_precisions_an_engine_cannot_run_are_refused():
     with pytest.raises(vqc.VqcError, match="fp32 graph"):
-        demo_model.use_engine("onnx", precision="bf16")
+        EngineSettings("onnx", precision="bf16")
     with pytest.raises(vqc.VqcError, match="openvino engine runs fp32 or bf16"):
-        demo_model.use_engine("openvino", precision="fp16")
+        EngineSettings("openvino", precision="fp16")
     with pytest.raises(vqc.VqcError, match="precision"):
-        demo_model.use_engine("torch", precision="int4")
+        EngineSettings("torch", precision="int4")
 
 
 def test_auto_falls_back_to_torch_at_the_same_precision_and_forced_engines_raise(demo_model, demo_root, monkeypatch,
@@ -159,16 +149,12 @@ def test_auto_falls_back_to_torch_at_the_same_precision_and_forced_engines_raise
     monkeypatch.setattr(vqc.training.export, "cached_onnx", export_fails)
     image = _images(demo_root)[0]
     reference = demo_model.predict(image)[0].score
-    try:
-        demo_model.use_engine("auto")
-        assert (demo_model.engine_name, demo_model.engine, demo_model.detector.trunk_dtype) == ("torch", None, None)
-        assert "scoring with PyTorch: export failed" in caplog.text
-        assert demo_model.predict(image)[0].score == pytest.approx(reference, rel=1e-6)
-        demo_model.use_engine("auto", precision="bf16")  # OpenVINO's route; torch keeps the bf16 asked for
-        assert (demo_model.engine_name, demo_model.detector.trunk_dtype) == ("torch", torch.bfloat16)
-        for forced in ("onnx", "openvino"):
-            with pytest.raises(vqc.VqcError, match="export failed"):
-                demo_model.use_engine(forced)
-    finally:
-        demo_model.use_engine("torch")
-    assert demo_model.detector.trunk_dtype is None
+    scorer = demo_model.scorer(EngineSettings("auto"))
+    assert (scorer.engine_name, type(scorer.engine), scorer.engine.trunk_dtype) == ("torch", TorchEngine, None)
+    assert "scoring with PyTorch: export failed" in caplog.text
+    assert scorer.predict(image)[0].score == pytest.approx(reference, rel=1e-6)
+    scorer = demo_model.scorer(EngineSettings("auto", precision="bf16"))  # OpenVINO's route; torch keeps the bf16
+    assert (scorer.engine_name, scorer.engine.trunk_dtype) == ("torch", torch.bfloat16)
+    for forced in ("onnx", "openvino"):
+        with pytest.raises(vqc.VqcError, match="export failed"):
+            demo_model.scorer(EngineSettings(forced))

@@ -9,6 +9,7 @@ import vqc
 from vqc import VqcError
 from vqc.cli import main
 from vqc.data import Sample, read_split
+from vqc.engines import EngineSettings
 from vqc.training.metrics import cost_threshold, f1_max
 from vqc.training.thresholds import choose_threshold, parse_policy
 
@@ -62,7 +63,7 @@ def test_threshold_command_stores_policy_and_predict_uses_it(demo_root, tmp_path
     rows = (tmp_path / "p" / "scores.csv").read_text().splitlines()[1:]
     # The CSV rounds scores to 6 digits, and a threshold is one of the scores it was chosen on: the
     # verdicts are checked against the same engine's full-precision scores, not the printed ones.
-    predictions = vqc.load(path).use_engine("auto").predict([s.path for s in test])
+    predictions = vqc.load(path).scorer(EngineSettings("auto")).predict([s.path for s in test])
     assert [row.split(",")[3] for row in rows] == [p.verdict for p in predictions]
     for row, p in zip(rows, predictions):
         assert p.verdict == ("defective" if p.score >= stored.value else "ok")

@@ -46,7 +46,7 @@ def open_model(path: str | Path, settings: EngineSettings | None = None, max_pix
         model = LineBundle(path, settings)
     else:
         from .training.model import load
-        model = load(path).use_engine(settings)
+        model = load(path).scorer(settings)
     if max_pixels is not None:
         model.max_pixels = max_pixels
     return model

@@ -70,31 +70,34 @@ class Detector(nn.Module):
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1) * 255, persistent=False)
         self.blur = GaussianBlur(sigma)
         self.top_k = top_k  # 0: image score = max of the map; k: mean of the k highest positions
-        self.trunk_dtype: torch.dtype | None = None  # bf16/fp16: the backbone under autocast (a runtime choice)
         # "reflect": the input is mirrored outwards by the coarsest stride before the trunk and
         # the features cropped back, so border patches see image, not the convolutions' zero
         # padding (which makes every border position look unlike the rest, and hot on new parts).
         self.border_pad = max(trunk.strides) if border == "reflect" else 0
 
-    def features(self, images: torch.Tensor) -> list[torch.Tensor]:
+    def features(self, images: torch.Tensor, trunk_dtype: torch.dtype | None = None) -> list[torch.Tensor]:
+        """trunk_dtype bf16/fp16: the backbone under autocast (the torch engine's precision, given
+        per call so that one Detector serves engines of any precision); None: fp32."""
         x = (images.float() - self.mean) / self.std
         pad = self.border_pad
         if pad:
             x = F.pad(x, (pad, pad, pad, pad), mode="reflect")
-        if self.trunk_dtype is None:
+        if trunk_dtype is None:
             levels = self.trunk(x)
         else:  # only the backbone runs in reduced precision; heads (distances, flows, likelihoods) stay fp32
-            with torch.autocast(x.device.type, dtype=self.trunk_dtype):
+            with torch.autocast(x.device.type, dtype=trunk_dtype):
                 levels = [level.float() for level in self.trunk(x)]
         if pad:
             levels = [level[..., pad // s: level.shape[-2] - pad // s, pad // s: level.shape[-1] - pad // s]
                       for level, s in zip(levels, self.trunk.strides)]
         return levels
 
-    def forward(self, images: torch.Tensor, valid: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, images: torch.Tensor, valid: torch.Tensor | None = None,
+                trunk_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """`valid` [B, 1, H, W] (1 = image, 0 = letterbox padding): the padding is left out of the
-        smoothing (a normalised convolution) and of the score, and reads 0 in the map."""
-        patch_map = self.head(self.features(images))
+        smoothing (a normalised convolution) and of the score, and reads 0 in the map. trunk_dtype:
+        as in features()."""
+        patch_map = self.head(self.features(images, trunk_dtype))
         if valid is None:
             maps = self.blur.upsample(patch_map, images.shape[-2:])
             flat = maps.flatten(1)

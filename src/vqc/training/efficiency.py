@@ -33,8 +33,10 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_forward(detector: Detector, image_size: int, batch: int, repeats: int, warmup: int = 2) -> list[float]:
-    """Wall seconds of `repeats` forward passes on a uint8 batch after `warmup` passes."""
+def time_forward(detector: Detector, image_size: int, batch: int, repeats: int, warmup: int = 2,
+                 trunk_dtype: torch.dtype | None = None) -> list[float]:
+    """Wall seconds of `repeats` forward passes on a uint8 batch after `warmup` passes (the
+    backbone in trunk_dtype: see Detector.features)."""
     device = next(detector.buffers()).device
     x = torch.randint(0, 256, (batch, 3, image_size, image_size), dtype=torch.uint8, device=device)
     times = []
@@ -42,7 +44,7 @@ def time_forward(detector: Detector, image_size: int, batch: int, repeats: int, 
         for i in range(warmup + repeats):
             _sync(device)
             start = time.perf_counter()
-            detector(x)
+            detector(x, trunk_dtype=trunk_dtype)
             _sync(device)
             if i >= warmup:
                 times.append(time.perf_counter() - start)

@@ -57,8 +57,6 @@ def export_onnx(model, path: str | Path, check_images: list | None = None) -> di
     model.require_ready()
     path = Path(path)
     size, mode = model.config.image_size or 224, model.geometry.mode  # native at its own scale: check at 224
-    if model.detector.trunk_dtype is not None:  # checked before moving the model, so a refusal leaves it as it was
-        raise VqcError("export the fp32 model: call use_engine('torch') (precision fp32) first")
     detector = model.detector.to("cpu").eval()
     rng = np.random.default_rng(0)
     noise_size = (size, size + 64) if mode == "native" else (size, size)  # native: a non-square size too

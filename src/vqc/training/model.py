@@ -26,11 +26,10 @@ from .heads import create_head
 from ..scoring import ImageInput, Scorer
 from ..threshold import Threshold, stored
 from .thresholds import choose_threshold
+from .torch_engine import TorchEngine, open_torch_engine
 
 log = logging.getLogger(__name__)
 
-
-TORCH_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass(frozen=True)
@@ -60,7 +59,12 @@ class AnomalyModel(Scorer):
 
     >>> model = AnomalyModel(backbone="efficientnet_lite0", head="knn").fit("data/bottle")
     >>> model.predict(["part.png"])[0].score
+
+    The model scores with the Detector in fp32; `scorer(EngineSettings(...))` gives a Scorer on
+    another engine or precision.
     """
+
+    engine_name = "torch"
 
     def __init__(self, backbone: str | None = None, head: str = "knn", layers: Sequence[int] | None = None,
                  image_size: int = 224, weights: str | None = None, head_options: dict | None = None,
@@ -82,9 +86,6 @@ class AnomalyModel(Scorer):
         self.detector: Detector | None = None
         self.info: dict = {}  # weights source, fit statistics, the normal score range
         self.threshold: Threshold | None = None  # chosen by vqc.training.thresholds
-        self.engine = None  # None: the PyTorch Detector; else an exported-graph engine (vqc.engines)
-        self.engine_name = "torch"
-        self._compiled = None  # torch.compile'd Detector, when asked for
 
     @property
     def top_k(self) -> int:
@@ -208,51 +209,30 @@ class AnomalyModel(Scorer):
     # ------------------------------------------------------------ predicting
 
     def run_batch(self, images: np.ndarray, valid: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-        if self.engine is not None:
-            return self.engine.run(images, valid)
-        batch = torch.from_numpy(images)
-        if self.device.type == "cuda":  # pinned host memory: the copy overlaps with work already queued
-            batch = batch.pin_memory().to(self.device, non_blocking=True)
-        mask = None if valid is None else torch.from_numpy(valid).to(self.device)
-        with torch.inference_mode():
-            maps, scores = self.torch_module(batch.to(self.device), mask)
-        return maps.float().cpu().numpy(), scores.float().cpu().numpy()
+        """The model's own scoring (predict, fit's normal range): the Detector in fp32."""
+        return TorchEngine(self.detector, self.device).run(images, valid)
 
-    @property
-    def torch_module(self):
-        """What the torch engine runs: the torch.compile'd Detector when compile was asked, else the Detector."""
-        return self._compiled or self.detector
-
-    def use_engine(self, name: str | EngineSettings = "auto", onnx_path: str | Path | None = None,
-                   threads: int | None = None, precision: str = "fp32", compile: bool = False) -> AnomalyModel:
-        """Score with the engine the settings pick (vqc.engines): the Detector itself ("torch"), or
-        its exported graph in ONNX Runtime or OpenVINO. The export is parity-checked and cached (see
-        export.cached_onnx), unless an exported file is given. "auto" falls back to torch, with a
-        warning, where the export fails. bf16/fp16 on torch: the backbone under autocast."""
+    def scorer(self, settings: EngineSettings, graph: str | Path | None = None) -> ModelScorer:
+        """A new Scorer of this model on the engine the settings pick (vqc.engines): the Detector
+        itself ("torch", in the settings' precision, compiled if they ask), or its exported graph in
+        ONNX Runtime or OpenVINO: `graph` when given, else the parity-checked export from the cache
+        (export.cached_onnx). "auto" falls back to torch, with a warning, where the export fails.
+        The model is not changed: scorers of one model with different settings score side by side."""
         self.require_ready()
-        settings = name if isinstance(name, EngineSettings) else EngineSettings(name, threads, precision, compile)
+        if not isinstance(settings, EngineSettings):
+            raise VqcError(f"scorer takes EngineSettings (vqc.engines), e.g. EngineSettings('onnx'), not {settings!r}")
         if settings.threads:
             torch.set_num_threads(settings.threads)
-        self.engine, self.engine_name = None, "torch"
-        self.detector.trunk_dtype = None
-        self._compiled = None
         kind = settings.graph_engine(on_gpu=self.device.type != "cpu")
-        if kind is None:
-            self.detector.trunk_dtype = TORCH_DTYPES[settings.precision]
-            if self.device.type == "cuda":
-                self.detector.to(memory_format=torch.channels_last)
-            if settings.compile:
-                self._compiled = torch.compile(self.detector)
-            return self
-        from .export import cached_onnx
-        try:
-            self.engine, self.engine_name = open_graph_engine(onnx_path or cached_onnx(self), settings, kind)
-        except VqcError as exc:
-            if settings.name != "auto":
-                raise
-            log.warning("%s engine unavailable, scoring with PyTorch: %s", kind, exc)
-            return self.use_engine(EngineSettings("torch", settings.threads, settings.precision))
-        return self
+        if kind is not None:
+            from .export import cached_onnx
+            try:
+                return ModelScorer(self, *open_graph_engine(graph or cached_onnx(self), settings, kind))
+            except VqcError as exc:
+                if settings.name != "auto":
+                    raise
+                log.warning("%s engine unavailable, scoring with PyTorch: %s", kind, exc)
+        return ModelScorer(self, open_torch_engine(self.detector, self.device, settings), "torch")
 
     # ------------------------------------------------------------ saving
 
@@ -268,6 +248,35 @@ class AnomalyModel(Scorer):
         with atomic_path(path) as tmp:
             save_file(tensors, str(tmp), metadata=metadata)
         return path
+
+
+class ModelScorer(Scorer):
+    """A fitted AnomalyModel scoring on one engine (made by AnomalyModel.scorer). Geometry, top-k,
+    info, threshold, config, describe and save are the model's, read when used: a threshold chosen
+    on the model later is the one the verdicts use, and `vqc evaluate --record` saves into the
+    model. batch_size and max_pixels are the scorer's own, copied from the model."""
+
+    def __init__(self, model: AnomalyModel, engine, engine_name: str):
+        self.model = model
+        self.engine = engine  # TorchEngine, or an exported-graph engine (vqc.engines)
+        self.engine_name = engine_name
+        self.batch_size = model.batch_size
+        self.max_pixels = model.max_pixels
+
+    geometry = property(lambda self: self.model.geometry)
+    top_k = property(lambda self: self.model.top_k)
+    info = property(lambda self: self.model.info)
+    threshold = property(lambda self: self.model.threshold)
+    config = property(lambda self: self.model.config)
+
+    def run_batch(self, images: np.ndarray, valid: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        return self.engine.run(images, valid)
+
+    def describe(self) -> dict:
+        return self.model.describe()
+
+    def save(self, path: str | Path) -> Path:
+        return self.model.save(path)
 
 
 def load(path: str | Path, device: str | None = None) -> AnomalyModel:

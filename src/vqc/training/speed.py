@@ -77,8 +77,10 @@ def measure_case(case: SpeedCase) -> dict:
     import torch
 
     from ..data import decode_image, read_split
+    from ..engines import EngineSettings
     from .efficiency import peak_memory_mb
     from .model import AnomalyModel
+    from .torch_engine import TorchEngine
 
     device = torch.device(case.device)
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
@@ -86,14 +88,14 @@ def measure_case(case: SpeedCase) -> dict:
                          head_options=ONE_EPOCH.get(case.head, {}), device=case.device)
     model.fit(case.data, progress=False)
     start = time.perf_counter()
-    model.use_engine(case.engine, precision=case.precision)
+    scorer = model.scorer(EngineSettings(case.engine, precision=case.precision))
     engine_seconds = time.perf_counter() - start
-    record = {**asdict(case), "engine_used": model.engine_name, "fit_seconds": model.info["fit_seconds"],
+    record = {**asdict(case), "engine_used": scorer.engine_name, "fit_seconds": model.info["fit_seconds"],
               "engine_setup_seconds": round(engine_seconds, 2)}
 
     paths = [s.path for s in read_split(case.data, "test")]
     paths = (paths * (case.end_to_end_images // len(paths) + 1))[:case.end_to_end_images]
-    plans = [plan for chunk in model.planned_chunks(paths[:64]) for plan in chunk]
+    plans = [plan for chunk in scorer.planned_chunks(paths[:64]) for plan in chunk]
     decode = timed(lambda: [model.geometry.plan(decode_image(p)) for p in paths[:64]], 3, lambda: None)
     record["decode_ms_per_image"] = round(statistics.median(decode) / 64 * 1000, 3)
 
@@ -102,24 +104,25 @@ def measure_case(case: SpeedCase) -> dict:
         return np.ascontiguousarray(np.resize(inputs, (n, *inputs.shape[1:])).transpose(0, 3, 1, 2))
 
     one = batch_of(1)
-    model.run_batch(one, None)  # warm-up
-    latency = sorted(timed(lambda: model.run_batch(one, None), 30, sync))
+    scorer.run_batch(one, None)  # warm-up
+    latency = sorted(timed(lambda: scorer.run_batch(one, None), 30, sync))
     record["latency_ms"] = round(statistics.median(latency) * 1000, 3)
     record["latency_p99_ms"] = round(latency[min(len(latency) - 1, int(0.99 * len(latency)))] * 1000, 3)
     for n in case.batches:
         batch = batch_of(n)
-        model.run_batch(batch, None)
-        seconds = statistics.median(timed(lambda batch=batch: model.run_batch(batch, None), 3, sync))
+        scorer.run_batch(batch, None)
+        seconds = statistics.median(timed(lambda batch=batch: scorer.run_batch(batch, None), 3, sync))
         record[f"images_per_second_b{n}"] = round(n / seconds, 1)
-    if model.engine is None:  # the head's share: the whole model against the backbone alone
+    if isinstance(scorer.engine, TorchEngine):  # the head's share: the whole model against the backbone alone
         batch = torch.from_numpy(batch_of(case.batches[0])).to(device)
+        dtype = scorer.engine.trunk_dtype
         with torch.inference_mode():
-            whole = statistics.median(timed(lambda: model.detector(batch), 3, sync))
-            trunk = statistics.median(timed(lambda: model.detector.features(batch), 3, sync))
+            whole = statistics.median(timed(lambda: model.detector(batch, trunk_dtype=dtype), 3, sync))
+            trunk = statistics.median(timed(lambda: model.detector.features(batch, dtype), 3, sync))
         record["head_share"] = round(max(0.0, 1 - trunk / whole), 3)
 
-    list(model.predict_iter(paths[:model.batch_size]))  # warm-up
-    passes = timed(lambda: [p.score for p in model.predict_iter(paths)], case.end_to_end_passes, sync)
+    list(scorer.predict_iter(paths[:scorer.batch_size]))  # warm-up
+    passes = timed(lambda: [p.score for p in scorer.predict_iter(paths)], case.end_to_end_passes, sync)
     record["end_to_end_images_per_second"] = round(len(paths) / min(passes), 1)
     record["peak_memory_mb"] = round(peak_memory_mb(device), 1)
     record["status"] = "ok"
