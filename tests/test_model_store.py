@@ -317,10 +317,10 @@ def test_a_shadow_set_from_another_shell_scores_the_parts_inspected_while_it_ope
         time.sleep(0.1)
     assert models.shadow.identity.version == second
     models.drain()
-    with store.engine.connect() as connection:
+    with store.database.connect() as connection:
         scored = dict(connection.execute(sa.select(ShadowScore.inspection_id, ShadowScore.model_version)).all())
     assert scored == {i: second for i in ids}
-    assert compare(store.engine, first, second)["inspections"] == len(images)
+    assert compare(store.database, first, second)["inspections"] == len(images)
 
 
 def test_update_adds_confirmed_false_rejects_to_the_knn_bank(demo_root, tmp_path):
@@ -439,8 +439,8 @@ def test_the_command_line_runs_the_store_and_reads_the_reviews(store, demo_root,
     out = capsys.readouterr().out
     assert f"{len(samples)} reviewed images" in out
     chosen = vqc.load(copy).threshold
-    assert chosen["policy"] == "f1" and chosen["validated_on"] == f"reviewed records in {store.folder}"
-    assert chosen["n_images"] == len(samples)
+    assert chosen.policy == "f1" and chosen.validated_on == f"reviewed records in {store.folder}"
+    assert chosen.details["n_images"] == len(samples)
     assert main(["evaluate", str(copy), "--from-records", str(store.folder), "--engine", "torch"]) == 0
     assert "image AUROC" in capsys.readouterr().out
 
