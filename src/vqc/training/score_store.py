@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..errors import VqcError
 from ..files import atomic_path
-from ..inspection import SCORE_COLUMNS
+from ..result import SCORE_COLUMNS
 from ..scorefiles import SCORE_FILE_COLUMNS, score_file_row
 
 
