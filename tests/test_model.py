@@ -11,6 +11,7 @@ import vqc
 from vqc import VqcError
 from vqc.data import read_split
 from vqc.engines import EngineSettings
+from vqc.threshold import Threshold
 from vqc.scoring import Scorer
 from vqc.training.evaluation import evaluate
 
@@ -173,7 +174,7 @@ def test_a_scorer_reads_the_models_threshold_and_info(demo_model, demo_root):
     saved = demo_model.threshold
     try:
         for value, verdict in ((score - 1e-3, "defective"), (score + 1e-3, "ok")):
-            demo_model.threshold = {**saved, "value": value}  # chosen on the model after the scorer was made
+            demo_model.threshold = Threshold(value, saved.policy, saved.details)  # set after the scorer was made
             assert scorer.predict(image)[0].verdict == verdict
     finally:
         demo_model.threshold = saved
