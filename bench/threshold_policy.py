@@ -3,7 +3,7 @@
     python bench/threshold_policy.py [DATA]     # default: the demo set shipped with vqc
 
 Fits the default detector (efficientnet_lite0 + knn) twice: with the normal range from 10 % of
-the good images held out (`leave_one_out=False`, as before issue 21) and from every good image
+the good images held out (`leave_one_out=False`) and from every good image
 scored leave-one-out (the default). For each it prints the images the 1 % false-reject
 threshold rests on, the threshold, the median of the stored good scores, and, on the test split,
 the false-reject rate on good images and the miss rate on defective ones at that threshold.
@@ -27,7 +27,8 @@ def main() -> int:
         model = vqc.AnomalyModel(leave_one_out=leave_one_out).fit(data, progress=False)
         result = evaluate(model, data, progress=False)
         at = result["at_threshold"]
-        print(f"| {model.threshold['validated_on']} | {model.threshold['n_images']} | {model.threshold['value']:.2f} | "
+        t = model.threshold
+        print(f"| {t.validated_on} | {t.details['n_images']} | {t.value:.2f} | "
               f"{np.median(model.info['normal_scores']):.2f} | {at['false_reject_rate']:.3f} of {at['n_good']} | "
               f"{at['miss_rate']:.3f} | {result['image_auroc']:.3f} |", flush=True)
     return 0
