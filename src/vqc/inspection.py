@@ -34,19 +34,11 @@ def score_row(path: str | Path, pred: Prediction) -> dict:
 
 @dataclass
 class Inspected:
-    name: str
-    data: bytes  # the image as it came (hashed and, when kept, stored)
+    part: Part  # what came in: its name, its bytes as they came (hashed and, when kept, stored), where, when
     image: np.ndarray  # decoded once, RGB
     prediction: Prediction
     latency_ms: float
-    received: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
-    station: str | None = None
-    part_id: str | None = None
     _overlay: np.ndarray | None = field(default=None, init=False, repr=False)
-
-    @property
-    def part(self) -> Part:
-        return Part(self.name, self.data, self.image.shape, self.station, self.part_id, self.received)
 
     def result(self, identity: ModelIdentity, model: Scorer) -> InspectionResult:
         return InspectionResult.of(self.prediction, model, identity, self.part, self.latency_ms)
@@ -74,11 +66,12 @@ class Recorder:
         floor, top = self.model.normal_range()
         rows = [result.record_row() for result in results]
         try:
-            return self.records.add(rows, [(item.data, functools.partial(item.overlay, floor, top)) for item in items],
+            return self.records.add(rows, [(item.part.data, functools.partial(item.overlay, floor, top))
+                                           for item in items],
                                     self.overlays_later)
         except Exception as exc:  # any failure to record must be said, never passed over
             log.error("inspection not recorded: %s", first_line(exc, with_type=True))
-            raise NotRecorded(f"{', '.join(item.name for item in items)} scored but not recorded in "
+            raise NotRecorded(f"{', '.join(item.part.name for item in items)} scored but not recorded in "
                               f"{self.records.url}: {first_line(exc, with_type=True)}") from None
 
 
@@ -89,4 +82,4 @@ def inspect_files(model: Scorer, paths: list[Path], on_unreadable=None, progress
         latency, last = (time.perf_counter() - last) * 1000, time.perf_counter()  # per image, as delivered
         data, image = pred.data, pred.image
         pred.data = pred.image = None  # the Inspected holds them, for as long as it is needed
-        yield Inspected(pred.path.name, data, image, pred, latency)
+        yield Inspected(Part(pred.path.name, data, image.shape), image, pred, latency)

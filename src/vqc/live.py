@@ -72,8 +72,7 @@ class Judge:
         predictions = self.predict(images)
         now = time.perf_counter()
         latency = (now - captured) * 1000 if captured is not None else (now - start) * 1000 / len(images)
-        items = [Inspected(part.name, part.data, image, pred, latency, part.received, part.station, part.part_id)
-                 for part, image, pred in zip(parts, images, predictions)]
+        items = [Inspected(part, image, pred, latency) for part, image, pred in zip(parts, images, predictions)]
         return items, self.conclude(items)
 
     def conclude(self, items: list[Inspected]) -> list[InspectionResult]:

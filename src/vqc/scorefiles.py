@@ -8,6 +8,7 @@ import io
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from .data import IMAGE_SUFFIXES
@@ -74,7 +75,7 @@ class ScoreWriter:
         count = 0
         for item in inspected:
             pred = item.prediction
-            item.station = self.station
+            item.part = replace(item.part, station=self.station)
             result = self.judge.conclude([item])[0]
             if self.file is None:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
